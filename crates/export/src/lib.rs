@@ -1,0 +1,1 @@
+//! Export stage: PEFT adapter files, merged weights, GGUF and the run manifest.

@@ -1,0 +1,1 @@
+//! CUDA glue behind the `cuda` feature: kernels from `kernels/*.cu` compiled with NVRTC, NCCL.

@@ -1,0 +1,1 @@
+//! Model stage: Llama-family architectures, checkpoint loading (safetensors, GGUF) and adapter injection.

@@ -1,0 +1,1 @@
+//! Training stage: the loop, optimizer, schedules, accumulation, evaluation, checkpoints and metrics.
