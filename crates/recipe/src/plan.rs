@@ -213,7 +213,9 @@ pub enum DatasetFormat {
     CustomAlpaca(CustomAlpaca),
     ChatTemplate(ChatFormat),
     /// `type: completion`: raw text from `field`, every token trained.
-    Completion { field: String },
+    Completion {
+        field: String,
+    },
     /// `type: input_output`: `segments` of `{text, label}`.
     InputOutput,
     /// No `type`: rows already hold `input_ids` (and optionally `labels`, `attention_mask`).

@@ -1,0 +1,157 @@
+//! The command line, defined once: `--help`, completions and the Axolotl-style `--key=value`
+//! overrides all come from these definitions.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runner",
+    version,
+    about = "Declarative LoRA / QLoRA fine-tuning from one validated YAML recipe",
+    long_about = "Declarative LoRA / QLoRA fine-tuning from one validated YAML recipe.\n\n\
+        Recipes use Axolotl's flat keys. Any recipe key can be overridden on the command line \
+        with `--set key=value` or Axolotl's `--key=value` form; overrides are validated like \
+        the file's own values."
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUNNER_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Colour in diagnostics.
+    #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
+    pub color: Color,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a recipe: exit 0 when valid, 1 when invalid, 2 when the input is unusable.
+    Validate {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Print the resolved plan: every value, with the recipe line, override or default it
+        /// came from.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Validate a recipe and run its pipeline: data → model → train → export.
+    Run {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Validate and print the stages without running them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the recipe JSON Schema (for editors; committed as schemas/recipe.schema.json).
+    Schema {
+        /// Write to this file (atomically) instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RecipeArgs {
+    /// The recipe (YAML). Without one, the built-in smoke recipe (recipes/tiny-smoke.yaml) is
+    /// used.
+    pub recipe: Option<PathBuf>,
+    /// Override a recipe key: `--set lora_r=32`, `--set datasets[0].path=data.jsonl`. The value
+    /// is YAML; an empty value unsets the key. Axolotl's `--lora_r=32` form works too.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// Rewrites Axolotl's `--key=value` into `--set key=value` for every `--name=value` whose
+/// name is not one of our own flags, so that recipes' command lines carry over.
+pub fn axolotl_overrides(argv: Vec<OsString>, cmd: &clap::Command) -> Vec<OsString> {
+    let mut ours: Vec<String> = Vec::new();
+    collect_long_flags(cmd, &mut ours);
+    let mut out = Vec::with_capacity(argv.len());
+    let mut after_dashdash = false;
+    for arg in argv {
+        let text = arg.to_str();
+        match text {
+            Some("--") => {
+                after_dashdash = true;
+                out.push(arg);
+            }
+            Some(t) if !after_dashdash && t.starts_with("--") && t.contains('=') => {
+                let (name, value) = t[2..].split_once('=').unwrap_or((&t[2..], ""));
+                if ours.iter().any(|f| f == name) {
+                    out.push(arg);
+                } else {
+                    out.push("--set".into());
+                    out.push(format!("{name}={value}").into());
+                }
+            }
+            _ => out.push(arg),
+        }
+    }
+    out
+}
+
+fn collect_long_flags(cmd: &clap::Command, out: &mut Vec<String>) {
+    for arg in cmd.get_arguments() {
+        if let Some(long) = arg.get_long() {
+            out.push(long.to_string());
+        }
+    }
+    out.push("help".into());
+    out.push("version".into());
+    for sub in cmd.get_subcommands() {
+        collect_long_flags(sub, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn axolotl_style_flags_become_overrides() {
+        let argv: Vec<OsString> = [
+            "runner",
+            "validate",
+            "r.yaml",
+            "--lora_r=32",
+            "--color=never",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let out = axolotl_overrides(argv, &Cli::command());
+        let out: Vec<&str> = out.iter().map(|s| s.to_str().unwrap()).collect();
+        assert_eq!(
+            out,
+            [
+                "runner",
+                "validate",
+                "r.yaml",
+                "--set",
+                "lora_r=32",
+                "--color=never"
+            ]
+        );
+    }
+}

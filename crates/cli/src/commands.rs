@@ -1,0 +1,186 @@
+//! What each subcommand does, by wiring the stage crates together.
+
+use crate::args::{Cli, Color, Command, RecipeArgs};
+use anyhow::Context;
+use runner_recipe::plan::*;
+use runner_recipe::{LoadError, Loaded};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// The smoke recipe compiled into the binary: `runner run` with no recipe runs it.
+const SMOKE_RECIPE: &str = include_str!("../../../recipes/tiny-smoke.yaml");
+const SMOKE_NAME: &str = "recipes/tiny-smoke.yaml (built in)";
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let color = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    match cli.command {
+        Command::Validate { recipe, explain } => {
+            let loaded = match load(&recipe) {
+                Ok(l) => l,
+                Err(e) => return Ok(report(&e, color)),
+            };
+            print_substitutions(&loaded);
+            if explain {
+                print!(
+                    "{}",
+                    runner_recipe::explain::render(
+                        &loaded.plan,
+                        &loaded.explanation,
+                        &loaded.sources
+                    )
+                );
+            }
+            eprintln!("{}: valid", loaded.sources.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { recipe, dry_run } => {
+            let loaded = match load(&recipe) {
+                Ok(l) => l,
+                Err(e) => return Ok(report(&e, color)),
+            };
+            print_substitutions(&loaded);
+            print!("{}", stages(&loaded.plan));
+            if !dry_run {
+                println!(
+                    "\nThis build validates and plans; the data, model, train and export stages are not wired in yet."
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { output } => {
+            let text = runner_recipe::schema::recipe_schema_text();
+            match output {
+                Some(path) => write_atomically(&path, text.as_bytes())
+                    .with_context(|| format!("writing the schema to {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "runner", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load(args: &RecipeArgs) -> Result<Loaded, LoadError> {
+    match &args.recipe {
+        Some(path) => runner_recipe::load_path(path, &args.set),
+        None => runner_recipe::load_str(SMOKE_NAME, SMOKE_RECIPE, &args.set),
+    }
+}
+
+/// Prints every diagnostic and returns the exit code: 1 invalid, 2 unusable.
+fn report(e: &LoadError, color: bool) -> ExitCode {
+    eprint!("{}", e.render(color));
+    match e {
+        LoadError::Invalid { .. } => ExitCode::from(1),
+        LoadError::Unusable { .. } => ExitCode::from(2),
+    }
+}
+
+fn print_substitutions(loaded: &Loaded) {
+    if loaded.plan.substitutions.is_empty() {
+        return;
+    }
+    println!("substitutions (runner runs a documented equivalent):");
+    for s in &loaded.plan.substitutions {
+        println!("  {}: {} → {}", s.key, s.asked, s.runs);
+    }
+}
+
+/// The stages `runner run` will execute, in order, in one screen.
+fn stages(plan: &Plan) -> String {
+    let d = &plan.data;
+    let a = &plan.adapter;
+    let t = &plan.train;
+    let datasets: Vec<String> = d
+        .datasets
+        .iter()
+        .map(|ds| format!("{} ({})", ds.path, format_name(&ds.format)))
+        .collect();
+    let targets = match &a.targets {
+        TargetModules::AllLinear => "every linear layer except lm_head".to_string(),
+        TargetModules::Names(n) => n.join(", "),
+        TargetModules::Regex(r) => format!("modules matching /{r}/"),
+    };
+    let length = match t.max_steps {
+        Some(s) => format!("{s} steps"),
+        None => format!("{} epoch(s)", t.num_epochs),
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "1. data    {} → sequence_len {}, packing {}, cache under {}\n",
+        datasets.join(", "),
+        d.sequence_len,
+        if d.sample_packing { "on" } else { "off" },
+        d.prepared_path.display()
+    ));
+    out.push_str(&format!(
+        "2. model   {} with {:?} r={} alpha={} (scale {:.4}) on {}{}\n",
+        plan.model.base_model,
+        a.kind,
+        a.r,
+        a.alpha,
+        a.scaling,
+        targets,
+        match a.base_quant {
+            BaseQuant::None => String::new(),
+            BaseQuant::Nf4 => ", base in NF4".into(),
+            BaseQuant::Int8 => ", base in int8".into(),
+        }
+    ));
+    out.push_str(&format!(
+        "3. train   {length}, micro-batch {} × accumulation {}, lr {} ({:?}), AdamW, seed {}\n",
+        t.micro_batch_size,
+        t.gradient_accumulation_steps,
+        t.learning_rate,
+        t.scheduler.kind,
+        t.seed
+    ));
+    out.push_str(&format!(
+        "4. export  PEFT adapter → {}\n",
+        t.output_dir.display()
+    ));
+    out
+}
+
+fn format_name(f: &DatasetFormat) -> String {
+    match f {
+        DatasetFormat::Alpaca(v) => format!("{v:?}").to_lowercase(),
+        DatasetFormat::CustomAlpaca(_) => "custom alpaca".into(),
+        DatasetFormat::ChatTemplate(_) => "chat_template".into(),
+        DatasetFormat::Completion { .. } => "completion".into(),
+        DatasetFormat::InputOutput => "input_output".into(),
+        DatasetFormat::Pretokenized => "pre-tokenized".into(),
+    }
+}
+
+/// Writes to a temporary file beside the target, syncs it, then renames it into place.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let tmp = match dir {
+        Some(d) => d.join(format!(".{file_name}.tmp-{}", std::process::id())),
+        None => std::path::PathBuf::from(format!(".{file_name}.tmp-{}", std::process::id())),
+    };
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
