@@ -1,1 +1,13 @@
-//! Dataset stage: reads the recipe's `datasets`, renders prompts and chat templates, tokenizes, masks, packs and caches.
+//! Dataset stage: reads the recipe's `datasets`, renders prompts and chat templates, tokenizes,
+//! masks, packs and caches.
+
+pub mod error;
+pub mod gguf;
+pub mod template;
+pub mod tokenizer;
+
+pub use error::{DataError, Location, Result};
+pub mod chat;
+pub mod formats;
+pub mod sample;
+pub mod testing;

@@ -1,0 +1,256 @@
+//! `type: chat_template`: rows of messages → rendered conversation → token ids and labels.
+//!
+//! Which tokens are trained follows from where each byte of the rendered text came from
+//! (`ChatTemplate::render_tracked`), mapped onto tokens through the tokenizer's byte offsets.
+//! The rule is Axolotl's: for each turn that trains (`train_on_inputs`, or its role is in
+//! `roles_to_train`), the tokens of its content; then the first end-of-turn token within three
+//! tokens after that content, when `train_on_eos` is `turn` (trained turns) or `all` (every
+//! turn), or only the last such token with `last`. Headers (`<|im_start|>assistant\n`) and the
+//! newline after `<|im_end|>` are never trained.
+
+use crate::error::{DataError, Location, Result};
+use crate::sample::{IGNORE, Sample};
+use crate::template::{ChatTemplate, Message};
+use crate::tokenizer::TextTokenizer;
+use runner_recipe::plan::{ChatFormat, TrainOnEos};
+use serde_json::{Map, Value as Json};
+
+/// Tokens that close a turn in the common templates; those the template text writes count as
+/// end-of-turn tokens besides the tokenizer's EOS (so Llama 3's `<|eot_id|>` is found even when
+/// the tokenizer's EOS is `<|end_of_text|>`).
+const TURN_END_TOKENS: [&str; 6] = [
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "</s>",
+    "<|endoftext|>",
+];
+
+/// Everything needed to turn one chat row into a sample.
+pub struct ChatEncoder<'a> {
+    pub template: ChatTemplate,
+    tok: &'a TextTokenizer,
+    fmt: ChatFormat,
+    train_on_inputs: bool,
+    default_system_message: Option<String>,
+    eot_ids: Vec<u32>,
+}
+
+impl<'a> ChatEncoder<'a> {
+    pub fn new(
+        template: ChatTemplate,
+        tok: &'a TextTokenizer,
+        fmt: &ChatFormat,
+        train_on_inputs: bool,
+        default_system_message: Option<String>,
+    ) -> Self {
+        let mut eot_ids: Vec<u32> = tok.eos.iter().map(|e| e.id).collect();
+        for t in TURN_END_TOKENS {
+            if template.source.contains(t)
+                && let Some(id) = tok.token_to_id(t)
+                && !eot_ids.contains(&id)
+            {
+                eot_ids.push(id);
+            }
+        }
+        ChatEncoder {
+            template,
+            tok,
+            fmt: fmt.clone(),
+            train_on_inputs,
+            default_system_message,
+            eot_ids,
+        }
+    }
+
+    /// The row's messages with roles mapped, system message dropped or defaulted.
+    pub fn messages(&self, row: &Map<String, Json>, at: &Location) -> Result<Vec<Message>> {
+        let field = &self.fmt.field_messages;
+        let with_field = |f: &str| Location {
+            field: Some(f.to_string()),
+            ..at.clone()
+        };
+        let list = match row.get(field) {
+            None => {
+                return Err(DataError::MissingField {
+                    at: with_field(field),
+                    present: present_keys(row),
+                });
+            }
+            Some(Json::Array(a)) => a,
+            Some(other) => {
+                return Err(DataError::WrongType {
+                    at: with_field(field),
+                    expected: "a list of messages",
+                    found: json_kind(other).into(),
+                });
+            }
+        };
+        let mut out = Vec::with_capacity(list.len() + 1);
+        for (i, m) in list.iter().enumerate() {
+            let path = |k: &str| with_field(&format!("{field}[{i}].{k}"));
+            let Json::Object(m) = m else {
+                return Err(DataError::WrongType {
+                    at: with_field(&format!("{field}[{i}]")),
+                    expected: "a message object",
+                    found: json_kind(m).into(),
+                });
+            };
+            let role = match m.get(&self.fmt.role_key) {
+                Some(Json::String(s)) => s.as_str(),
+                Some(other) => {
+                    return Err(DataError::WrongType {
+                        at: path(&self.fmt.role_key),
+                        expected: "a string",
+                        found: json_kind(other).into(),
+                    });
+                }
+                None => {
+                    return Err(DataError::MissingField {
+                        at: path(&self.fmt.role_key),
+                        present: present_keys(m),
+                    });
+                }
+            };
+            let content = match m.get(&self.fmt.content_key) {
+                Some(Json::String(s)) => s.clone(),
+                Some(Json::Null) => String::new(),
+                Some(other) => {
+                    return Err(DataError::WrongType {
+                        at: path(&self.fmt.content_key),
+                        expected: "a string",
+                        found: json_kind(other).into(),
+                    });
+                }
+                None => {
+                    return Err(DataError::MissingField {
+                        at: path(&self.fmt.content_key),
+                        present: present_keys(m),
+                    });
+                }
+            };
+            let role = self.map_role(role);
+            if self.fmt.drop_system_message && role == "system" {
+                continue;
+            }
+            out.push(Message { role, content });
+        }
+        if out.is_empty() {
+            return Err(DataError::BadRow {
+                at: with_field(field),
+                message: "the conversation has no messages".into(),
+            });
+        }
+        if let Some(sys) = &self.default_system_message
+            && !self.fmt.drop_system_message
+            && out[0].role != "system"
+        {
+            out.insert(
+                0,
+                Message {
+                    role: "system".into(),
+                    content: sys.clone(),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    fn map_role(&self, role: &str) -> String {
+        if self.fmt.roles.is_empty() {
+            // Axolotl's default mapping, so ShareGPT (`human`/`gpt`) works without `roles:`.
+            return match role {
+                "human" => "user",
+                "gpt" => "assistant",
+                r => r,
+            }
+            .to_string();
+        }
+        for m in &self.fmt.roles {
+            if m.aliases.iter().any(|a| a == role) {
+                return m.role.clone();
+            }
+        }
+        role.to_string()
+    }
+
+    /// Renders, tokenizes and masks one conversation.
+    pub fn encode(&self, messages: &[Message], at: &Location) -> Result<Sample> {
+        let rendered =
+            self.template
+                .render_tracked(messages)
+                .map_err(|e| DataError::TemplateRejected {
+                    at: at.clone(),
+                    message: jinja_message(&e),
+                })?;
+        let enc = self.tok.encode_with_offsets(&rendered.text)?;
+        let n = enc.ids.len();
+        let mut labels = vec![IGNORE; n];
+        let mut last_eot: Option<usize> = None;
+        let eos_mode = self.fmt.train_on_eos;
+        for (i, m) in messages.iter().enumerate() {
+            let trains = self.train_on_inputs || self.fmt.roles_to_train.contains(&m.role);
+            if !trains && eos_mode != TrainOnEos::All {
+                continue;
+            }
+            let Some(span) = rendered.spans[i].clone() else {
+                continue;
+            };
+            // Tokens overlapping the content's bytes.
+            let first = enc.offsets.partition_point(|&(_, e)| e <= span.start);
+            let mut end = first;
+            while end < n && enc.offsets[end].0 < span.end && span.start < span.end {
+                end += 1;
+            }
+            if trains {
+                for (l, &id) in labels[first..end].iter_mut().zip(&enc.ids[first..end]) {
+                    *l = id as i32;
+                }
+            }
+            if let Some(k) = (end..n).find(|&k| self.eot_ids.contains(&enc.ids[k]))
+                && k - end <= 3
+            {
+                last_eot = Some(last_eot.map_or(k, |l| l.max(k)));
+                if eos_mode == TrainOnEos::All || (eos_mode == TrainOnEos::Turn && trains) {
+                    labels[k] = enc.ids[k] as i32;
+                }
+            }
+        }
+        if eos_mode == TrainOnEos::Last
+            && let Some(k) = last_eot
+        {
+            labels[k] = enc.ids[k] as i32;
+        }
+        Ok(Sample {
+            input_ids: enc.ids,
+            labels,
+        })
+    }
+}
+
+pub(crate) fn jinja_message(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(d) => d.to_string(),
+        None => e.to_string(),
+    }
+}
+
+pub(crate) fn present_keys(m: &Map<String, Json>) -> String {
+    if m.is_empty() {
+        return "no fields".into();
+    }
+    let keys: Vec<String> = m.keys().map(|k| format!("`{k}`")).collect();
+    format!("fields {}", keys.join(", "))
+}
+
+pub(crate) fn json_kind(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "an object",
+    }
+}

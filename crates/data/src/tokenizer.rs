@@ -1,0 +1,439 @@
+//! The text tokenizer: loaded from a `tokenizer.json` folder or rebuilt from GGUF metadata, with
+//! the special tokens and chat templates its config names.
+//!
+//! From a GGUF we build what transformers' `convert_gguf_tokenizer` builds for a byte-level BPE
+//! (`tokenizer.ggml.model = gpt2`): BPE over the file's vocabulary and merges, GPT-2 byte-level
+//! pre-tokenizer (or llama.cpp's split regex for the `tokenizer.ggml.pre` values transformers
+//! knows), control tokens (type 3) added as special tokens and user-defined ones (type 4) as
+//! plain added tokens.
+
+use crate::error::{DataError, Result};
+use crate::gguf;
+use serde_json::{Value as Json, json};
+use std::path::{Path, PathBuf};
+use tokenizers::{AddedToken, Tokenizer};
+
+/// A special token and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecialToken {
+    pub text: String,
+    pub id: u32,
+}
+
+/// Special tokens and added vocabulary the recipe asks for (`special_tokens`, `tokens`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenizerOverrides {
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub pad_token: Option<String>,
+    pub added_tokens: Vec<String>,
+}
+
+impl TokenizerOverrides {
+    pub fn from_model_plan(m: &runner_recipe::plan::ModelPlan) -> Self {
+        TokenizerOverrides {
+            bos_token: m.special_tokens.bos_token.clone(),
+            eos_token: m.special_tokens.eos_token.clone(),
+            pad_token: m.special_tokens.pad_token.clone(),
+            added_tokens: m.added_tokens.clone(),
+        }
+    }
+}
+
+pub struct TextTokenizer {
+    pub(crate) inner: Tokenizer,
+    pub bos: Option<SpecialToken>,
+    pub eos: Option<SpecialToken>,
+    pub pad: Option<SpecialToken>,
+    /// Whether plain-text prompts start with BOS (the config's `add_bos_token`, or what the
+    /// `tokenizer.json` post-processor does).
+    pub add_bos: bool,
+    /// Chat templates the tokenizer carries, `(name, jinja)`; the unnamed one is `default`.
+    pub chat_templates: Vec<(String, String)>,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// blake3 of everything that decides tokenization; part of the cache key.
+    pub fingerprint: String,
+    /// The post-processor adds BOS itself (tokenizer.json); else we add it when `add_bos`.
+    post_processor_adds_bos: bool,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("path", &self.path)
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .finish()
+    }
+}
+
+/// Token ids and, for each, the byte range of the input text it covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub offsets: Vec<(usize, usize)>,
+}
+
+impl TextTokenizer {
+    /// Loads from a `.gguf` file, a folder holding `tokenizer.json`, or a `tokenizer.json` file.
+    pub fn load(path: &Path, overrides: &TokenizerOverrides) -> Result<Self> {
+        let mut t = if path.extension().is_some_and(|e| e == "gguf") {
+            Self::from_gguf(path)?
+        } else if path.is_dir() {
+            Self::from_hf_files(&path.join("tokenizer.json"))?
+        } else if path.is_file() {
+            Self::from_hf_files(path)?
+        } else {
+            return Err(DataError::Tokenizer {
+                path: path.to_path_buf(),
+                message: "no such file or folder (expected a .gguf file, a tokenizer.json or a folder holding one)".into(),
+            });
+        };
+        t.apply_overrides(overrides)?;
+        Ok(t)
+    }
+
+    fn from_gguf(path: &Path) -> Result<Self> {
+        let md = gguf::read_metadata(path)?;
+        let bad = |m: String| DataError::Tokenizer {
+            path: path.to_path_buf(),
+            message: m,
+        };
+        let model = md
+            .get("tokenizer.ggml.model")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        if model != "gpt2" {
+            return Err(bad(format!(
+                "GGUF tokenizer `{model}` is not supported yet (only byte-level BPE, `gpt2`); point \
+                 `tokenizer_config` at a folder with tokenizer.json instead"
+            )));
+        }
+        let strings = |key: &str| -> Result<Vec<String>> {
+            md.get(key)
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| bad(format!("metadata `{key}` missing")))?
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad(format!("`{key}` holds a non-string")))
+                })
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?;
+        let types: Vec<u64> = md
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
+            .unwrap_or_default();
+        let spelling = bytes_to_unicode();
+        let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
+        let mut vocab = serde_json::Map::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            let spelled = if t.chars().all(|c| alphabet.contains(&c)) {
+                t.clone()
+            } else {
+                t.bytes().map(|b| spelling[b as usize]).collect()
+            };
+            vocab.insert(spelled, json!(i));
+        }
+        let mut added = Vec::new();
+        for (i, (t, ty)) in tokens.iter().zip(types.iter()).enumerate() {
+            let control = *ty == 3 && t.chars().all(|c| alphabet.contains(&c));
+            if control || *ty == 4 {
+                added.push(
+                    json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": control}),
+                );
+            }
+        }
+        let pre = md
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let pre_tokenizer = match split_regex(pre) {
+            Some(re) => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+            None => byte_level.clone(),
+        };
+        let spec = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+                "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges}
+        });
+        let spec_text = spec.to_string();
+        let inner: Tokenizer = spec_text
+            .parse()
+            .map_err(|e| bad(format!("cannot build the tokenizer: {e}")))?;
+        let token_at = |key: &str| -> Option<SpecialToken> {
+            let id = md.get(key)?.as_u64()? as u32;
+            Some(SpecialToken {
+                text: tokens.get(id as usize)?.clone(),
+                id,
+            })
+        };
+        let add_bos = md
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let mut chat_templates = Vec::new();
+        if let Some(t) = md.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+            chat_templates.push(("default".to_string(), t.to_string()));
+        }
+        for (k, v) in &md {
+            if let (Some(name), Some(t)) = (k.strip_prefix("tokenizer.chat_template."), v.as_str())
+            {
+                chat_templates.push((name.to_string(), t.to_string()));
+            }
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(spec_text.as_bytes());
+        h.update(format!("{add_bos}").as_bytes());
+        Ok(TextTokenizer {
+            inner,
+            bos: token_at("tokenizer.ggml.bos_token_id"),
+            eos: token_at("tokenizer.ggml.eos_token_id"),
+            pad: token_at("tokenizer.ggml.padding_token_id"),
+            add_bos,
+            chat_templates,
+            path: path.to_path_buf(),
+            fingerprint: h.finalize().to_hex().to_string(),
+            post_processor_adds_bos: false,
+        })
+    }
+
+    fn from_hf_files(tokenizer_json: &Path) -> Result<Self> {
+        let bad = |m: String| DataError::Tokenizer {
+            path: tokenizer_json.to_path_buf(),
+            message: m,
+        };
+        let bytes = std::fs::read(tokenizer_json).map_err(|e| DataError::io(tokenizer_json, e))?;
+        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| bad(format!("cannot parse: {e}")))?;
+        let dir = tokenizer_json.parent().unwrap_or(Path::new("."));
+        let config_path = dir.join("tokenizer_config.json");
+        let config: Json = if config_path.is_file() {
+            let text = std::fs::read_to_string(&config_path)
+                .map_err(|e| DataError::io(&config_path, e))?;
+            serde_json::from_str(&text).map_err(|e| DataError::Tokenizer {
+                path: config_path.clone(),
+                message: format!("malformed JSON: {e}"),
+            })?
+        } else {
+            json!({})
+        };
+        let token_of = |key: &str| -> Option<SpecialToken> {
+            let v = config.get(key)?;
+            let text = match v {
+                Json::String(s) => s.clone(),
+                Json::Object(o) => o.get("content")?.as_str()?.to_string(),
+                _ => return None,
+            };
+            let id = inner.token_to_id(&text)?;
+            Some(SpecialToken { text, id })
+        };
+        let bos = token_of("bos_token");
+        // What the post-processor does decides BOS for text prompts; probe it.
+        let probe = inner.encode("a", true).map_err(|e| bad(format!("{e}")))?;
+        let post_processor_adds_bos = bos
+            .as_ref()
+            .is_some_and(|b| probe.get_ids().first() == Some(&b.id));
+        let add_bos = post_processor_adds_bos
+            || config
+                .get("add_bos_token")
+                .and_then(Json::as_bool)
+                .unwrap_or(false);
+        let mut chat_templates = Vec::new();
+        match config.get("chat_template") {
+            Some(Json::String(s)) => chat_templates.push(("default".to_string(), s.clone())),
+            Some(Json::Array(list)) => {
+                for item in list {
+                    if let (Some(n), Some(t)) = (
+                        item.get("name").and_then(Json::as_str),
+                        item.get("template").and_then(Json::as_str),
+                    ) {
+                        chat_templates.push((n.to_string(), t.to_string()));
+                    }
+                }
+            }
+            _ => {}
+        }
+        let jinja_file = dir.join("chat_template.jinja");
+        if chat_templates.is_empty() && jinja_file.is_file() {
+            let t =
+                std::fs::read_to_string(&jinja_file).map_err(|e| DataError::io(&jinja_file, e))?;
+            chat_templates.push(("default".to_string(), t));
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(&bytes);
+        h.update(config.to_string().as_bytes());
+        Ok(TextTokenizer {
+            eos: token_of("eos_token"),
+            pad: token_of("pad_token"),
+            bos,
+            inner,
+            add_bos,
+            chat_templates,
+            path: tokenizer_json.to_path_buf(),
+            fingerprint: h.finalize().to_hex().to_string(),
+            post_processor_adds_bos,
+        })
+    }
+
+    fn apply_overrides(&mut self, o: &TokenizerOverrides) -> Result<()> {
+        let mut h = blake3::Hasher::new();
+        h.update(self.fingerprint.as_bytes());
+        let path = self.path.clone();
+        let fail = |e: tokenizers::Error| DataError::Tokenizer {
+            path: path.clone(),
+            message: format!("cannot add tokens: {e}"),
+        };
+        let mut set = |slot: &mut Option<SpecialToken>,
+                       text: &Option<String>,
+                       inner: &mut Tokenizer|
+         -> Result<()> {
+            if let Some(text) = text {
+                h.update(text.as_bytes());
+                let id = match inner.token_to_id(text) {
+                    Some(id) => id,
+                    None => {
+                        inner
+                            .add_special_tokens([AddedToken::from(text.clone(), true)])
+                            .map_err(fail)?;
+                        inner.token_to_id(text).unwrap_or(0)
+                    }
+                };
+                *slot = Some(SpecialToken {
+                    text: text.clone(),
+                    id,
+                });
+            }
+            Ok(())
+        };
+        set(&mut self.bos, &o.bos_token, &mut self.inner)?;
+        set(&mut self.eos, &o.eos_token, &mut self.inner)?;
+        set(&mut self.pad, &o.pad_token, &mut self.inner)?;
+        if !o.added_tokens.is_empty() {
+            let new: Vec<AddedToken> = o
+                .added_tokens
+                .iter()
+                .map(|t| AddedToken::from(t.clone(), false))
+                .collect();
+            self.inner
+                .add_tokens(new)
+                .map_err(|e| DataError::Tokenizer {
+                    path: self.path.clone(),
+                    message: format!("cannot add tokens: {e}"),
+                })?;
+            for t in &o.added_tokens {
+                h.update(t.as_bytes());
+            }
+        }
+        self.fingerprint = h.finalize().to_hex().to_string();
+        Ok(())
+    }
+
+    /// Tokenizes without special tokens, with byte offsets into `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<Encoded> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| DataError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Encoded {
+            ids: enc.get_ids().to_vec(),
+            offsets: enc.get_offsets().to_vec(),
+        })
+    }
+
+    /// Tokenizes a plain-text prompt as `tokenizer(text)` does: BOS first when the tokenizer adds it.
+    pub fn encode_prompt(&self, text: &str, with_bos: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, with_bos && self.post_processor_adds_bos)
+            .map_err(|e| DataError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
+        let mut ids = enc.get_ids().to_vec();
+        if with_bos
+            && self.add_bos
+            && !self.post_processor_adds_bos
+            && let Some(b) = &self.bos
+        {
+            ids.insert(0, b.id);
+        }
+        Ok(ids)
+    }
+
+    pub fn token_to_id(&self, text: &str) -> Option<u32> {
+        self.inner.token_to_id(text)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Decodes one token to the text it stands for (special tokens as written).
+    pub fn decode_one(&self, id: u32) -> String {
+        self.inner.decode(&[id], false).unwrap_or_default()
+    }
+
+    /// The named chat template the tokenizer carries (`None` = its default one).
+    pub fn chat_template(&self, name: Option<&str>) -> Option<&str> {
+        let want = name.unwrap_or("default");
+        self.chat_templates
+            .iter()
+            .find(|(n, _)| n == want)
+            .map(|(_, t)| t.as_str())
+    }
+}
+
+/// GPT-2's byte → printable-character table.
+pub(crate) fn bytes_to_unicode() -> Vec<char> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut table = vec![' '; 256];
+    for (b, c) in bs.iter().zip(cs) {
+        table[*b as usize] = char::from_u32(c).unwrap_or(' ');
+    }
+    table
+}
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const TEKKEN_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const GPT4O_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The split regex transformers (5.24, `GGUF_PRE_TOKENIZER_SPLITS`) uses for a `tokenizer.ggml.pre`.
+fn split_regex(pre: &str) -> Option<&'static str> {
+    Some(match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3_SPLIT,
+        "tekken" => TEKKEN_SPLIT,
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => QWEN2_SPLIT,
+        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => GPT4O_SPLIT,
+        _ => return None,
+    })
+}

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Writes crates/data/fixtures/chat_*.json: the token ids transformers' apply_chat_template gives
+for a set of conversations, and the labels of Axolotl's masking rule, for the runner-data parity
+tests. The Rust tests compare ids and labels exactly and never run Python.
+
+Needs: pip install transformers==5.24.0 tokenizers jinja2 gguf (no torch), the SmolLM2 GGUF
+(scripts/fetch-smollm2.sh, or RUNNER_SMOLLM2_GGUF) and tools/data/fetch_tokenizers.sh.
+
+The masking rule, written out (Axolotl 0.21 chat_template strategy, train_on_eos/turn):
+  * a turn trains when train_on_inputs, or its role is in roles_to_train;
+  * its content's tokens train: a token trains when its character range overlaps the content's
+    range in the rendered text. Where the content sits is found by rendering the conversation
+    once more with that message's content replaced by a sentinel (an independent method from
+    the Rust side's markers); when the template trims, the stripped content is what sits there;
+  * then the first end-of-turn token (the tokenizer's EOS, or a turn-end token the template text
+    writes) at most 3 tokens after the content's last token: trained for `turn` when the turn
+    trains, for `all` always (every turn is visited), and for `last` only the last one found.
+"""
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+import transformers
+from transformers import AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "crates" / "data" / "fixtures"
+TEMPLATES = ROOT / "crates" / "data" / "src" / "templates"
+TURN_END_TOKENS = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>"]
+SENTINEL = "\ue000"
+
+CONVERSATIONS = {
+    "single_turn": [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+    ],
+    "system_multi_turn": [
+        {"role": "system", "content": "You are a terse assistant."},
+        {"role": "user", "content": "Add 2 and 3."},
+        {"role": "assistant", "content": "5"},
+        {"role": "user", "content": "Now multiply that by 12345."},
+        {"role": "assistant", "content": "61725, since 5 × 12345 = 61725."},
+    ],
+    "empty_contents": [
+        {"role": "user", "content": ""},
+        {"role": "assistant", "content": "Nothing was asked."},
+        {"role": "user", "content": "Say nothing."},
+        {"role": "assistant", "content": ""},
+    ],
+    "unicode_and_whitespace": [
+        {"role": "user", "content": "  Traduis « bonjour » en 日本語, s'il te plaît 🙂\n"},
+        {"role": "assistant", "content": "こんにちは (konnichiwa) — 👋🏽\n\nVoilà.  "},
+        {"role": "user", "content": "Ελληνικά; tabs\there"},
+        {"role": "assistant", "content": "Ναι.\n```python\nprint('ok')\n```"},
+    ],
+}
+
+
+def gguf_tokenizer(path):
+    # transformers' GGUF reader imports torch only for tensor dtypes; the tokenizer does not need it.
+    class _Any(types.ModuleType):
+        def __getattr__(self, name):
+            return object
+
+    sys.modules.setdefault("torch", _Any("torch"))
+    from transformers import PreTrainedTokenizerFast
+
+    # AutoTokenizer would also read the model config, which needs torch; the tokenizer is the same
+    # (transformers' convert_gguf_tokenizer) either way.
+    p = Path(path)
+    return PreTrainedTokenizerFast.from_pretrained(str(p.parent), gguf_file=p.name)
+
+
+def ids_of(x):
+    if isinstance(x, dict) or hasattr(x, "keys"):
+        x = x["input_ids"]
+    return list(x)
+
+
+def content_spans(tok, template, messages, text, kwargs):
+    spans = []
+    for i, m in enumerate(messages):
+        probe = [dict(mm) for mm in messages]
+        probe[i]["content"] = SENTINEL
+        sentinel_text = tok.apply_chat_template(probe, chat_template=template, tokenize=False, **kwargs)
+        p = sentinel_text.find(SENTINEL)
+        if p < 0:
+            spans.append(None)
+            continue
+        c = m["content"]
+        if text[p : p + len(c)] == c:
+            spans.append((p, p + len(c)))
+        elif text[p : p + len(c.strip())] == c.strip():
+            spans.append((p, p + len(c.strip())))
+        else:
+            raise SystemExit(f"cannot place message {i} content in the rendered text")
+    return spans
+
+
+def labels_for(ids, offsets, spans, roles, eot_ids, roles_to_train, train_on_inputs, mode):
+    n = len(ids)
+    labels = [-100] * n
+    last = None
+    for (role, span) in zip(roles, spans):
+        trains = train_on_inputs or role in roles_to_train
+        if not trains and mode != "all":
+            continue
+        if span is None:
+            continue
+        s, e = span
+        first = next((k for k in range(n) if offsets[k][1] > s), n)
+        end = first
+        while end < n and offsets[end][0] < e and s < e:
+            end += 1
+        if trains:
+            for k in range(first, end):
+                labels[k] = ids[k]
+        k = next((k for k in range(end, n) if ids[k] in eot_ids), None)
+        if k is not None and k - end <= 3:
+            last = k if last is None else max(last, k)
+            if mode == "all" or (mode == "turn" and trains):
+                labels[k] = ids[k]
+    if mode == "last" and last is not None:
+        labels[last] = ids[last]
+    return labels
+
+
+def make(name, tok, template_spec, template_text, kwargs=None, skip=()):
+    kwargs = kwargs or {}
+    eot_ids = []
+    if tok.eos_token_id is not None:
+        eot_ids.append(tok.eos_token_id)
+    for t in TURN_END_TOKENS:
+        tid = tok.convert_tokens_to_ids(t)
+        if t in template_text and isinstance(tid, int) and tid != tok.unk_token_id and tid not in eot_ids:
+            eot_ids.append(tid)
+    cases = []
+    for cname, messages in CONVERSATIONS.items():
+        if cname in skip:
+            continue
+        text = tok.apply_chat_template(messages, chat_template=template_text, tokenize=False, **kwargs)
+        ids = ids_of(tok.apply_chat_template(messages, chat_template=template_text, tokenize=True, **kwargs))
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        assert list(enc["input_ids"]) == ids, f"{name}/{cname}: tokenizing the text differs from apply_chat_template"
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        spans = content_spans(tok, template_text, messages, text, kwargs)
+        roles = [m["role"] for m in messages]
+        labels = {
+            mode: labels_for(ids, offsets, spans, roles, eot_ids, ["assistant"], False, mode)
+            for mode in ["turn", "all", "last", "none"]
+        }
+        labels["train_on_inputs"] = labels_for(ids, offsets, spans, roles, eot_ids, ["assistant"], True, "turn")
+        cases.append({"name": cname, "messages": messages, "text": text, "input_ids": ids, "labels": labels})
+    fixture = {
+        "generated_by": "tools/data/make_fixtures.py",
+        "transformers": transformers.__version__,
+        "template": template_spec,
+        "cases": cases,
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"chat_{name}.json").write_text(json.dumps(fixture, ensure_ascii=False, indent=1) + "\n")
+    print(f"wrote chat_{name}.json ({len(cases)} cases)")
+
+
+def named(n):
+    return (TEMPLATES / f"{n}.jinja").read_text()
+
+
+def main():
+    smol = os.environ.get("RUNNER_SMOLLM2_GGUF", str(ROOT / ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    tokdir = ROOT / ".cache" / "tokenizers"
+    s = gguf_tokenizer(smol)
+    make("smollm2_default", s, {"tokenizer": "smollm2", "kind": "tokenizer_default"}, s.chat_template)
+    make("smollm2_chatml", s, {"tokenizer": "smollm2", "kind": "named", "name": "chatml"}, named("chatml"))
+    llama = AutoTokenizer.from_pretrained(str(tokdir / "llama-3.2"))
+    make("llama32_llama3", llama, {"tokenizer": "llama-3.2", "kind": "named", "name": "llama3"}, named("llama3"))
+    qwen = AutoTokenizer.from_pretrained(str(tokdir / "qwen3"))
+    make("qwen3_default", qwen, {"tokenizer": "qwen3", "kind": "tokenizer_default"}, qwen.chat_template)
+    make("qwen3_qwen25", qwen, {"tokenizer": "qwen3", "kind": "named", "name": "qwen_25"}, named("qwen_25"))
+    # Render-only parity for the other built-ins (the text decides the ids; SmolLM2 tokenizes it).
+    for n in ["mistral_v1", "mistral_v2v3", "gemma", "phi_3", "qwen3"]:
+        skip = ["system_multi_turn"] if n == "gemma" else []
+        make(f"smollm2_{n}", s, {"tokenizer": "smollm2", "kind": "named", "name": n}, named(n), skip=skip)
+
+
+if __name__ == "__main__":
+    main()
