@@ -44,6 +44,20 @@ impl Diagnostic {
         }
     }
 
+    /// One line: `file:line:col: message [path]`, as the bad-recipe corpus records them.
+    pub fn short(&self, source: &Sources) -> String {
+        if self.path.is_empty() {
+            format!("{}: {}", self.location(source), self.message)
+        } else {
+            format!(
+                "{}: {} [{}]",
+                self.location(source),
+                self.message,
+                self.path
+            )
+        }
+    }
+
     /// Renders like a compiler diagnostic, with the offending source line and a caret.
     pub fn render(&self, source: &Sources, color: bool) -> String {
         let (red, blue, bold, reset) = if color {

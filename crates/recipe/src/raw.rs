@@ -246,6 +246,11 @@ pub struct RawDataset {
     pub system_format: Option<String>,
     /// Custom alpaca: system prompt used when the row has none.
     pub system_prompt: Option<String>,
+    /// Set by validation when this entry failed to deserialize (its errors are already
+    /// reported); resolution skips it so that the other entries are still checked.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub invalid: bool,
 }
 
 /// Axolotl's custom prompt format, given as the `type:` mapping.

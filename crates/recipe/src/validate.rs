@@ -4,7 +4,7 @@
 use crate::diag::{Diagnostic, Sources};
 use crate::keys;
 use crate::plan::{Plan, Substitution};
-use crate::raw::{self, RawRecipe};
+use crate::raw::{self, RawDataset, RawRecipe};
 use crate::resolve::{self, Explanation};
 use crate::yaml::{self, Key, Node, Origin, Segment, Value};
 use std::collections::HashMap;
@@ -173,6 +173,17 @@ pub fn load_str(name: &str, text: &str, overrides: &[String]) -> Result<Loaded, 
         ]));
     }
 
+    if tree
+        .as_map()
+        .is_some_and(|m| m.iter().all(|(_, v)| v.is_null()))
+        && overrides.is_empty()
+    {
+        return Err(invalid(vec![
+            Diagnostic::new("", None, "the recipe is empty").help(
+                "a recipe needs at least base_model, adapter, lora_target_linear (or lora_target_modules), datasets, learning_rate and num_epochs (or max_steps); see recipes/tiny-smoke.yaml",
+            ),
+        ]));
+    }
     let mut errors = Vec::new();
     for (index, text) in overrides.iter().enumerate() {
         if let Err(d) = apply_override(&mut tree, index, text) {
@@ -244,7 +255,10 @@ fn syntax_diagnostics(text: &str, e: yaml::SyntaxError) -> Vec<Diagnostic> {
     if !tabs.is_empty() {
         return tabs;
     }
-    let message = if e.message.contains("budget") || e.message.contains("depth") {
+    let message = if ["budget", "depth", "recursion"]
+        .iter()
+        .any(|w| e.message.contains(w))
+    {
         format!(
             "the recipe is nested too deeply or is too large: {}",
             e.message
@@ -252,10 +266,12 @@ fn syntax_diagnostics(text: &str, e: yaml::SyntaxError) -> Vec<Diagnostic> {
     } else {
         format!("YAML syntax error: {}", e.message)
     };
-    vec![
-        Diagnostic::new("", e.origin, message)
-            .help("fix the YAML syntax at this position (check indentation, colons and quotes)"),
-    ]
+    let help = if message.starts_with("the recipe is nested") {
+        "recipes are flat; no value needs more than a few levels of nesting"
+    } else {
+        "fix the YAML syntax at or before this position (indentation, colons, quotes, unclosed [ or {)"
+    };
+    vec![Diagnostic::new("", e.origin, message).help(help)]
 }
 
 /// Reports every repeated key, at every depth, pointing at the repeat and naming the first.
@@ -302,11 +318,60 @@ fn typed_keys(tree: &Node, errors: &mut Vec<Diagnostic>) -> (RawRecipe, Vec<Subs
     let known = raw::field_names();
     let mut good = serde_json::Map::new();
     let mut inert = Vec::new();
+    let mut datasets: Vec<(String, Vec<RawDataset>)> = Vec::new();
     for (key, value) in tree.as_map().unwrap_or_default() {
         let path = vec![Segment::Key(key.name.clone())];
-        if known.iter().any(|k| *k == key.name) {
+        if key.name.starts_with("x-") {
+            continue; // extension keys hold YAML anchors (as in docker compose); not recipe keys
+        }
+        if known.contains(&key.name) {
             if value.is_null() {
                 continue; // empty = unset
+            }
+            if let (true, Value::Seq(items)) = (
+                key.name == "datasets" || key.name == "test_datasets",
+                &value.value,
+            ) {
+                // Entry by entry, so that one bad dataset does not hide the others' errors.
+                let entries: Vec<RawDataset> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        let one = serde_json::json!({ key.name.clone(): [item.to_json()] });
+                        match serde_path_to_error::deserialize::<_, RawRecipe>(one) {
+                            Ok(r) => r
+                                .datasets
+                                .or(r.test_datasets)
+                                .and_then(|mut v| v.pop())
+                                .unwrap_or_default(),
+                            Err(e) => {
+                                let mut d = serde_diagnostic(tree, e);
+                                // The entry was checked alone, as index 0: restore its index.
+                                let wrong = format!("{}[0]", key.name);
+                                let right = format!("{}[{i}]", key.name);
+                                if d.path.starts_with(&wrong) {
+                                    d.path = d.path.replacen(&wrong, &right, 1);
+                                    d.origin = yaml::parse_path(&d.path)
+                                        .map(|p| {
+                                            if d.message.starts_with("unknown key") {
+                                                tree.locate_key(&p)
+                                            } else {
+                                                tree.locate(&p)
+                                            }
+                                        })
+                                        .or(d.origin);
+                                }
+                                errors.push(d);
+                                RawDataset {
+                                    invalid: true,
+                                    ..Default::default()
+                                }
+                            }
+                        }
+                    })
+                    .collect();
+                datasets.push((key.name.clone(), entries));
+                continue;
             }
             let one = serde_json::json!({ key.name.clone(): value.to_json() });
             match serde_path_to_error::deserialize::<_, RawRecipe>(one) {
@@ -360,7 +425,15 @@ fn typed_keys(tree: &Node, errors: &mut Vec<Diagnostic>) -> (RawRecipe, Vec<Subs
         }
     }
     // Each key deserialized alone, so together they cannot fail.
-    let raw = serde_json::from_value(serde_json::Value::Object(good)).unwrap_or_default();
+    let mut raw: RawRecipe =
+        serde_json::from_value(serde_json::Value::Object(good)).unwrap_or_default();
+    for (key, entries) in datasets {
+        if key == "datasets" {
+            raw.datasets = Some(entries);
+        } else {
+            raw.test_datasets = Some(entries);
+        }
+    }
     (raw, inert)
 }
 
@@ -437,7 +510,13 @@ fn serde_diagnostic(tree: &Node, e: serde_path_to_error::Error<serde_json::Error
         .help(help);
     }
     let message = friendly_type_message(&inner);
-    let help = format!("see the description of `{key_name}` in `runner schema`");
+    let nested = path.iter().any(|s| matches!(s, Segment::Index(_)));
+    let help = match crate::schema::describe(key_name, nested)
+        .or_else(|| crate::schema::describe(key_name, false))
+    {
+        Some(text) => format!("`{key_name}`: {text}"),
+        None => format!("see the description of `{key_name}` in `runner schema`"),
+    };
     Diagnostic::new(rendered, origin, format!("`{key_name}`: {message}")).help(help)
 }
 

@@ -360,7 +360,16 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
 
 /// serde-saphyr's messages carry a rendered snippet after the first line; we render our own.
 fn first_line(message: &str) -> String {
-    let line = message.lines().next().unwrap_or(message).trim();
+    let mut line = message.lines().next().unwrap_or(message).trim();
+    // Drop a leading "error: line X column Y: " that we show in our own format.
+    if let Some(rest) = line.strip_prefix("error: ") {
+        line = rest;
+    }
+    if line.starts_with("line ")
+        && let Some(i) = line.find(": ")
+    {
+        line = &line[i + 2..];
+    }
     // Drop a trailing " at line X column Y" that we show in our own format.
     match line.find(" at line ") {
         Some(i) => line[..i].to_string(),

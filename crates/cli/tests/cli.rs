@@ -1,0 +1,157 @@
+//! End-to-end tests of the `runner` binary: exit codes, overrides, explain, schema, completions.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn runner(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("runner starts")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_exit_codes_are_0_valid_1_invalid_2_unusable() {
+    assert_eq!(
+        runner(&["validate", "recipes/tiny-smoke.yaml"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        runner(&["validate", "tests/recipes/bad/unknown-keys.yaml"])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        runner(&["validate", "tests/recipes/bad/non-utf8.yaml"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        runner(&["validate", "no/such/recipe.yaml"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        runner(&["validate", "--no-such-flag"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn errors_show_path_position_source_line_and_help() {
+    let out = runner(&["validate", "tests/recipes/bad/unknown-keys.yaml"]);
+    let (_, err) = text(&out);
+    assert!(err.contains("error: unknown key `lora_rr`"), "{err}");
+    assert!(
+        err.contains("tests/recipes/bad/unknown-keys.yaml:3:1 (lora_rr)"),
+        "{err}"
+    );
+    assert!(err.contains("3 | lora_rr: 16"), "{err}");
+    assert!(err.contains("help: did you mean `lora_r`?"), "{err}");
+    assert!(err.contains("4 error(s)"), "{err}");
+}
+
+#[test]
+fn overrides_are_typed_and_validated_like_file_values() {
+    // --set and Axolotl's --key=value form both apply and both show in --explain.
+    let out = runner(&[
+        "validate",
+        "recipes/tiny-smoke.yaml",
+        "--explain",
+        "--set",
+        "lora_r=32",
+        "--learning_rate=0.01",
+        "--set",
+        "datasets[0].train_on_eos=all",
+    ]);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(stdout.contains("adapter.r = 32"), "{stdout}");
+    assert!(stdout.contains("# --set lora_r=32"), "{stdout}");
+    assert!(stdout.contains("train.learning_rate = 0.01"), "{stdout}");
+    assert!(stdout.contains("train_on_eos = \"all\""), "{stdout}");
+
+    let out = runner(&["validate", "recipes/tiny-smoke.yaml", "--lora_r=many"]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("--set lora_r=many:8"), "{err}");
+    assert!(err.contains("expected a whole number"), "{err}");
+}
+
+#[test]
+fn explain_names_the_source_of_every_value() {
+    let out = runner(&["validate", "recipes/tiny-smoke.yaml", "--explain"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("model.base_model = \"builtin:tiny-llama\"")
+            && stdout.contains("base_model at recipes/tiny-smoke.yaml:8:13"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("train.optimizer.beta2 = 0.999"), "{stdout}");
+    assert!(stdout.contains("# default"), "{stdout}");
+    assert!(stdout.contains("adapter.scaling = 2.0"), "{stdout}");
+    assert!(
+        stdout.contains("# derived: lora_alpha / lora_r"),
+        "{stdout}"
+    );
+    for line in stdout.lines() {
+        assert!(line.contains("  # "), "value without a source: {line}");
+    }
+}
+
+#[test]
+fn validate_lists_substitutions() {
+    let out = runner(&["validate", "recipes/mistral-qlora.yaml"]);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        stdout.contains("optimizer: adamw_bnb_8bit → AdamW"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("flash_attention: true →"), "{stdout}");
+}
+
+#[test]
+fn run_without_a_recipe_plans_the_built_in_smoke_recipe() {
+    let out = runner(&["run"]);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(stdout.contains("1. data"), "{stdout}");
+    assert!(stdout.contains("builtin:tiny-llama"), "{stdout}");
+    assert!(stdout.contains("4. export"), "{stdout}");
+}
+
+#[test]
+fn schema_command_prints_the_committed_schema() {
+    let out = runner(&["schema"]);
+    let committed =
+        std::fs::read_to_string(root().join("schemas/recipe.schema.json")).expect("schema file");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
+}
+
+#[test]
+fn completions_and_version() {
+    let out = runner(&["completions", "bash"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("_runner"));
+    let out = runner(&["--version"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("runner "));
+}
