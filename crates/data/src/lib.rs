@@ -9,5 +9,7 @@ pub mod tokenizer;
 pub use error::{DataError, Location, Result};
 pub mod chat;
 pub mod formats;
+pub mod pack;
 pub mod sample;
+pub mod source;
 pub mod testing;
