@@ -70,10 +70,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn load(args: &RecipeArgs) -> Result<Loaded, LoadError> {
-    match &args.recipe {
+    let started = std::time::Instant::now();
+    let result = match &args.recipe {
         Some(path) => runner_recipe::load_path(path, &args.set),
         None => runner_recipe::load_str(SMOKE_NAME, SMOKE_RECIPE, &args.set),
-    }
+    };
+    tracing::info!(
+        ok = result.is_ok(),
+        overrides = args.set.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recipe loaded"
+    );
+    result
 }
 
 /// Prints every diagnostic and returns the exit code: 1 invalid, 2 unusable.

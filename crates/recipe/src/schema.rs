@@ -5,15 +5,11 @@
 use crate::keys;
 use crate::raw::RawRecipe;
 
-pub const SCHEMA_ID: &str =
-    "https://raw.githubusercontent.com/runner-ft/runner/main/schemas/recipe.schema.json";
-
 /// The schema as a JSON value.
 pub fn recipe_schema() -> serde_json::Value {
     let schema = schemars::schema_for!(RawRecipe);
     let mut value = schema.to_value();
     if let Some(obj) = value.as_object_mut() {
-        obj.insert("$id".into(), SCHEMA_ID.into());
         // `x-` keys hold YAML anchors for reuse; they are not recipe keys.
         obj.insert(
             "patternProperties".into(),
