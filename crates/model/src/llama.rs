@@ -1,0 +1,305 @@
+//! The Llama family (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2, Qwen3): one decoder
+//! with the per-architecture differences read from [`ModelConfig`] (q/k/v bias for Qwen2, q/k
+//! norm for Qwen3, sliding window for Mistral). Tensor names follow transformers.
+
+use crate::batch::Batch;
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::nn::{Linear, RmsNorm, Rope, apply_rope, attention_mask, softmax_last};
+use crate::weights::Weights;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+
+/// `self_attn`: grouped-query attention with RoPE.
+#[derive(Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    /// Qwen3: RMSNorm over each head's dimensions, before RoPE.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub window: Option<usize>,
+}
+
+impl Attention {
+    pub fn load(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let (q_norm, k_norm) = if cfg.qk_norm {
+            (
+                Some(RmsNorm::load(w, "q_norm", d, cfg.rms_norm_eps)?),
+                Some(RmsNorm::load(w, "k_norm", d, cfg.rms_norm_eps)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            q_proj: Linear::load(w, "q_proj", h, nh * d, cfg.qkv_bias)?,
+            k_proj: Linear::load(w, "k_proj", h, nkv * d, cfg.qkv_bias)?,
+            v_proj: Linear::load(w, "v_proj", h, nkv * d, cfg.qkv_bias)?,
+            o_proj: Linear::load(w, "o_proj", nh * d, h, cfg.o_bias)?,
+            q_norm,
+            k_norm,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: d,
+            window: cfg.sliding_window.get(layer).copied().flatten(),
+        })
+    }
+
+    /// `x: (B, T, hidden)`, `cos/sin: (B, 1, T, D)`, `mask: (B, 1, T, T)` → `(B, T, hidden)`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let d = self.head_dim;
+        let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
+            let y = y.reshape((b, t, n, d))?;
+            let y = match norm {
+                Some(nrm) => nrm.forward(&y)?,
+                None => y,
+            };
+            Ok(y.transpose(1, 2)?.contiguous()?) // (B, n, T, D)
+        };
+        let q = heads(self.q_proj.forward(x, train)?, self.n_heads, &self.q_norm)?;
+        let k = heads(
+            self.k_proj.forward(x, train)?,
+            self.n_kv_heads,
+            &self.k_norm,
+        )?;
+        let v = heads(self.v_proj.forward(x, train)?, self.n_kv_heads, &None)?;
+        let q = apply_rope(&q, cos, sin)?;
+        let k = apply_rope(&k, cos, sin)?;
+        let k = repeat_kv(&k, self.n_heads / self.n_kv_heads)?;
+        let v = repeat_kv(&v, self.n_heads / self.n_kv_heads)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?; // (B, H, T, T)
+        let probs = softmax_last(&scores)?;
+        let o = probs.matmul(&v)?; // (B, H, T, D)
+        let o = o.transpose(1, 2)?.reshape((b, t, self.n_heads * d))?;
+        self.o_proj.forward(&o, train)
+    }
+}
+
+/// `(B, n_kv, T, D)` → `(B, n_kv·groups, T, D)`, each kv head repeated for its query group.
+fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
+    if groups == 1 {
+        return Ok(x.clone());
+    }
+    let (b, n, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, n, groups, t, d))?
+        .reshape((b, n * groups, t, d))?)
+}
+
+/// `mlp`: SwiGLU, `down(silu(gate(x)) · up(x))`.
+#[derive(Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: Linear::load(w, "gate_proj", h, i, cfg.mlp_bias)?,
+            up_proj: Linear::load(w, "up_proj", h, i, cfg.mlp_bias)?,
+            down_proj: Linear::load(w, "down_proj", i, h, cfg.mlp_bias)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x, train)?.silu()?;
+        let u = self.up_proj.forward(x, train)?;
+        self.down_proj.forward(&(g * u)?, train)
+    }
+}
+
+/// `model.layers.{i}`: pre-norm attention and MLP with residuals.
+#[derive(Clone)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub fn load(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Self> {
+        let eps = cfg.rms_norm_eps;
+        Ok(Self {
+            input_layernorm: RmsNorm::load(w, "input_layernorm", cfg.hidden_size, eps)?,
+            self_attn: Attention::load(&w.pp("self_attn"), cfg, layer)?,
+            post_attention_layernorm: RmsNorm::load(
+                w,
+                "post_attention_layernorm",
+                cfg.hidden_size,
+                eps,
+            )?,
+            mlp: Mlp::load(&w.pp("mlp"), cfg)?,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let h = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, cos, sin, mask, train)?;
+        let x = (x + h)?;
+        let h = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?, train)?;
+        Ok((x + h)?)
+    }
+}
+
+/// `XForCausalLM`: embeddings, decoder layers, final norm and the LM head.
+#[derive(Clone)]
+pub struct CausalLm {
+    pub cfg: ModelConfig,
+    /// `model.embed_tokens.weight`, `(vocab, hidden)`.
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `lm_head`; with tied embeddings its weight is `embed_tokens` (one tensor, shared).
+    pub lm_head: Linear,
+    pub rope: Rope,
+}
+
+impl CausalLm {
+    /// Builds the model from Hugging Face-named weights (`model.layers.0.self_attn.q_proj.weight`).
+    pub fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
+        let m = w.pp("model");
+        let embed_tokens = m
+            .pp("embed_tokens")
+            .get(&[cfg.vocab_size, cfg.hidden_size], "weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(&m.pp("layers").pp(i), cfg, i))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&m, "norm", cfg.hidden_size, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear {
+                name: "lm_head".into(),
+                weight: embed_tokens.clone(),
+                bias: None,
+                lora: None,
+            }
+        } else {
+            Linear::load(w, "lm_head", cfg.hidden_size, cfg.vocab_size, false)?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope: Rope::new(cfg),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// The final hidden states `(B, T, hidden)` (after `model.norm`), before the LM head.
+    pub fn hidden_states(&self, batch: &Batch, train: bool) -> Result<Tensor> {
+        let (b, t) = (batch.batch_size, batch.seq_len);
+        let dev = self.device().clone();
+        let dtype = self.dtype();
+        let ids = Tensor::from_slice(&batch.input_ids, b * t, &dev)?;
+        let mut x =
+            self.embed_tokens
+                .index_select(&ids, 0)?
+                .reshape((b, t, self.cfg.hidden_size))?;
+        let (cos, sin) = self.rope.cos_sin(&batch.position_ids, b, t, &dev, dtype)?;
+        let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
+        for layer in &self.layers {
+            let window = layer.self_attn.window;
+            let mask = match masks.entry(window) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(attention_mask(&batch.seq_ids, b, t, window, &dev, dtype)?)
+                }
+            };
+            x = layer.forward(&x, &cos, &sin, mask, train)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Full logits `(B, T, vocab)`; for training use [`crate::loss::causal_lm_loss`], which never
+    /// materialises them all.
+    pub fn logits(&self, batch: &Batch, train: bool) -> Result<Tensor> {
+        let h = self.hidden_states(batch, train)?;
+        self.lm_head.forward(&h, train)
+    }
+
+    /// Every linear layer, in module order (the LM head last).
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut v = Vec::new();
+        for l in &self.layers {
+            let a = &l.self_attn;
+            v.extend([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]);
+            let m = &l.mlp;
+            v.extend([&m.gate_proj, &m.up_proj, &m.down_proj]);
+        }
+        v.push(&self.lm_head);
+        v
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = Vec::new();
+        for l in &mut self.layers {
+            let a = &mut l.self_attn;
+            v.extend([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj]);
+            let m = &mut l.mlp;
+            v.extend([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]);
+        }
+        v.push(&mut self.lm_head);
+        v
+    }
+
+    /// Number of base parameters, each tensor counted once (tied embeddings once), as
+    /// `model.parameters()` counts them in PyTorch.
+    pub fn base_param_count(&self) -> usize {
+        let mut n = self.embed_tokens.elem_count() + self.norm.weight.elem_count();
+        for l in &self.layers {
+            n += l.input_layernorm.weight.elem_count();
+            n += l.post_attention_layernorm.weight.elem_count();
+            for norm in [&l.self_attn.q_norm, &l.self_attn.k_norm]
+                .into_iter()
+                .flatten()
+            {
+                n += norm.weight.elem_count();
+            }
+        }
+        for lin in self.linears() {
+            if lin.name == "lm_head" && self.cfg.tie_word_embeddings {
+                continue;
+            }
+            n += lin.weight.elem_count() + lin.bias.as_ref().map_or(0, |b| b.elem_count());
+        }
+        n
+    }
+}

@@ -1,0 +1,351 @@
+//! LoRA as PEFT does it: which linear layers get adapters, how A and B start, the trainable
+//! parameters under PEFT's names, and `print_trainable_parameters()`'s line.
+
+use crate::error::{Error, Result};
+use crate::llama::CausalLm;
+use crate::nn::{LoraAdapter, shared_rng};
+use candle_core::{Tensor, Var};
+use rand::{Rng, SeedableRng};
+use runner_recipe::plan::{AdapterPlan, BaseQuant, LoraInit, TargetModules};
+use std::path::Path;
+
+/// The prefix PEFT's `PeftModelForCausalLM` puts before module names.
+pub const PEFT_PREFIX: &str = "base_model.model.";
+
+/// Names of the modules the targets select, in model order. `names` are all linear layers'
+/// module names (`lm_head` included). Every list entry must match at least one module.
+pub fn select_targets(names: &[String], targets: &TargetModules) -> Result<Vec<String>> {
+    match targets {
+        TargetModules::AllLinear => Ok(names.iter().filter(|n| *n != "lm_head").cloned().collect()),
+        TargetModules::Names(list) => {
+            let matches = |n: &str, t: &str| n == t || n.ends_with(&format!(".{t}"));
+            for t in list {
+                if !names.iter().any(|n| matches(n, t)) {
+                    let mut leaves: Vec<&str> = names
+                        .iter()
+                        .map(|n| n.rsplit('.').next().unwrap_or(n))
+                        .collect();
+                    leaves.sort();
+                    leaves.dedup();
+                    return Err(Error::TargetNotFound {
+                        target: t.clone(),
+                        hint: format!("; the linear layers are named {}", leaves.join(", ")),
+                    });
+                }
+            }
+            Ok(names
+                .iter()
+                .filter(|n| list.iter().any(|t| matches(n, t)))
+                .cloned()
+                .collect())
+        }
+        TargetModules::Regex(pattern) => {
+            let re = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                Error::BadTargetRegex {
+                    pattern: pattern.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            let sel: Vec<String> = names.iter().filter(|n| re.is_match(n)).cloned().collect();
+            if sel.is_empty() {
+                return Err(Error::TargetNotFound {
+                    target: pattern.clone(),
+                    hint: format!(
+                        " (the regex must match the whole name, e.g. `{}`)",
+                        names.first().map(String::as_str).unwrap_or("")
+                    ),
+                });
+            }
+            Ok(sel)
+        }
+    }
+}
+
+/// Adapter settings, as resolved from the recipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSettings {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub scaling: f64,
+    pub targets: TargetModules,
+    pub init: LoraInit,
+}
+
+impl LoraSettings {
+    /// Checks that the plan asks only for what this stage implements.
+    pub fn from_plan(plan: &AdapterPlan) -> Result<Self> {
+        let no = |what: &str| Err(Error::Adapter(format!("{what} is not implemented yet")));
+        if plan.base_quant != BaseQuant::None {
+            return no("a quantized frozen base (load_in_4bit / load_in_8bit)");
+        }
+        if plan.use_dora {
+            return no("DoRA (peft_use_dora)");
+        }
+        if !plan.modules_to_save.is_empty() {
+            return no("lora_modules_to_save");
+        }
+        if matches!(plan.init, LoraInit::Pissa { .. }) {
+            return no("PiSSA initialisation");
+        }
+        if plan.r == 0 {
+            return Err(Error::Adapter("lora_r must be positive".into()));
+        }
+        Ok(Self {
+            r: plan.r,
+            alpha: plan.alpha,
+            dropout: plan.dropout,
+            scaling: plan.scaling,
+            targets: plan.targets.clone(),
+            init: plan.init,
+        })
+    }
+}
+
+/// What [`inject`] did.
+#[derive(Debug, Clone)]
+pub struct Adapters {
+    /// Targeted module names, in model order.
+    pub modules: Vec<String>,
+    /// `(PEFT name, parameter)`: `lora_A` then `lora_B` for each module.
+    pub params: Vec<(String, Var)>,
+    pub r: usize,
+    pub scaling: f64,
+}
+
+/// Puts a fresh adapter on every targeted linear layer. The seed fixes A's initialisation and
+/// the dropout masks.
+pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Result<Adapters> {
+    let names: Vec<String> = model.linears().iter().map(|l| l.name.clone()).collect();
+    let selected = select_targets(&names, &s.targets)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let dropout_rng = shared_rng(seed ^ 0x5eed_d20f_0a7e);
+    let mut params = Vec::new();
+    let mut modules = Vec::new();
+    for lin in model.linears_mut() {
+        if !selected.contains(&lin.name) {
+            continue;
+        }
+        if lin.lora.is_some() {
+            return Err(Error::Adapter(format!(
+                "{} already has an adapter",
+                lin.name
+            )));
+        }
+        let (din, dout) = (lin.in_features(), lin.out_features());
+        let dev = lin.weight.device().clone();
+        let a_vals: Vec<f32> = match s.init {
+            LoraInit::Kaiming => {
+                // torch.nn.init.kaiming_uniform_(a=sqrt(5)): gain = sqrt(2/(1+a²)),
+                // bound = sqrt(3)·gain/sqrt(fan_in) = 1/sqrt(fan_in).
+                let gain = (2.0f64 / (1.0 + 5.0)).sqrt();
+                let bound = 3f64.sqrt() * gain / (din as f64).sqrt();
+                (0..s.r * din)
+                    .map(|_| rng.random_range(-bound..bound) as f32)
+                    .collect()
+            }
+            LoraInit::Gaussian => {
+                // PEFT: nn.init.normal_(lora_A.weight, std=1 / r)
+                let std = 1.0 / s.r as f64;
+                (0..s.r * din)
+                    .map(|_| (normal(&mut rng) * std) as f32)
+                    .collect()
+            }
+            LoraInit::Pissa { .. } => {
+                return Err(Error::Adapter(
+                    "PiSSA initialisation is not implemented yet".into(),
+                ));
+            }
+        };
+        let a = Tensor::from_vec(a_vals, (s.r, din), &dev)?.to_dtype(lin.weight.dtype())?;
+        let b = Tensor::zeros((dout, s.r), lin.weight.dtype(), &dev)?;
+        let (a, b) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
+        params.push((
+            format!("{PEFT_PREFIX}{}.lora_A.weight", lin.name),
+            a.clone(),
+        ));
+        params.push((
+            format!("{PEFT_PREFIX}{}.lora_B.weight", lin.name),
+            b.clone(),
+        ));
+        modules.push(lin.name.clone());
+        lin.lora = Some(LoraAdapter {
+            a,
+            b,
+            scale: s.scaling,
+            dropout: s.dropout,
+            rng: dropout_rng.clone(),
+        });
+    }
+    Ok(Adapters {
+        modules,
+        params,
+        r: s.r,
+        scaling: s.scaling,
+    })
+}
+
+/// Injects the adapters the plan describes; with `lora_model_dir` the weights come from that
+/// PEFT adapter.
+pub fn inject(model: &mut CausalLm, plan: &AdapterPlan, seed: u64) -> Result<Adapters> {
+    let s = LoraSettings::from_plan(plan)?;
+    let adapters = inject_settings(model, &s, seed)?;
+    if let Some(dir) = &plan.init_from {
+        load_adapter_weights(&adapters, dir)?;
+    }
+    Ok(adapters)
+}
+
+/// Loads `adapter_model.safetensors` (PEFT names, no `.default`) into the injected adapters.
+pub fn load_adapter_weights(adapters: &Adapters, dir: &Path) -> Result<()> {
+    let file = dir.join("adapter_model.safetensors");
+    if !file.exists() {
+        return Err(Error::Adapter(format!(
+            "{}: no adapter_model.safetensors (a PEFT adapter folder is expected)",
+            dir.display()
+        )));
+    }
+    let src = crate::weights::SafetensorsSource::open(std::slice::from_ref(&file))?;
+    use crate::weights::TensorSource;
+    for (name, var) in &adapters.params {
+        let found = src.shape_of(name).ok_or_else(|| Error::MissingTensor {
+            source_name: file.display().to_string(),
+            name: name.clone(),
+        })?;
+        if found != var.dims() {
+            return Err(Error::ShapeMismatch {
+                source_name: file.display().to_string(),
+                name: name.clone(),
+                expected: var.dims().to_vec(),
+                found,
+            });
+        }
+        let t = src.load(name, var.device())?.to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// Standard normal by Box–Muller (avoids another dependency).
+fn normal(rng: &mut impl Rng) -> f64 {
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Trainable and total parameter counts, as PEFT's `get_nb_trainable_parameters()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamCounts {
+    pub trainable: usize,
+    pub all: usize,
+}
+
+impl ParamCounts {
+    pub fn of(model: &CausalLm, adapters: &Adapters) -> Self {
+        let trainable: usize = adapters.params.iter().map(|(_, v)| v.elem_count()).sum();
+        Self {
+            trainable,
+            all: model.base_param_count() + trainable,
+        }
+    }
+}
+
+impl std::fmt::Display for ParamCounts {
+    /// `trainable params: 1,234 || all params: 5,678 || trainable%: 21.7330`, as PEFT prints it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = if self.all == 0 {
+            0.0
+        } else {
+            100.0 * self.trainable as f64 / self.all as f64
+        };
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {pct:.4}",
+            thousands(self.trainable),
+            thousands(self.all)
+        )
+    }
+}
+
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A short, human-readable placement summary: which leaf names in how many layers.
+pub fn placement_summary(adapters: &Adapters) -> String {
+    let mut leaves: Vec<(String, usize)> = Vec::new();
+    for m in &adapters.modules {
+        let leaf = m.rsplit('.').next().unwrap_or(m).to_string();
+        match leaves.iter_mut().find(|(l, _)| *l == leaf) {
+            Some((_, n)) => *n += 1,
+            None => leaves.push((leaf, 1)),
+        }
+    }
+    let parts: Vec<String> = leaves.iter().map(|(l, n)| format!("{l}×{n}")).collect();
+    format!(
+        "LoRA r={} scaling={} on {} modules: {}",
+        adapters.r,
+        adapters.scaling,
+        adapters.modules.len(),
+        parts.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<String> {
+        [
+            "model.layers.0.self_attn.q_proj",
+            "model.layers.0.self_attn.v_proj",
+            "model.layers.0.mlp.down_proj",
+            "lm_head",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    #[test]
+    fn list_regex_all_linear() {
+        let n = names();
+        let l = select_targets(
+            &n,
+            &TargetModules::Names(vec!["q_proj".into(), "lm_head".into()]),
+        )
+        .unwrap();
+        assert_eq!(l, vec!["model.layers.0.self_attn.q_proj", "lm_head"]);
+        let r = select_targets(&n, &TargetModules::Regex(r".*\.(q|v)_proj".into())).unwrap();
+        assert_eq!(r.len(), 2);
+        // fullmatch: `q_proj` alone matches nothing as a regex
+        assert!(select_targets(&n, &TargetModules::Regex("q_proj".into())).is_err());
+        let a = select_targets(&n, &TargetModules::AllLinear).unwrap();
+        assert_eq!(a.len(), 3);
+        // suffix must be a whole component
+        let e = select_targets(&n, &TargetModules::Names(vec!["proj".into()])).unwrap_err();
+        assert!(e.to_string().contains("`proj`"), "{e}");
+    }
+
+    #[test]
+    fn peft_formatting() {
+        let c = ParamCounts {
+            trainable: 4_884_480,
+            all: 139_399_488,
+        };
+        assert_eq!(
+            c.to_string(),
+            "trainable params: 4,884,480 || all params: 139,399,488 || trainable%: 3.5039"
+        );
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+    }
+}

@@ -1,0 +1,270 @@
+//! Differentiable building blocks: linear layers (with an optional LoRA adapter), RMSNorm, RoPE,
+//! softmax and the attention masks. Only ops with a backward in candle 0.11.1 are used: the fused
+//! `softmax_last_dim`, `RmsNorm::forward` and `rotary_emb::rope` silently drop gradients.
+
+use crate::config::{ModelConfig, RopeScaling};
+use crate::error::Result;
+use crate::weights::Weights;
+use candle_core::{D, DType, Device, Tensor, Var};
+use rand::Rng;
+use rand::SeedableRng;
+use std::sync::{Arc, Mutex};
+
+/// Seeded random stream shared by the dropout layers of one model.
+pub type SharedRng = Arc<Mutex<rand_chacha::ChaCha8Rng>>;
+
+pub fn shared_rng(seed: u64) -> SharedRng {
+    Arc::new(Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(seed)))
+}
+
+/// A LoRA adapter on a linear layer: `s · B(A(dropout(x)))`.
+#[derive(Clone)]
+pub struct LoraAdapter {
+    /// `[r, in]`
+    pub a: Var,
+    /// `[out, r]`
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f64,
+    pub rng: SharedRng,
+}
+
+/// A linear layer `y = x Wᵀ + b` with a frozen weight, optionally carrying a LoRA adapter.
+#[derive(Clone)]
+pub struct Linear {
+    /// The module name as transformers names it (`model.layers.0.self_attn.q_proj`).
+    pub name: String,
+    /// `[out, in]`, a constant: no gradient is ever stored for it.
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    pub fn load(
+        w: &Weights,
+        name: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let w = w.pp(name);
+        let weight = w.get(&[out_dim, in_dim], "weight")?;
+        let bias = if bias {
+            Some(w.get(&[out_dim], "bias")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            name: w.prefix().to_string(),
+            weight,
+            bias,
+            lora: None,
+        })
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// `x`: `(..., in)` → `(..., out)`.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = self.in_features();
+        let rows = x.elem_count() / in_dim;
+        let x2 = x.reshape((rows, in_dim))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let xd = dropout(&x2, l.dropout, train, &l.rng)?;
+            let z = xd
+                .matmul(&l.a.as_tensor().t()?)?
+                .matmul(&l.b.as_tensor().t()?)?;
+            y = (y + (z * l.scale)?)?;
+        }
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.out_features();
+        Ok(y.reshape(out)?)
+    }
+}
+
+/// Inverted dropout (as `torch.nn.Dropout`): zero with probability `p`, scale the rest by 1/(1-p).
+pub fn dropout(x: &Tensor, p: f64, train: bool, rng: &SharedRng) -> Result<Tensor> {
+    if !train || p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let n = x.elem_count();
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = {
+        let mut g = rng.lock().unwrap_or_else(|e| e.into_inner());
+        (0..n)
+            .map(|_| if g.random::<f64>() < p { 0.0 } else { keep })
+            .collect()
+    };
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    Ok((x * mask)?)
+}
+
+/// RMSNorm as transformers computes it: `w · x / sqrt(mean(x²) + eps)`.
+#[derive(Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(w: &Weights, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.pp(name).get(&[dim], "weight")?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv = (var + self.eps)?.sqrt()?.recip()?;
+        Ok(x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// Softmax over the last dimension, built from differentiable ops (the max is detached: the
+/// result does not depend on it).
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// RoPE inverse frequencies, computed in f32 exactly as transformers does.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    pub inv_freq: Vec<f32>,
+    pub head_dim: usize,
+}
+
+impl Rope {
+    pub fn new(cfg: &ModelConfig) -> Self {
+        let dim = cfg.head_dim;
+        let base = cfg.rope_theta as f32;
+        let inv: Vec<f32> = (0..dim)
+            .step_by(2)
+            .map(|i| 1.0f32 / base.powf(i as f32 / dim as f32))
+            .collect();
+        let inv_freq = match cfg.rope_scaling {
+            RopeScaling::None => inv,
+            RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor as f32).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let (factor, low, high, old) = (
+                    factor as f32,
+                    low_freq_factor as f32,
+                    high_freq_factor as f32,
+                    original_max_position_embeddings as f32,
+                );
+                let low_wavelen = old / low;
+                let high_wavelen = old / high;
+                inv.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                        // transformers: ~(wavelen < high) * ~(wavelen > low); wavelen is never NaN.
+                        let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                        if medium {
+                            let smooth = (old / wavelen - low) / (high - low);
+                            (1.0 - smooth) * scaled / factor + smooth * scaled
+                        } else {
+                            scaled
+                        }
+                    })
+                    .collect()
+            }
+        };
+        Self {
+            inv_freq,
+            head_dim: dim,
+        }
+    }
+
+    /// `cos`, `sin` of shape `(B, 1, T, head_dim)` for the given positions (`B*T`, row-major).
+    pub fn cos_sin(
+        &self,
+        positions: &[u32],
+        b: usize,
+        t: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * self.head_dim);
+        let mut sin = Vec::with_capacity(positions.len() * self.head_dim);
+        for &p in positions {
+            for _ in 0..2 {
+                for &f in &self.inv_freq {
+                    let a = f * p as f32;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        debug_assert_eq!(cos.len(), positions.len() * 2 * half);
+        let cos = Tensor::from_vec(cos, (b, 1, t, self.head_dim), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (b, 1, t, self.head_dim), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+/// `x·cos + rotate_half(x)·sin` for `x: (B, H, T, D)`.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+}
+
+/// Additive attention mask `(B, 1, T, T)`: 0 where query `i` may see key `j`, the most negative
+/// finite value elsewhere (finite so fully masked padding rows stay NaN-free).
+///
+/// Query `i` sees key `j` when `j ≤ i`, both belong to the same sample (`seq_ids` equal and
+/// non-zero; 0 marks padding) and, with a sliding window `w`, `i - j < w`. Packed batches give
+/// each sample its own id, which makes the mask block-diagonal.
+pub fn attention_mask(
+    seq_ids: &[u32],
+    b: usize,
+    t: usize,
+    window: Option<usize>,
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
+    let neg = f32::MIN;
+    let mut m = vec![neg; b * t * t];
+    for row in 0..b {
+        let ids = &seq_ids[row * t..(row + 1) * t];
+        for i in 0..t {
+            let base = row * t * t + i * t;
+            if ids[i] == 0 {
+                m[base + i] = 0.0;
+                continue;
+            }
+            let lo = window.map_or(0, |w| (i + 1).saturating_sub(w));
+            for j in lo..=i {
+                if ids[j] == ids[i] {
+                    m[base + j] = 0.0;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, 1, t, t), device)?.to_dtype(dtype)?)
+}

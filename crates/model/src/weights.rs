@@ -1,0 +1,243 @@
+//! Where base weights come from: memory-mapped safetensors (one file or sharded), a dequantized
+//! GGUF, or tensors in memory. Every lookup checks the shape and names the tensor on failure.
+
+use crate::error::{Error, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A named store of tensors in Hugging Face names.
+pub trait TensorSource: Send + Sync {
+    /// Human-readable origin (a file path), used in errors.
+    fn source_name(&self) -> String;
+    /// The tensor's shape, or None when absent.
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>>;
+    /// Loads a tensor (already known to exist).
+    fn load(&self, name: &str, device: &Device) -> Result<Tensor>;
+    /// All tensor names (for diagnostics).
+    fn names(&self) -> Vec<String>;
+}
+
+/// Memory-mapped safetensors: a single file or the shards of an index.
+pub struct SafetensorsSource {
+    files: Vec<PathBuf>,
+    inner: MmapedSafetensors,
+    shapes: HashMap<String, Vec<usize>>,
+}
+
+impl SafetensorsSource {
+    pub fn open(files: &[PathBuf]) -> Result<Self> {
+        for f in files {
+            check_safetensors_header(f)?;
+        }
+        // SAFETY: the files are mapped read-only; like every mmap-based loader we rely on them not
+        // being truncated while the process runs (the header and sizes are checked first).
+        let inner = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| Error::Safetensors {
+            path: files.first().cloned().unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        let shapes = inner
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.shape().to_vec()))
+            .collect();
+        Ok(Self {
+            files: files.to_vec(),
+            inner,
+            shapes,
+        })
+    }
+}
+
+/// Checks that a safetensors header parses and that the data section is as long as it claims,
+/// so a truncated download is a clear error instead of a failure deep inside a load.
+fn check_safetensors_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let bad = |message: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut f = std::fs::File::open(path).map_err(crate::error::io_err(path))?;
+    let file_len = f.metadata().map_err(crate::error::io_err(path))?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| bad("file is shorter than the 8-byte header length (truncated?)".into()))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100_000_000 || 8 + n > file_len {
+        return Err(bad(format!(
+            "header claims {n} bytes but the file has {file_len} (truncated or not safetensors)"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("cannot read header: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    let mut end = 0u64;
+    if let Some(obj) = v.as_object() {
+        for (name, info) in obj {
+            if name == "__metadata__" {
+                continue;
+            }
+            if let Some(offs) = info.get("data_offsets").and_then(|o| o.as_array())
+                && let Some(e) = offs.get(1).and_then(|x| x.as_u64())
+            {
+                end = end.max(e);
+            }
+        }
+    }
+    if 8 + n + end > file_len {
+        return Err(bad(format!(
+            "data section needs {} bytes, file has {file_len} (truncated download?)",
+            8 + n + end
+        )));
+    }
+    Ok(())
+}
+
+impl TensorSource for SafetensorsSource {
+    fn source_name(&self) -> String {
+        match self.files.as_slice() {
+            [one] => one.display().to_string(),
+            many => format!(
+                "{} ({} shards)",
+                many.first()
+                    .and_then(|p| p.parent())
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                many.len()
+            ),
+        }
+    }
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.shapes.get(name).cloned()
+    }
+    fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
+        self.inner
+            .load(name, device)
+            .map_err(|e| Error::Safetensors {
+                path: PathBuf::from(self.source_name()),
+                message: format!("tensor `{name}`: {e}"),
+            })
+    }
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.shapes.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// Tensors already in memory (GGUF after dequantization, tests).
+pub struct MemorySource {
+    pub name: String,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl TensorSource for MemorySource {
+    fn source_name(&self) -> String {
+        self.name.clone()
+    }
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|t| t.dims().to_vec())
+    }
+    fn load(&self, name: &str, _device: &Device) -> Result<Tensor> {
+        self.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::MissingTensor {
+                source_name: self.name.clone(),
+                name: name.to_string(),
+            })
+    }
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tensors.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// A prefix-scoped view of a [`TensorSource`], like candle's `VarBuilder` but with our errors and
+/// a compute dtype. Tensors come back as constants (never `Var`s): the base is frozen.
+#[derive(Clone)]
+pub struct Weights {
+    source: Arc<dyn TensorSource>,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+}
+
+impl Weights {
+    pub fn new(source: Arc<dyn TensorSource>, dtype: DType, device: Device) -> Self {
+        Self {
+            source,
+            prefix: String::new(),
+            dtype,
+            device,
+        }
+    }
+
+    /// A view under `prefix.name`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Self {
+            prefix,
+            ..self.clone()
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.source.shape_of(&self.full_name(name)).is_some()
+    }
+
+    /// Loads `prefix.name`, checking its shape, converted to the compute dtype.
+    pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        let full = self.full_name(name);
+        let found = self
+            .source
+            .shape_of(&full)
+            .ok_or_else(|| Error::MissingTensor {
+                source_name: self.source.source_name(),
+                name: full.clone(),
+            })?;
+        if found != shape {
+            return Err(Error::ShapeMismatch {
+                source_name: self.source.source_name(),
+                name: full,
+                expected: shape.to_vec(),
+                found,
+            });
+        }
+        let t = self.source.load(&full, &self.device)?;
+        if t.dtype() == self.dtype {
+            Ok(t)
+        } else {
+            Ok(t.to_dtype(self.dtype)?)
+        }
+    }
+}
