@@ -16,3 +16,8 @@ pub use config::{Arch, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use llama::CausalLm;
 pub use lora::{Adapters, ParamCounts, inject};
+pub mod gguf;
+pub mod hub;
+pub mod load;
+
+pub use load::{LoadedModel, load, load_folder};

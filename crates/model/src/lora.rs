@@ -205,6 +205,12 @@ pub fn load_adapter_weights(adapters: &Adapters, dir: &Path) -> Result<()> {
             dir.display()
         )));
     }
+    load_adapter_file(adapters, &file)
+}
+
+/// Loads adapter weights from one safetensors file with PEFT names.
+pub fn load_adapter_file(adapters: &Adapters, file: &Path) -> Result<()> {
+    let file = file.to_path_buf();
     let src = crate::weights::SafetensorsSource::open(std::slice::from_ref(&file))?;
     use crate::weights::TensorSource;
     for (name, var) in &adapters.params {

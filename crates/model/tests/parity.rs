@@ -1,0 +1,221 @@
+//! Forward/backward parity with transformers + PEFT on tiny random models.
+//!
+//! The fixtures under `crates/model/fixtures/tiny-*` come from `tools/model/make_fixtures.py`
+//! (torch 2.15, transformers 5.24, peft 0.21, f32, eager attention). In short, per model:
+//!
+//! ```python
+//! model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")  # seeded, norms perturbed
+//! peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", lora_dropout=0.0, **lora))
+//! for n, p in peft_model.named_parameters():
+//!     if "lora_B" in n: p.data.normal_(0.0, 0.1)            # non-zero B: informative gradients
+//! # padded: 2 rows x 12, row 1 right-padded after 8 tokens, row 0's first 3 labels -100
+//! out = peft_model(input_ids=ids, attention_mask=mask, labels=labels); out.loss.backward()
+//! # packed: samples of 5, 4, 3 tokens run one by one; loss = sum of token CE / count
+//! ```
+//!
+//! Tolerances (f32): logits max-abs error / max-abs value ≤ 1e-5; gradients ≤ 1e-4 relative.
+
+use candle_core::{DType, Device, Tensor};
+use runner_model::lora::{LoraSettings, ParamCounts, inject_settings, load_adapter_file};
+use runner_model::{Adapters, Batch, CausalLm, load_folder, loss};
+use runner_recipe::plan::{LoraInit, TargetModules};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn setup(name: &str) -> (CausalLm, Adapters) {
+    let dir = fixture(name);
+    let mut model = load_folder(&dir, DType::F32, &Device::Cpu).expect("load fixture model");
+    let lora: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("lora.json")).unwrap()).unwrap();
+    let targets = match &lora["target_modules"] {
+        serde_json::Value::String(s) if s == "all-linear" => TargetModules::AllLinear,
+        serde_json::Value::String(s) => TargetModules::Regex(s.clone()),
+        serde_json::Value::Array(a) => {
+            TargetModules::Names(a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        }
+        other => panic!("bad target_modules {other}"),
+    };
+    let r = lora["r"].as_u64().unwrap() as usize;
+    let alpha = lora["lora_alpha"].as_f64().unwrap();
+    let scaling = if lora["use_rslora"].as_bool().unwrap() {
+        alpha / (r as f64).sqrt()
+    } else {
+        alpha / r as f64
+    };
+    let s = LoraSettings {
+        r,
+        alpha,
+        dropout: 0.0,
+        scaling,
+        targets,
+        init: LoraInit::Kaiming,
+    };
+    let adapters = inject_settings(&mut model, &s, 0).expect("inject");
+    load_adapter_file(&adapters, &dir.join("lora.safetensors")).expect("adapter weights");
+    (model, adapters)
+}
+
+fn case(name: &str, case: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        fixture(name).join(format!("{case}.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn ints<T: TryFrom<i64>>(t: &Tensor) -> Vec<T>
+where
+    T::Error: std::fmt::Debug,
+{
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| T::try_from(x).unwrap())
+        .collect()
+}
+
+/// max |a - b| / max |b|
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+    let scale = b.abs().unwrap().max_all().unwrap();
+    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-30)
+}
+
+fn check(name: &str, case_name: &str) {
+    let (model, adapters) = setup(name);
+    let c = case(name, case_name);
+    let ids: Vec<u32> = ints(&c["input_ids"]);
+    let labels: Vec<i64> = ints(&c["labels"]);
+    let (b, t) = c["input_ids"].dims2().unwrap();
+    let (batch, valid): (Batch, Vec<bool>) = if case_name == "padded" {
+        let mask: Vec<u8> = ints(&c["attention_mask"]);
+        let valid = mask.iter().map(|&m| m == 1).collect();
+        (
+            Batch::from_attention_mask(b, t, ids, &mask, labels).unwrap(),
+            valid,
+        )
+    } else {
+        let cu: Vec<usize> = ints(&c["cu_seqlens"]);
+        let n = *cu.last().unwrap();
+        let valid = (0..t).map(|i| i < n).collect();
+        (Batch::packed(b, t, ids, &[cu], labels).unwrap(), valid)
+    };
+
+    // Logits at real tokens.
+    let logits = model.logits(&batch, false).unwrap();
+    let v = logits.dim(2).unwrap();
+    let flat = logits.reshape((b * t, v)).unwrap();
+    let keep: Vec<u32> = (0..b * t).filter(|&i| valid[i]).map(|i| i as u32).collect();
+    let keep = Tensor::from_slice(&keep, keep.len(), &Device::Cpu).unwrap();
+    let ours = flat.index_select(&keep, 0).unwrap();
+    let want_all = &c["logits"];
+    let want = if case_name == "padded" {
+        want_all
+            .reshape((b * t, v))
+            .unwrap()
+            .index_select(&keep, 0)
+            .unwrap()
+    } else {
+        want_all.squeeze(0).unwrap()
+    };
+    let e = rel_err(&ours, &want);
+    println!("{name}/{case_name}: logits rel err {e:.2e}");
+    assert!(e < 1e-5, "{name}/{case_name}: logits rel err {e}");
+
+    // Loss, chunked (chunk 5 so several chunks run) and whole, both equal to transformers'.
+    let out = loss::causal_lm_loss(&model, &batch, true, 5).unwrap();
+    let want_loss = c["loss"].to_vec1::<f32>().unwrap()[0];
+    let got = out.loss.to_scalar::<f32>().unwrap();
+    let reference = loss::reference_loss(&logits, &batch)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    println!("{name}/{case_name}: loss {got} (transformers {want_loss}, unchunked {reference})");
+    assert!(
+        ((got - want_loss) / want_loss).abs() < 1e-5,
+        "{got} vs {want_loss}"
+    );
+    assert!(((reference - want_loss) / want_loss).abs() < 1e-5);
+
+    // Gradients of every adapter matrix.
+    let grads = out.loss.backward().unwrap();
+    let mut worst = 0f32;
+    for (pname, var) in &adapters.params {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient reached {pname}"));
+        let want = &c[&format!("grad.{pname}")];
+        let e = rel_err(g, want);
+        worst = worst.max(e);
+        assert!(e < 1e-4, "{name}/{case_name}: {pname} grad rel err {e}");
+    }
+    println!(
+        "{name}/{case_name}: {} adapter grads, worst rel err {worst:.2e}",
+        adapters.params.len()
+    );
+    // Every adapter tensor PEFT trains is one of ours, and vice versa.
+    let n_fixture = c.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(n_fixture, adapters.params.len());
+}
+
+#[test]
+fn llama_padded() {
+    check("tiny-llama", "padded");
+}
+
+#[test]
+fn llama_packed() {
+    check("tiny-llama", "packed");
+}
+
+#[test]
+fn qwen3_padded() {
+    check("tiny-qwen3", "padded");
+}
+
+#[test]
+fn qwen3_packed() {
+    check("tiny-qwen3", "packed");
+}
+
+#[test]
+fn mistral_sliding_window_padded() {
+    check("tiny-mistral", "padded");
+}
+
+#[test]
+fn mistral_sliding_window_packed() {
+    check("tiny-mistral", "packed");
+}
+
+#[test]
+fn qwen2_bias_regex_targets_padded() {
+    check("tiny-qwen2", "padded");
+}
+
+#[test]
+fn qwen2_bias_regex_targets_packed() {
+    check("tiny-qwen2", "packed");
+}
+
+/// `peft_model.print_trainable_parameters()` for each fixture, written by the script.
+#[test]
+fn trainable_parameters_line_matches_peft() {
+    for name in ["tiny-llama", "tiny-qwen3", "tiny-mistral", "tiny-qwen2"] {
+        let (model, adapters) = setup(name);
+        let want = std::fs::read_to_string(fixture(name).join("trainable.txt")).unwrap();
+        assert_eq!(
+            ParamCounts::of(&model, &adapters).to_string(),
+            want.trim(),
+            "{name}"
+        );
+    }
+}
