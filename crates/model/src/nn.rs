@@ -77,7 +77,7 @@ impl Linear {
         let in_dim = self.in_features();
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = frozen_matmul(&x2, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -92,6 +92,62 @@ impl Linear {
         let last = out.len() - 1;
         out[last] = self.out_features();
         Ok(y.reshape(out)?)
+    }
+}
+
+/// `x Wᵀ` for a frozen `W`: the backward computes only the input's gradient. (candle's own
+/// matmul backward also computes and stores a gradient for `W`, a third of a step's compute and
+/// a model-sized buffer, even when `W` is a constant.)
+pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return Ok(x.matmul(&w.t()?)?);
+    }
+    Ok(x.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?)
+}
+
+struct FrozenMatmul {
+    /// `[out, in]`
+    w: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as C;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul: input must be contiguous")
+        };
+        let dev = Device::Cpu;
+        let x = match storage {
+            C::F32(v) => Tensor::from_slice(&v[start..end], layout.shape(), &dev)?,
+            C::F64(v) => Tensor::from_slice(&v[start..end], layout.shape(), &dev)?,
+            C::BF16(v) => Tensor::from_slice(&v[start..end], layout.shape(), &dev)?,
+            C::F16(v) => Tensor::from_slice(&v[start..end], layout.shape(), &dev)?,
+            _ => candle_core::bail!("frozen-matmul: unsupported dtype"),
+        };
+        let y = x.matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        let (st, l) = y.storage_and_layout();
+        match (&*st, l.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(c), Some((0, _))) => Ok((c.clone(), shape)),
+            _ => candle_core::bail!("frozen-matmul: unexpected output layout"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
     }
 }
 

@@ -161,6 +161,15 @@ fn check(name: &str, case_name: &str) {
         "{name}/{case_name}: {} adapter grads, worst rel err {worst:.2e}",
         adapters.params.len()
     );
+    // The frozen base gets no gradient at all (not even a discarded one).
+    for lin in model.linears() {
+        assert!(
+            grads.get(&lin.weight).is_none(),
+            "{} got a gradient",
+            lin.name
+        );
+    }
+    assert!(grads.get(&model.embed_tokens).is_none());
     // Every adapter tensor PEFT trains is one of ours, and vice versa.
     let n_fixture = c.keys().filter(|k| k.starts_with("grad.")).count();
     assert_eq!(n_fixture, adapters.params.len());
