@@ -141,3 +141,98 @@ pub fn write_tiny_qwen3(dir: &Path, seed: u64) -> Result<ModelConfig> {
     write_tiny(dir, &cfg, seed)?;
     Ok(cfg)
 }
+
+/// llama.cpp's row permutation of Q and K (the inverse of [`crate::gguf::unpermute_qk`]):
+/// `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2).reshape(rows, cols)`.
+pub fn permute_qk_llama_cpp(w: &Tensor, n_head: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    Ok(w.reshape((n_head, 2, rows / n_head / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
+}
+
+/// Writes the weights of a Llama `cfg` as an f32 GGUF the way llama.cpp's converter lays it out
+/// (GGUF names, permuted Q/K, `llama.*` metadata), with a toy tokenizer vocabulary.
+pub fn write_gguf(
+    path: &Path,
+    cfg: &ModelConfig,
+    weights: &BTreeMap<String, Tensor>,
+) -> Result<()> {
+    use candle_core::quantized::gguf_file::Value;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let to_gguf = |hf: &str| -> Option<String> {
+        let fixed = match hf {
+            "model.embed_tokens.weight" => Some("token_embd.weight"),
+            "model.norm.weight" => Some("output_norm.weight"),
+            "lm_head.weight" => Some("output.weight"),
+            _ => None,
+        };
+        if let Some(f) = fixed {
+            return Some(f.to_string());
+        }
+        let rest = hf.strip_prefix("model.layers.")?;
+        let (layer, tail) = rest.split_once('.')?;
+        let (module, kind) = tail.rsplit_once('.')?;
+        let g = match module {
+            "self_attn.q_proj" => "attn_q",
+            "self_attn.k_proj" => "attn_k",
+            "self_attn.v_proj" => "attn_v",
+            "self_attn.o_proj" => "attn_output",
+            "mlp.gate_proj" => "ffn_gate",
+            "mlp.up_proj" => "ffn_up",
+            "mlp.down_proj" => "ffn_down",
+            "input_layernorm" => "attn_norm",
+            "post_attention_layernorm" => "ffn_norm",
+            _ => return None,
+        };
+        Some(format!("blk.{layer}.{g}.{kind}"))
+    };
+    for (name, t) in weights {
+        let Some(g) = to_gguf(name) else {
+            return Err(Error::Adapter(format!("no GGUF name for {name}")));
+        };
+        let t = if name.ends_with("q_proj.weight") {
+            permute_qk_llama_cpp(t, cfg.num_attention_heads)?
+        } else if name.ends_with("k_proj.weight") {
+            permute_qk_llama_cpp(t, cfg.num_key_value_heads)?
+        } else {
+            t.clone()
+        };
+        tensors.push((g, QTensor::quantize(&t, GgmlDType::F32)?));
+    }
+    let u = |x: usize| Value::U32(x as u32);
+    let tokens: Vec<Value> = (0..cfg.vocab_size)
+        .map(|i| Value::String(format!("<t{i}>")))
+        .collect();
+    let meta: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", u(cfg.num_hidden_layers)),
+        ("llama.context_length", u(cfg.max_position_embeddings)),
+        ("llama.embedding_length", u(cfg.hidden_size)),
+        ("llama.feed_forward_length", u(cfg.intermediate_size)),
+        ("llama.attention.head_count", u(cfg.num_attention_heads)),
+        ("llama.attention.head_count_kv", u(cfg.num_key_value_heads)),
+        ("llama.rope.dimension_count", u(cfg.head_dim)),
+        ("llama.rope.freq_base", Value::F32(cfg.rope_theta as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.tokens", Value::Array(tokens)),
+        ("tokenizer.ggml.bos_token_id", u(1)),
+        ("tokenizer.ggml.eos_token_id", u(2)),
+    ];
+    let mut f = std::fs::File::create(path).map_err(crate::error::io_err(path))?;
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    candle_core::quantized::gguf_file::write(&mut f, &meta_refs, &tensor_refs).map_err(|e| {
+        Error::Gguf {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
+    Ok(())
+}
