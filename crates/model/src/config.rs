@@ -315,6 +315,86 @@ impl ModelConfig {
         })
     }
 
+    /// Every tensor a checkpoint of `cfg` holds, with its shape, in Hugging Face names.
+    pub fn tensor_shapes(&self) -> std::collections::BTreeMap<String, Vec<usize>> {
+        let cfg = self;
+        let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (q, kv, d) = (
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.num_key_value_heads * cfg.head_dim,
+            cfg.head_dim,
+        );
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("model.embed_tokens.weight".to_string(), vec![v, h]);
+        m.insert("model.norm.weight".to_string(), vec![h]);
+        if !cfg.tie_word_embeddings {
+            m.insert("lm_head.weight".to_string(), vec![v, h]);
+        }
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let mut put = |k: &str, s: Vec<usize>| m.insert(format!("{p}.{k}"), s);
+            put("input_layernorm.weight", vec![h]);
+            put("post_attention_layernorm.weight", vec![h]);
+            put("self_attn.q_proj.weight", vec![q, h]);
+            put("self_attn.k_proj.weight", vec![kv, h]);
+            put("self_attn.v_proj.weight", vec![kv, h]);
+            put("self_attn.o_proj.weight", vec![h, q]);
+            if cfg.qkv_bias {
+                put("self_attn.q_proj.bias", vec![q]);
+                put("self_attn.k_proj.bias", vec![kv]);
+                put("self_attn.v_proj.bias", vec![kv]);
+            }
+            if cfg.o_bias {
+                put("self_attn.o_proj.bias", vec![h]);
+            }
+            if cfg.qk_norm {
+                put("self_attn.q_norm.weight", vec![d]);
+                put("self_attn.k_norm.weight", vec![d]);
+            }
+            put("mlp.gate_proj.weight", vec![i, h]);
+            put("mlp.up_proj.weight", vec![i, h]);
+            put("mlp.down_proj.weight", vec![h, i]);
+            if cfg.mlp_bias {
+                put("mlp.gate_proj.bias", vec![i]);
+                put("mlp.up_proj.bias", vec![i]);
+                put("mlp.down_proj.bias", vec![h]);
+            }
+        }
+        m
+    }
+
+    /// `(module name, in, out)` of every linear layer, in module order, `lm_head` last.
+    pub fn linear_shapes(&self) -> Vec<(String, usize, usize)> {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let mut v = Vec::new();
+        for l in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            for (m, din, dout) in [
+                ("self_attn.q_proj", h, q),
+                ("self_attn.k_proj", h, kv),
+                ("self_attn.v_proj", h, kv),
+                ("self_attn.o_proj", q, h),
+                ("mlp.gate_proj", h, i),
+                ("mlp.up_proj", h, i),
+                ("mlp.down_proj", i, h),
+            ] {
+                v.push((format!("{p}.{m}"), din, dout));
+            }
+        }
+        v.push(("lm_head".to_string(), h, self.vocab_size));
+        v
+    }
+
+    /// Base parameters, tied embeddings counted once (what `model.parameters()` counts).
+    pub fn param_count(&self) -> usize {
+        self.tensor_shapes()
+            .values()
+            .map(|s| s.iter().product::<usize>())
+            .sum()
+    }
+
     /// Number of query heads per key/value head.
     pub fn gqa_groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads

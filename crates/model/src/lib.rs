@@ -8,6 +8,7 @@ pub mod llama;
 pub mod lora;
 pub mod loss;
 pub mod nn;
+pub mod summary;
 pub mod tiny;
 pub mod weights;
 
@@ -21,3 +22,4 @@ pub mod hub;
 pub mod load;
 
 pub use load::{LoadedModel, load, load_folder};
+pub use summary::{ModelSummary, summarize};

@@ -36,59 +36,12 @@ pub fn tiny_config(arch: Arch) -> ModelConfig {
     }
 }
 
-/// Every tensor a checkpoint of `cfg` holds, with its shape, in Hugging Face names.
-pub fn tensor_shapes(cfg: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
-    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    let (q, kv, d) = (
-        cfg.num_attention_heads * cfg.head_dim,
-        cfg.num_key_value_heads * cfg.head_dim,
-        cfg.head_dim,
-    );
-    let mut m = BTreeMap::new();
-    m.insert("model.embed_tokens.weight".to_string(), vec![v, h]);
-    m.insert("model.norm.weight".to_string(), vec![h]);
-    if !cfg.tie_word_embeddings {
-        m.insert("lm_head.weight".to_string(), vec![v, h]);
-    }
-    for l in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        let mut put = |k: &str, s: Vec<usize>| m.insert(format!("{p}.{k}"), s);
-        put("input_layernorm.weight", vec![h]);
-        put("post_attention_layernorm.weight", vec![h]);
-        put("self_attn.q_proj.weight", vec![q, h]);
-        put("self_attn.k_proj.weight", vec![kv, h]);
-        put("self_attn.v_proj.weight", vec![kv, h]);
-        put("self_attn.o_proj.weight", vec![h, q]);
-        if cfg.qkv_bias {
-            put("self_attn.q_proj.bias", vec![q]);
-            put("self_attn.k_proj.bias", vec![kv]);
-            put("self_attn.v_proj.bias", vec![kv]);
-        }
-        if cfg.o_bias {
-            put("self_attn.o_proj.bias", vec![h]);
-        }
-        if cfg.qk_norm {
-            put("self_attn.q_norm.weight", vec![d]);
-            put("self_attn.k_norm.weight", vec![d]);
-        }
-        put("mlp.gate_proj.weight", vec![i, h]);
-        put("mlp.up_proj.weight", vec![i, h]);
-        put("mlp.down_proj.weight", vec![h, i]);
-        if cfg.mlp_bias {
-            put("mlp.gate_proj.bias", vec![i]);
-            put("mlp.up_proj.bias", vec![i]);
-            put("mlp.down_proj.bias", vec![h]);
-        }
-    }
-    m
-}
-
 /// Random weights for `cfg`: N(0, 0.02) for matrices and biases, norms around 1.
 pub fn random_weights(cfg: &ModelConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
     use rand::Rng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut out = BTreeMap::new();
-    for (name, shape) in tensor_shapes(cfg) {
+    for (name, shape) in cfg.tensor_shapes() {
         let n: usize = shape.iter().product();
         let vals: Vec<f32> = if name.ends_with("norm.weight") {
             (0..n)

@@ -221,6 +221,8 @@ fn trainable_parameters_line_matches_peft() {
     for name in ["tiny-llama", "tiny-qwen3", "tiny-mistral", "tiny-qwen2"] {
         let (model, adapters) = setup(name);
         let want = std::fs::read_to_string(fixture(name).join("trainable.txt")).unwrap();
+        // The dry-run count from the config alone equals the loaded model's.
+        assert_eq!(model.cfg.param_count(), model.base_param_count(), "{name}");
         assert_eq!(
             ParamCounts::of(&model, &adapters).to_string(),
             want.trim(),

@@ -119,3 +119,54 @@ fn smollm2_gguf_loss_matches_transformers() {
         fx["peft_all_linear_r16"].as_str().unwrap()
     );
 }
+
+/// The dry-run summary reads only the GGUF header and agrees with PEFT's line.
+#[test]
+fn smollm2_summary_matches_peft() {
+    use runner_recipe::plan::{AdapterKind, AdapterPlan, BaseQuant, ModelPlan, SpecialTokens};
+    let path = gguf_path();
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/smollm2-gguf.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let model = ModelPlan {
+        base_model: path.display().to_string(),
+        config: None,
+        tokenizer: None,
+        model_type: None,
+        tokenizer_type: None,
+        revision: None,
+        special_tokens: SpecialTokens::default(),
+        added_tokens: vec![],
+    };
+    let adapter = AdapterPlan {
+        kind: AdapterKind::Lora,
+        base_quant: BaseQuant::None,
+        init_from: None,
+        r: 16,
+        alpha: 32.0,
+        dropout: 0.05,
+        scaling: 2.0,
+        targets: TargetModules::AllLinear,
+        modules_to_save: vec![],
+        use_dora: false,
+        use_rslora: false,
+        init: LoraInit::Kaiming,
+        loraplus_lr_ratio: None,
+        loraplus_lr_embedding: 1e-6,
+    };
+    let s = runner_model::summarize(&model, &adapter).unwrap();
+    let text = s.to_string();
+    println!("{text}");
+    assert!(
+        text.ends_with(fx["peft_all_linear_r16"].as_str().unwrap()),
+        "{text}"
+    );
+    assert!(
+        text.contains("q_proj ×30") && text.contains("down_proj ×30"),
+        "{text}"
+    );
+}
