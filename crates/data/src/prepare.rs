@@ -1,0 +1,511 @@
+//! The stage's entry point: `DataPlan` + tokenizer → train/eval samples (and packs), through the
+//! cache. Rows are read in chunks and encoded in parallel (rayon), so memory holds one chunk of
+//! rows plus the output.
+
+use crate::cache::{self, KeyBuilder};
+use crate::chat::ChatEncoder;
+use crate::error::{DataError, Result};
+use crate::formats::{PromptLayout, RowEncoder};
+use crate::pack::{Pack, pack_ffd, packing_efficiency};
+use crate::sample::Sample;
+use crate::source::{self, InputFile};
+use crate::template::{ChatTemplate, named_template_source};
+use crate::tokenizer::{TextTokenizer, TokenizerOverrides};
+use rayon::prelude::*;
+use runner_recipe::plan::{
+    ChatTemplate as PlanTemplate, DataPlan, DatasetFormat, DatasetPlan, ExcessLength, ModelPlan,
+    NamedTemplate, ValSet,
+};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const CHUNK_ROWS: usize = 2048;
+
+/// What `runner preprocess` reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub datasets: Vec<DatasetSummary>,
+    pub rows_read: u64,
+    pub rows_dropped_too_long: u64,
+    pub rows_dropped_untrainable: u64,
+    pub rows_truncated: u64,
+    pub train_samples: u64,
+    pub eval_samples: u64,
+    pub tokens: u64,
+    pub trained_tokens: u64,
+    /// Train packs and their fill, when `sample_packing`.
+    pub train_packs: Option<u64>,
+    pub packing_efficiency: Option<f64>,
+    pub cache_key: String,
+    pub cache_dir: PathBuf,
+    pub reused_cache: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct DatasetSummary {
+    pub path: String,
+    pub files: Vec<PathBuf>,
+    pub rows_read: u64,
+    pub dropped_too_long: u64,
+    pub dropped_untrainable: u64,
+    pub truncated: u64,
+    pub tokens: u64,
+    pub trained_tokens: u64,
+}
+
+impl Summary {
+    pub fn trained_fraction(&self) -> f64 {
+        if self.tokens == 0 {
+            0.0
+        } else {
+            self.trained_tokens as f64 / self.tokens as f64
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.reused_cache {
+            writeln!(
+                f,
+                "reused cache {} ({})",
+                self.cache_key,
+                self.cache_dir.display()
+            )?;
+        } else {
+            writeln!(
+                f,
+                "prepared cache {} ({})",
+                self.cache_key,
+                self.cache_dir.display()
+            )?;
+        }
+        for d in &self.datasets {
+            writeln!(
+                f,
+                "  {}: {} rows from {} file(s), {} dropped (too long), {} dropped (nothing to train), {} truncated, {} tokens",
+                d.path,
+                d.rows_read,
+                d.files.len(),
+                d.dropped_too_long,
+                d.dropped_untrainable,
+                d.truncated,
+                d.tokens
+            )?;
+        }
+        writeln!(
+            f,
+            "rows read {}, dropped {} (too long) + {} (nothing to train), truncated {}",
+            self.rows_read,
+            self.rows_dropped_too_long,
+            self.rows_dropped_untrainable,
+            self.rows_truncated
+        )?;
+        writeln!(
+            f,
+            "samples: {} train, {} eval",
+            self.train_samples, self.eval_samples
+        )?;
+        writeln!(
+            f,
+            "tokens {}, trained {} ({:.1}%)",
+            self.tokens,
+            self.trained_tokens,
+            100.0 * self.trained_fraction()
+        )?;
+        if let (Some(p), Some(e)) = (self.train_packs, self.packing_efficiency) {
+            writeln!(f, "packed into {p} sequences, efficiency {:.1}%", 100.0 * e)?;
+        }
+        let rate = if self.seconds > 0.0 {
+            self.tokens as f64 / self.seconds
+        } else {
+            0.0
+        };
+        write!(f, "time {:.2} s ({:.0} tokens/s)", self.seconds, rate)
+    }
+}
+
+/// The prepared data.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    pub train: Vec<Sample>,
+    pub eval: Vec<Sample>,
+    /// With `sample_packing`: the train samples packed into `sequence_len` rows.
+    pub train_packs: Option<Vec<Pack>>,
+    /// With `eval_sample_packing` (and packing): the eval samples packed.
+    pub eval_packs: Option<Vec<Pack>>,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrepareOptions {
+    /// Re-prepare even when a cache entry exists.
+    pub force: bool,
+    /// Do not write the cache (e.g. `inspect`).
+    pub no_write: bool,
+}
+
+/// Loads the tokenizer the model plan names (`tokenizer_config`, else `base_model`), applying
+/// `special_tokens` and `tokens`.
+pub fn load_tokenizer(model: &ModelPlan) -> Result<TextTokenizer> {
+    let src = model.tokenizer.as_deref().unwrap_or(&model.base_model);
+    let path = Path::new(src);
+    if !path.exists() {
+        return Err(DataError::Tokenizer {
+            path: path.to_path_buf(),
+            message:
+                "not a local file or folder; give `base_model`/`tokenizer_config` as a path to a \
+                      .gguf file or a folder with tokenizer.json (hub downloads are not built in)"
+                    .into(),
+        });
+    }
+    TextTokenizer::load(path, &TokenizerOverrides::from_model_plan(model))
+}
+
+/// The Jinja text a chat dataset renders with.
+pub fn template_source(t: &PlanTemplate, tok: &TextTokenizer) -> Result<(String, String)> {
+    Ok(match t {
+        PlanTemplate::TokenizerDefault => match tok.chat_template(None) {
+            Some(s) => (
+                s.to_string(),
+                format!("tokenizer_default ({})", tok.path.display()),
+            ),
+            None => {
+                return Err(DataError::Template {
+                    template: "tokenizer_default".into(),
+                    message: format!(
+                        "the tokenizer ({}) has no chat template; name one (`chat_template: chatml`) or give `chat_template_jinja`",
+                        tok.path.display()
+                    ),
+                });
+            }
+        },
+        PlanTemplate::TokenizerDefaultFallbackChatml => match tok.chat_template(None) {
+            Some(s) => (
+                s.to_string(),
+                format!("tokenizer_default ({})", tok.path.display()),
+            ),
+            None => (
+                named_template_source(NamedTemplate::Chatml).to_string(),
+                "chatml".into(),
+            ),
+        },
+        PlanTemplate::Named(n) => (
+            named_template_source(*n).to_string(),
+            format!("{n:?}").to_lowercase(),
+        ),
+        PlanTemplate::Jinja(s) => (s.clone(), "chat_template_jinja".into()),
+    })
+}
+
+fn encoder_for<'a>(
+    ds: &DatasetPlan,
+    plan: &DataPlan,
+    tok: &'a TextTokenizer,
+    key: &mut KeyBuilder,
+) -> Result<RowEncoder<'a>> {
+    Ok(match &ds.format {
+        DatasetFormat::Alpaca(v) => RowEncoder::Instruction {
+            layout: PromptLayout::alpaca(*v),
+        },
+        DatasetFormat::CustomAlpaca(c) => RowEncoder::Instruction {
+            layout: PromptLayout::custom(c),
+        },
+        DatasetFormat::ChatTemplate(fmt) => {
+            let (source, origin) = template_source(&fmt.template, tok)?;
+            key.text("template", &source);
+            let bos = tok.bos.as_ref().map(|t| t.text.as_str()).unwrap_or("");
+            let eos = tok.eos.as_ref().map(|t| t.text.as_str()).unwrap_or("");
+            let t = ChatTemplate::new(&source, &origin, bos, eos)?;
+            RowEncoder::Chat(Box::new(ChatEncoder::new(
+                t,
+                tok,
+                fmt,
+                plan.train_on_inputs,
+                plan.default_system_message.clone(),
+            )))
+        }
+        DatasetFormat::Completion { field } => RowEncoder::Completion {
+            field: field.clone(),
+        },
+        DatasetFormat::InputOutput => RowEncoder::InputOutput,
+        DatasetFormat::Pretokenized => RowEncoder::Pretokenized,
+    })
+}
+
+/// Prepares the data: from the cache when its key matches, else from the sources.
+pub fn prepare(plan: &DataPlan, tok: &TextTokenizer) -> Result<Prepared> {
+    prepare_with(plan, tok, PrepareOptions::default())
+}
+
+pub fn prepare_with(
+    plan: &DataPlan,
+    tok: &TextTokenizer,
+    opts: PrepareOptions,
+) -> Result<Prepared> {
+    let start = Instant::now();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(plan.processes.unwrap_or(0))
+        .build()
+        .map_err(|e| DataError::Config(format!("cannot start worker threads: {e}")))?;
+
+    // Key: version, tokenizer, settings (without where-to and how-many-threads), templates, files.
+    let mut key = KeyBuilder::default();
+    key.text("tokenizer", &tok.fingerprint);
+    let mut settings = plan.clone();
+    settings.prepared_path = PathBuf::new();
+    settings.processes = None;
+    key.text(
+        "settings",
+        &serde_json::to_string(&settings).unwrap_or_default(),
+    );
+    let mut jobs = Vec::new();
+    for (split, list) in [("train", &plan.datasets), ("test", &plan.test_datasets)] {
+        for ds in list.iter() {
+            let files = source::resolve(ds)?;
+            for f in &files {
+                key.file(&f.path)?;
+            }
+            let enc = encoder_for(ds, plan, tok, &mut key)?;
+            jobs.push((split, ds, files, enc));
+        }
+    }
+    let cache_key = key.finish();
+    let cache_dir = plan.prepared_path.join(&cache_key);
+
+    let mut summary = Summary {
+        cache_key: cache_key.clone(),
+        cache_dir: cache_dir.clone(),
+        ..Default::default()
+    };
+    let (train, eval) =
+        match cache::find_entry(&plan.prepared_path, &cache_key).filter(|_| !opts.force) {
+            Some(dir) => {
+                let train = cache::read_samples(&dir.join("train.arrow"))?;
+                let eval_path = dir.join("eval.arrow");
+                let eval = if eval_path.is_file() {
+                    cache::read_samples(&eval_path)?
+                } else {
+                    Vec::new()
+                };
+                if let Ok(text) = std::fs::read_to_string(dir.join("summary.json"))
+                    && let Ok(old) = serde_json::from_str::<serde_json::Value>(&text)
+                    && let Some(ds) = old.get("datasets")
+                {
+                    summary.datasets = serde_json::from_value(ds.clone()).unwrap_or_default();
+                }
+                summary.reused_cache = true;
+                (train, eval)
+            }
+            None => {
+                let mut train = Vec::new();
+                let mut test = Vec::new();
+                for (split, ds, files, enc) in &jobs {
+                    let (samples, ds_summary) =
+                        pool.install(|| encode_dataset(ds, files, enc, tok, plan))?;
+                    summary.datasets.push(ds_summary);
+                    if *split == "train" {
+                        train.extend(samples)
+                    } else {
+                        test.extend(samples)
+                    }
+                }
+                let (mut train, eval) = split_eval(train, test, plan);
+                if plan.shuffle_merged_datasets {
+                    shuffle(&mut train, plan.seed);
+                }
+                if !opts.no_write {
+                    let mut s = summary.clone();
+                    s.train_samples = train.len() as u64;
+                    s.eval_samples = eval.len() as u64;
+                    let json = serde_json::to_string_pretty(&s).unwrap_or_default();
+                    let mut files: Vec<(&str, &[Sample])> = vec![("train.arrow", &train)];
+                    if !eval.is_empty() {
+                        files.push(("eval.arrow", &eval));
+                    }
+                    cache::write_entry(&cache_dir, &files, &json)?;
+                }
+                (train, eval)
+            }
+        };
+    if train.is_empty() {
+        return Err(DataError::EmptyDataset {
+            dataset: plan
+                .datasets
+                .iter()
+                .map(|d| d.path.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            looked: "no training samples are left after tokenization and length filtering".into(),
+        });
+    }
+    for d in &summary.datasets {
+        summary.rows_read += d.rows_read;
+        summary.rows_dropped_too_long += d.dropped_too_long;
+        summary.rows_dropped_untrainable += d.dropped_untrainable;
+        summary.rows_truncated += d.truncated;
+    }
+    summary.train_samples = train.len() as u64;
+    summary.eval_samples = eval.len() as u64;
+    summary.tokens = train.iter().chain(&eval).map(|s| s.len() as u64).sum();
+    summary.trained_tokens = train
+        .iter()
+        .chain(&eval)
+        .map(|s| s.trained_tokens() as u64)
+        .sum();
+    let (train_packs, eval_packs) = if plan.sample_packing {
+        let mut tp = pack_ffd(&train, plan.sequence_len);
+        if plan.shuffle_merged_datasets {
+            shuffle(&mut tp, plan.seed ^ 0x9E37_79B9_7F4A_7C15);
+        }
+        summary.train_packs = Some(tp.len() as u64);
+        summary.packing_efficiency = Some(packing_efficiency(&tp, plan.sequence_len));
+        let ep = (plan.eval_sample_packing && !eval.is_empty())
+            .then(|| pack_ffd(&eval, plan.sequence_len));
+        (Some(tp), ep)
+    } else {
+        (None, None)
+    };
+    summary.seconds = start.elapsed().as_secs_f64();
+    Ok(Prepared {
+        train,
+        eval,
+        train_packs,
+        eval_packs,
+        summary,
+    })
+}
+
+enum Outcome {
+    Keep(Sample, bool),
+    TooLong,
+    Untrainable,
+}
+
+fn encode_dataset(
+    ds: &DatasetPlan,
+    files: &[InputFile],
+    enc: &RowEncoder<'_>,
+    tok: &TextTokenizer,
+    plan: &DataPlan,
+) -> Result<(Vec<Sample>, DatasetSummary)> {
+    let mut out = Vec::new();
+    let mut sum = DatasetSummary {
+        path: ds.path.clone(),
+        files: files.iter().map(|f| f.path.clone()).collect(),
+        ..Default::default()
+    };
+    let max = plan.sequence_len;
+    for file in files {
+        source::read_rows(file, CHUNK_ROWS, &mut |rows| {
+            sum.rows_read += rows.len() as u64;
+            let results: Vec<Result<Outcome>> = rows
+                .par_iter()
+                .map(|row| {
+                    let mut s = enc.encode(tok, plan.train_on_inputs, &row.value, &row.at)?;
+                    let mut truncated = false;
+                    if s.len() > max {
+                        match plan.excess_length_strategy {
+                            ExcessLength::Drop => return Ok(Outcome::TooLong),
+                            ExcessLength::Raise => {
+                                return Err(DataError::TooLong {
+                                    at: row.at.clone(),
+                                    len: s.len(),
+                                    max,
+                                });
+                            }
+                            ExcessLength::Truncate => {
+                                s.input_ids.truncate(max);
+                                s.labels.truncate(max);
+                                truncated = true;
+                            }
+                        }
+                    }
+                    if s.trained_tokens() == 0 {
+                        return Ok(Outcome::Untrainable);
+                    }
+                    Ok(Outcome::Keep(s, truncated))
+                })
+                .collect();
+            for r in results {
+                match r? {
+                    Outcome::Keep(s, truncated) => {
+                        sum.tokens += s.len() as u64;
+                        sum.trained_tokens += s.trained_tokens() as u64;
+                        sum.truncated += u64::from(truncated);
+                        out.push(s);
+                    }
+                    Outcome::TooLong => sum.dropped_too_long += 1,
+                    Outcome::Untrainable => sum.dropped_untrainable += 1,
+                }
+            }
+            Ok(())
+        })?;
+    }
+    if sum.rows_read == 0 {
+        return Err(DataError::EmptyDataset {
+            dataset: ds.path.clone(),
+            looked: sum
+                .files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok((out, sum))
+}
+
+/// `test_datasets` when given; else `val_set_size` rows chosen by a seeded shuffle.
+fn split_eval(
+    mut train: Vec<Sample>,
+    test: Vec<Sample>,
+    plan: &DataPlan,
+) -> (Vec<Sample>, Vec<Sample>) {
+    if !test.is_empty() {
+        return (train, test);
+    }
+    let n = match plan.val_set {
+        ValSet::None => 0,
+        ValSet::Fraction(f) => (f * train.len() as f64).ceil() as usize,
+        ValSet::Rows(r) => r as usize,
+    }
+    .min(train.len());
+    if n == 0 {
+        return (train, Vec::new());
+    }
+    let mut idx: Vec<usize> = (0..train.len()).collect();
+    shuffle(&mut idx, plan.seed);
+    let mut is_eval = vec![false; train.len()];
+    for &i in &idx[..n] {
+        is_eval[i] = true;
+    }
+    let mut eval = Vec::with_capacity(n);
+    let mut keep = Vec::with_capacity(train.len() - n);
+    for (i, s) in train.drain(..).enumerate() {
+        if is_eval[i] {
+            eval.push(s)
+        } else {
+            keep.push(s)
+        }
+    }
+    (keep, eval)
+}
+
+/// Fisher–Yates with SplitMix64: the same order for the same seed on every platform.
+pub fn shuffle<T>(v: &mut [T], seed: u64) {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..v.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
