@@ -17,3 +17,4 @@ pub mod source;
 pub mod testing;
 
 pub use prepare::{PrepareOptions, Prepared, Summary, load_tokenizer, prepare, prepare_with};
+pub mod inspect;

@@ -151,6 +151,11 @@ pub struct PrepareOptions {
 /// `special_tokens` and `tokens`.
 pub fn load_tokenizer(model: &ModelPlan) -> Result<TextTokenizer> {
     let src = model.tokenizer.as_deref().unwrap_or(&model.base_model);
+    if let Some(name) = src.strip_prefix("builtin:") {
+        let mut t = TextTokenizer::builtin(name)?;
+        t.apply_overrides(&TokenizerOverrides::from_model_plan(model))?;
+        return Ok(t);
+    }
     let path = Path::new(src);
     if !path.exists() {
         return Err(DataError::Tokenizer {

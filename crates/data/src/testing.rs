@@ -82,46 +82,11 @@ fn find_file(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
 /// ChatML template) into `dir`, for tests that must not depend on downloaded files. Every byte
 /// is a token (ids 3..259), plus a few merges; `<|im_start|>`=0, `<|im_end|>`=1, `<s>`=2.
 pub fn write_tiny_tokenizer(dir: &Path, add_bos: bool) -> std::io::Result<()> {
-    let table = crate::tokenizer::bytes_to_unicode();
-    let mut vocab = serde_json::Map::new();
-    for (i, t) in ["<|im_start|>", "<|im_end|>", "<s>"].iter().enumerate() {
-        vocab.insert(t.to_string(), serde_json::json!(i));
-    }
-    for (b, c) in table.iter().enumerate() {
-        vocab.insert(c.to_string(), serde_json::json!(3 + b));
-    }
     let merges = ["Ġ t", "h e", "Ġt he", "i n", "a n"];
-    for (k, m) in merges.iter().enumerate() {
-        vocab.insert(m.replace(' ', ""), serde_json::json!(259 + k));
-    }
-    let added: Vec<serde_json::Value> = ["<|im_start|>", "<|im_end|>", "<s>"]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    let post = if add_bos {
-        serde_json::json!({"type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {"<s>": {"id": "<s>", "ids": [2], "tokens": ["<s>"]}}})
-    } else {
-        serde_json::Value::Null
-    };
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "post_processor": post,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
-            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merges}
-    });
+    let (tok, _) =
+        crate::tokenizer::byte_level_json(&["<|im_start|>", "<|im_end|>", "<s>"], &merges, add_bos);
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string())?;
+    std::fs::write(dir.join("tokenizer.json"), tok)?;
     let config = serde_json::json!({
         "bos_token": "<s>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
         "chat_template": crate::template::named_template_source(runner_recipe::plan::NamedTemplate::Chatml),

@@ -95,6 +95,49 @@ impl TextTokenizer {
         Ok(t)
     }
 
+    /// The tokenizer of runner's built-in test models (`base_model: builtin:tiny-llama`): byte-level
+    /// BPE with no merges. Ids: `<|endoftext|>` 0, `<|im_start|>` 1 (BOS), `<|im_end|>` 2 (EOS),
+    /// then the 256 bytes at 3..=258, so 259 ids in all; the ChatML template; no BOS added.
+    pub fn builtin(name: &str) -> Result<Self> {
+        let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+        let (tok_json, _) = byte_level_json(&specials, &[], false);
+        let inner: Tokenizer = tok_json.parse().map_err(|e| DataError::Tokenizer {
+            path: PathBuf::from(format!("builtin:{name}")),
+            message: format!("{e}"),
+        })?;
+        let mut h = blake3::Hasher::new();
+        h.update(tok_json.as_bytes());
+        Ok(TextTokenizer {
+            inner,
+            bos: Some(SpecialToken {
+                text: specials[1].into(),
+                id: 1,
+            }),
+            eos: Some(SpecialToken {
+                text: specials[2].into(),
+                id: 2,
+            }),
+            pad: Some(SpecialToken {
+                text: specials[2].into(),
+                id: 2,
+            }),
+            add_bos: false,
+            chat_templates: vec![(
+                "default".into(),
+                crate::template::named_template_source(runner_recipe::plan::NamedTemplate::Chatml)
+                    .into(),
+            )],
+            path: PathBuf::from(format!("builtin:{name}")),
+            fingerprint: h.finalize().to_hex().to_string(),
+            post_processor_adds_bos: false,
+        })
+    }
+
+    /// Number of ids, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
     fn from_gguf(path: &Path) -> Result<Self> {
         let md = gguf::read_metadata(path)?;
         let bad = |m: String| DataError::Tokenizer {
@@ -288,7 +331,7 @@ impl TextTokenizer {
         })
     }
 
-    fn apply_overrides(&mut self, o: &TokenizerOverrides) -> Result<()> {
+    pub fn apply_overrides(&mut self, o: &TokenizerOverrides) -> Result<()> {
         let mut h = blake3::Hasher::new();
         h.update(self.fingerprint.as_bytes());
         let path = self.path.clone();
@@ -399,6 +442,55 @@ impl TextTokenizer {
     }
 }
 
+/// A byte-level BPE `tokenizer.json`: `specials` first (ids 0..), then the 256 byte tokens, then
+/// one token per merge. With `bos_post_processor`, the post-processor prepends `specials[2]`.
+pub(crate) fn byte_level_json(
+    specials: &[&str],
+    merges: &[&str],
+    bos_post_processor: bool,
+) -> (String, usize) {
+    let table = bytes_to_unicode();
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in specials.iter().enumerate() {
+        vocab.insert(t.to_string(), json!(i));
+    }
+    let n = specials.len();
+    for (b, c) in table.iter().enumerate() {
+        vocab.insert(c.to_string(), json!(n + b));
+    }
+    for (k, m) in merges.iter().enumerate() {
+        vocab.insert(m.replace(' ', ""), json!(n + 256 + k));
+    }
+    let added: Vec<Json> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let post = if bos_post_processor && specials.len() > 2 {
+        let b = specials[2];
+        json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {b: {"id": b, "ids": [2], "tokens": [b]}}})
+    } else {
+        Json::Null
+    };
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}
+    });
+    (tok.to_string(), n + 256 + merges.len())
+}
+
 /// GPT-2's byte → printable-character table.
 pub(crate) fn bytes_to_unicode() -> Vec<char> {
     let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
@@ -436,4 +528,22 @@ fn split_regex(pre: &str) -> Option<&'static str> {
         "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => GPT4O_SPLIT,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_tokenizer_fits_the_tiny_model_ids() {
+        let t = TextTokenizer::builtin("tiny-llama").unwrap();
+        assert_eq!(t.vocab_size(), 259);
+        let e = t
+            .encode_with_offsets("<|im_start|>user\nhé<|im_end|>")
+            .unwrap();
+        assert_eq!(e.ids[0], 1);
+        assert_eq!(*e.ids.last().unwrap(), 2);
+        assert_eq!(e.ids.len(), 2 + 4 + 1 + 3);
+        assert_eq!(t.decode_one(e.ids[6]), "h");
+    }
 }
