@@ -91,7 +91,7 @@ mod tests {
             labels: vec![IGNORE, e.ids[1] as i32, e.ids[2] as i32, IGNORE],
             input_ids: e.ids,
         };
-        let plain = render(&tok, &[s.clone()], InspectOptions::default());
+        let plain = render(&tok, std::slice::from_ref(&s), InspectOptions::default());
         assert!(plain.contains("a⟦b<|im_end|>⟧c"), "{plain}");
         let coloured = render(
             &tok,
