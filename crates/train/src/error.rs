@@ -1,0 +1,20 @@
+//! Errors of the training stage.
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("optimizer: {0}")]
+    Optimizer(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
