@@ -1,6 +1,8 @@
 //! Training stage: the loop, optimizer, schedules, accumulation, evaluation, checkpoints and metrics.
 
+pub mod checkpoint;
 pub mod error;
+pub mod metrics;
 pub mod optim;
 pub mod schedule;
 
