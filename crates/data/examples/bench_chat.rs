@@ -1,1 +1,208 @@
-fn main() {}
+//! Benchmark: prepare a generated multi-turn chat dataset and print rows/s and tokens/s.
+//!
+//!     cargo run --release -p runner-data --example bench_chat -- [--rows 5000] [--keep data.jsonl]
+//!     python3 tools/data/bench_python.py data.jsonl      # the transformers way, same rows
+//!
+//! Uses the SmolLM2 tokenizer and its own chat template (scripts/fetch-smollm2.sh, or
+//! RUNNER_SMOLLM2_GGUF), `type: chat_template`, roles_to_train [assistant], train_on_eos turn,
+//! sequence_len 2048, no cache reuse (`force`), output not written.
+
+use runner_data::tokenizer::{TextTokenizer, TokenizerOverrides};
+use runner_data::{PrepareOptions, prepare_with};
+use runner_recipe::plan::*;
+use std::io::Write;
+use std::time::Instant;
+
+const WORDS: &[&str] = &[
+    "the",
+    "model",
+    "learns",
+    "from",
+    "data",
+    "when",
+    "gradients",
+    "flow",
+    "through",
+    "adapters",
+    "each",
+    "token",
+    "counts",
+    "loss",
+    "is",
+    "averaged",
+    "over",
+    "trained",
+    "positions",
+    "a",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "lazy",
+    "dog",
+    "why",
+    "does",
+    "packing",
+    "help",
+    "because",
+    "padding",
+    "wastes",
+    "compute",
+    "and",
+    "memory",
+    "please",
+    "explain",
+    "in",
+    "detail",
+    "with",
+    "an",
+    "example",
+    "numbers",
+    "like",
+    "42",
+    "or",
+    "3.14",
+    "matter",
+    "température",
+    "naïve",
+    "café",
+    "日本語",
+    "テスト",
+    "🙂",
+    "résumé",
+    "über",
+    "straße",
+];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+fn sentence(rng: &mut Rng, words: u64) -> String {
+    let mut s = String::new();
+    for i in 0..words {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(WORDS[rng.range(0, WORDS.len() as u64) as usize]);
+        if rng.range(0, 12) == 0 {
+            s.push_str(if rng.range(0, 2) == 0 { "." } else { "," });
+        }
+    }
+    s.push('.');
+    s
+}
+
+fn main() {
+    let mut rows = 5000usize;
+    let mut keep: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--rows" => rows = args.next().and_then(|v| v.parse().ok()).unwrap_or(rows),
+            "--keep" => keep = args.next(),
+            other => {
+                eprintln!("unknown argument {other}; usage: bench_chat [--rows N] [--keep FILE]");
+                std::process::exit(2);
+            }
+        }
+    }
+    let gguf = match runner_data::testing::smollm2_gguf() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let tmp = std::env::temp_dir().join(format!("runner-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let data = keep
+        .map(Into::into)
+        .unwrap_or_else(|| tmp.join("chat.jsonl"));
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&data).unwrap());
+    for _ in 0..rows {
+        let mut msgs = Vec::new();
+        if rng.range(0, 3) == 0 {
+            msgs.push(serde_json::json!({"role": "system", "content": sentence(&mut rng, 12)}));
+        }
+        for _ in 0..rng.range(2, 5) {
+            let q = rng.range(10, 40);
+            let a = rng.range(25, 90);
+            msgs.push(serde_json::json!({"role": "user", "content": sentence(&mut rng, q)}));
+            msgs.push(serde_json::json!({"role": "assistant", "content": sentence(&mut rng, a)}));
+        }
+        writeln!(f, "{}", serde_json::json!({ "messages": msgs })).unwrap();
+    }
+    f.flush().unwrap();
+    drop(f);
+
+    let t0 = Instant::now();
+    let tok = TextTokenizer::load(&gguf, &TokenizerOverrides::default()).unwrap();
+    let load_s = t0.elapsed().as_secs_f64();
+    let plan = DataPlan {
+        datasets: vec![DatasetPlan {
+            path: data.to_string_lossy().into(),
+            split: "train".into(),
+            data_files: vec![],
+            ds_type: None,
+            name: None,
+            revision: None,
+            format: DatasetFormat::ChatTemplate(ChatFormat {
+                template: ChatTemplate::TokenizerDefault,
+                field_messages: "messages".into(),
+                role_key: "role".into(),
+                content_key: "content".into(),
+                roles: vec![],
+                roles_to_train: vec!["assistant".into()],
+                train_on_eos: TrainOnEos::Turn,
+                drop_system_message: false,
+            }),
+        }],
+        test_datasets: vec![],
+        prepared_path: tmp.join("prepared"),
+        val_set: ValSet::None,
+        sequence_len: 2048,
+        excess_length_strategy: ExcessLength::Drop,
+        sample_packing: true,
+        eval_sample_packing: false,
+        pad_to_sequence_len: false,
+        train_on_inputs: false,
+        chat_template: ChatTemplate::TokenizerDefault,
+        default_system_message: None,
+        shuffle_merged_datasets: true,
+        processes: None,
+        seed: 42,
+    };
+    let t1 = Instant::now();
+    let out = prepare_with(
+        &plan,
+        &tok,
+        PrepareOptions {
+            force: true,
+            no_write: true,
+        },
+    )
+    .unwrap();
+    let s = t1.elapsed().as_secs_f64();
+    let tokens = out.summary.tokens;
+    println!("{}", out.summary);
+    println!(
+        "bench_chat: {rows} rows, {tokens} tokens, {:.0}% trained, threads {}: tokenizer load {load_s:.2} s; \
+         prepare {s:.2} s = {:.0} rows/s, {:.0} tokens/s",
+        100.0 * out.summary.trained_fraction(),
+        rayon::current_num_threads(),
+        rows as f64 / s,
+        tokens as f64 / s
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
