@@ -83,6 +83,9 @@ pub struct Batch {
     pub labels: Vec<Vec<i32>>,
     pub attention_mask: Vec<Vec<u8>>,
     pub position_ids: Vec<Vec<u32>>,
+    /// Per row, the lengths of the samples laid end to end in it (one entry when not packed);
+    /// padding comes after them. Attention must stay inside each sample.
+    pub seq_lens: Vec<Vec<u32>>,
 }
 
 /// Pads samples on the right with `pad_id`; labels there are `IGNORE`, attention 0.
@@ -94,6 +97,7 @@ pub fn pad_batch(samples: &[&Sample], pad_id: u32, pad_to: Option<usize>) -> Bat
         labels: Vec::with_capacity(samples.len()),
         attention_mask: Vec::with_capacity(samples.len()),
         position_ids: Vec::with_capacity(samples.len()),
+        seq_lens: Vec::with_capacity(samples.len()),
     };
     for s in samples {
         let pad = width - s.len();
@@ -107,6 +111,38 @@ pub fn pad_batch(samples: &[&Sample], pad_id: u32, pad_to: Option<usize>) -> Bat
         b.labels.push(labels);
         b.attention_mask.push(mask);
         b.position_ids.push((0..width as u32).collect());
+        b.seq_lens.push(vec![s.len() as u32]);
+    }
+    b
+}
+
+/// Pads packs on the right like [`pad_batch`]; position ids restart per sample and padding
+/// positions continue from 0.
+pub fn pad_packs(packs: &[&Pack], pad_id: u32, pad_to: Option<usize>) -> Batch {
+    let longest = packs.iter().map(|p| p.len()).max().unwrap_or(0);
+    let width = pad_to.map_or(longest, |p| p.max(longest));
+    let mut b = Batch {
+        input_ids: Vec::with_capacity(packs.len()),
+        labels: Vec::with_capacity(packs.len()),
+        attention_mask: Vec::with_capacity(packs.len()),
+        position_ids: Vec::with_capacity(packs.len()),
+        seq_lens: Vec::with_capacity(packs.len()),
+    };
+    for p in packs {
+        let pad = width - p.len();
+        let mut ids = p.input_ids.clone();
+        ids.resize(width, pad_id);
+        let mut labels = p.labels.clone();
+        labels.resize(width, IGNORE);
+        let mut mask = vec![1u8; p.len()];
+        mask.resize(width, 0);
+        let mut pos = p.position_ids.clone();
+        pos.extend(0..pad as u32);
+        b.input_ids.push(ids);
+        b.labels.push(labels);
+        b.attention_mask.push(mask);
+        b.position_ids.push(pos);
+        b.seq_lens.push(p.seq_lens.clone());
     }
     b
 }
@@ -191,5 +227,10 @@ mod tests {
         assert_eq!(batch.labels[1], vec![8, IGNORE, IGNORE]);
         assert_eq!(batch.attention_mask[1], vec![1, 0, 0]);
         assert_eq!(pad_batch(&[&a], 0, Some(5)).input_ids[0].len(), 5);
+        let packs = pack_ffd(&[a, b], 8);
+        let pb = pad_packs(&[&packs[0]], 0, Some(6));
+        assert_eq!(pb.position_ids[0], vec![0, 1, 2, 0, 0, 1]);
+        assert_eq!(pb.seq_lens[0], vec![3, 1]);
+        assert_eq!(pb.labels[0][4..], [IGNORE, IGNORE]);
     }
 }

@@ -6,7 +6,7 @@ use crate::cache::{self, KeyBuilder};
 use crate::chat::ChatEncoder;
 use crate::error::{DataError, Result};
 use crate::formats::{PromptLayout, RowEncoder};
-use crate::pack::{Pack, pack_ffd, packing_efficiency};
+use crate::pack::{Batch, Pack, pack_ffd, packing_efficiency, pad_batch, pad_packs};
 use crate::sample::Sample;
 use crate::source::{self, InputFile};
 use crate::template::{ChatTemplate, named_template_source};
@@ -137,6 +137,65 @@ pub struct Prepared {
     /// With `eval_sample_packing` (and packing): the eval samples packed.
     pub eval_packs: Option<Vec<Pack>>,
     pub summary: Summary,
+}
+
+impl Prepared {
+    /// Training micro-batches in order: packs when packing, else samples; padded to the longest
+    /// row, or to `sequence_len` when `pad_to_sequence_len` (always when packing).
+    pub fn train_batches(
+        &self,
+        micro_batch_size: usize,
+        pad_id: u32,
+        plan: &DataPlan,
+    ) -> Vec<Batch> {
+        batches(
+            &self.train,
+            self.train_packs.as_deref(),
+            micro_batch_size,
+            pad_id,
+            plan,
+        )
+    }
+
+    /// Evaluation batches, the same way (packs when `eval_sample_packing`).
+    pub fn eval_batches(&self, batch_size: usize, pad_id: u32, plan: &DataPlan) -> Vec<Batch> {
+        batches(
+            &self.eval,
+            self.eval_packs.as_deref(),
+            batch_size,
+            pad_id,
+            plan,
+        )
+    }
+}
+
+fn batches(
+    samples: &[Sample],
+    packs: Option<&[Pack]>,
+    size: usize,
+    pad_id: u32,
+    plan: &DataPlan,
+) -> Vec<Batch> {
+    let size = size.max(1);
+    match packs {
+        Some(packs) => packs
+            .chunks(size)
+            .map(|c| {
+                pad_packs(
+                    &c.iter().collect::<Vec<_>>(),
+                    pad_id,
+                    Some(plan.sequence_len),
+                )
+            })
+            .collect(),
+        None => {
+            let pad_to = plan.pad_to_sequence_len.then_some(plan.sequence_len);
+            samples
+                .chunks(size)
+                .map(|c| pad_batch(&c.iter().collect::<Vec<_>>(), pad_id, pad_to))
+                .collect()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -133,6 +133,11 @@ impl TextTokenizer {
         })
     }
 
+    /// The id batches are padded with: `pad_token`, else EOS, else 0.
+    pub fn pad_id(&self) -> u32 {
+        self.pad.as_ref().or(self.eos.as_ref()).map_or(0, |t| t.id)
+    }
+
     /// Number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
