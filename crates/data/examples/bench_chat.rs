@@ -1,7 +1,9 @@
 //! Benchmark: prepare a generated multi-turn chat dataset and print rows/s and tokens/s.
 //!
-//!     cargo run --release -p runner-data --example bench_chat -- [--rows 5000] [--keep data.jsonl]
-//!     python3 tools/data/bench_python.py data.jsonl      # the transformers way, same rows
+//!     cargo run --release -p runner-data --example bench_chat -- [--rows 5000] [--keep data.jsonl] [--python]
+//!
+//! `--python` then runs tools/data/bench_python.py (transformers' apply_chat_template, masked by
+//! prefix re-rendering, and unmasked) on the same rows and prints the ratios.
 //!
 //! Uses the SmolLM2 tokenizer and its own chat template (scripts/fetch-smollm2.sh, or
 //! RUNNER_SMOLLM2_GGUF), `type: chat_template`, roles_to_train [assistant], train_on_eos turn,
@@ -12,6 +14,10 @@ use runner_data::{PrepareOptions, prepare_with};
 use runner_recipe::plan::*;
 use std::io::Write;
 use std::time::Instant;
+
+// What the `runner` binary should use too: glibc malloc costs about a third of the time here.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const WORDS: &[&str] = &[
     "the",
@@ -105,11 +111,13 @@ fn sentence(rng: &mut Rng, words: u64) -> String {
 fn main() {
     let mut rows = 5000usize;
     let mut keep: Option<String> = None;
+    let mut python = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--rows" => rows = args.next().and_then(|v| v.parse().ok()).unwrap_or(rows),
             "--keep" => keep = args.next(),
+            "--python" => python = true,
             other => {
                 eprintln!("unknown argument {other}; usage: bench_chat [--rows N] [--keep FILE]");
                 std::process::exit(2);
@@ -204,5 +212,34 @@ fn main() {
         rows as f64 / s,
         tokens as f64 / s
     );
+    if python {
+        let script = runner_data::testing::workspace_root().join("tools/data/bench_python.py");
+        match std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&data)
+            .output()
+        {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                print!("{text}");
+                let rust = tokens as f64 / s;
+                for line in text.lines() {
+                    let rate = line
+                        .rsplit(", ")
+                        .next()
+                        .and_then(|t| t.strip_suffix(" tokens/s"))
+                        .and_then(|t| t.parse::<f64>().ok());
+                    if let (Some(r), Some(kind)) = (rate, line.split(':').next()) {
+                        println!("ratio runner / {kind}: {:.1}x", rust / r);
+                    }
+                }
+            }
+            Ok(o) => eprintln!(
+                "bench_python.py failed:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("cannot run python3: {e}"),
+        }
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 }
