@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Location {
     pub file: PathBuf,
-    /// 1-based line for text formats (JSONL, CSV), 0-based row index for columnar ones.
+    /// 1-based: the line in JSONL and CSV files, the record in JSON arrays, Parquet and Arrow.
     pub row: Option<u64>,
     pub field: Option<String>,
 }

@@ -403,7 +403,7 @@ fn read_json(
     for (i, v) in value.into_iter().enumerate() {
         let at = Location {
             file: path.to_path_buf(),
-            row: Some(i as u64),
+            row: Some(i as u64 + 1),
             field: None,
         };
         let Json::Object(value) = v else {
@@ -548,7 +548,7 @@ fn read_arrow(
     Ok(())
 }
 
-/// A record batch as JSON rows (row numbers are 0-based across the file).
+/// A record batch as JSON rows (row numbers are 1-based across the file).
 pub fn batch_rows(path: &Path, batch: &RecordBatch, first_row: u64) -> Result<Vec<Row>> {
     let schema = batch.schema();
     let mut rows: Vec<Map<String, Json>> = (0..batch.num_rows()).map(|_| Map::new()).collect();
@@ -557,7 +557,7 @@ pub fn batch_rows(path: &Path, batch: &RecordBatch, first_row: u64) -> Result<Ve
             let v = array_value(col.as_ref(), i).map_err(|m| DataError::BadRow {
                 at: Location {
                     file: path.to_path_buf(),
-                    row: Some(first_row + i as u64),
+                    row: Some(first_row + i as u64 + 1),
                     field: Some(field.name().clone()),
                 },
                 message: m,
@@ -571,7 +571,7 @@ pub fn batch_rows(path: &Path, batch: &RecordBatch, first_row: u64) -> Result<Ve
         .map(|(i, value)| Row {
             at: Location {
                 file: path.to_path_buf(),
-                row: Some(first_row + i as u64),
+                row: Some(first_row + i as u64 + 1),
                 field: None,
             },
             value,

@@ -552,3 +552,21 @@ mod tests {
         assert_eq!(t.decode_one(e.ids[6]), "h");
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn named_template_list_form() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testing::write_tiny_tokenizer(dir.path(), false).unwrap();
+        let cfg = json!({"bos_token": {"content": "<s>", "special": true}, "eos_token": "<|im_end|>",
+            "chat_template": [{"name": "default", "template": "D"}, {"name": "tool_use", "template": "T"}]});
+        std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+        let t = TextTokenizer::load(dir.path(), &TokenizerOverrides::default()).unwrap();
+        assert_eq!(t.chat_template(None), Some("D"));
+        assert_eq!(t.chat_template(Some("tool_use")), Some("T"));
+        assert_eq!(t.bos.as_ref().map(|b| b.id), Some(2));
+    }
+}
