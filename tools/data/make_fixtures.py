@@ -164,6 +164,52 @@ def make(name, tok, template_spec, template_text, kwargs=None, skip=()):
     print(f"wrote chat_{name}.json ({len(cases)} cases)")
 
 
+ALPACA_ROWS = [
+    {"instruction": "Give three tips for staying healthy.", "input": "", "output": "1. Eat well.\n2. Sleep.\n3. Move."},
+    {"instruction": "Translate to French.", "input": "Good morning, café owner!", "output": "Bonjour, patron du café !"},
+]
+ALPACA_SYSTEM = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                 "Write a response that appropriately completes the request.")
+ALPACA_SYSTEM_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+
+
+def axolotl_tokenize(tok, text, add_eos, strip_bos):
+    """Axolotl's PromptTokenizingStrategy._tokenize (without its max_length truncation)."""
+    ids = list(tok(text)["input_ids"])
+    if ids and ids[-1] != tok.eos_token_id and add_eos:
+        ids.append(tok.eos_token_id)
+    if ids and ids[0] == tok.bos_token_id and strip_bos:
+        ids = ids[1:]
+    return ids
+
+
+def make_formats(name, tok):
+    """type: alpaca / completion / input_output, tokenized the way Axolotl 0.21 does."""
+    cases = []
+    for row in ALPACA_ROWS:
+        if row["input"]:
+            prompt = ALPACA_SYSTEM + "\n\n" + f"### Instruction:\n{row['instruction']}\n\n### Input:\n{row['input']}\n\n### Response:\n"
+        else:
+            prompt = ALPACA_SYSTEM_NO_INPUT + "\n\n" + f"### Instruction:\n{row['instruction']}\n\n### Response:\n"
+        p = axolotl_tokenize(tok, prompt, add_eos=False, strip_bos=False)
+        r = axolotl_tokenize(tok, row["output"], add_eos=True, strip_bos=True)
+        cases.append({"format": "alpaca", "row": row, "input_ids": p + r, "labels": [-100] * len(p) + r})
+    for text in ["The quick brown fox jumps over the lazy dog.", "Ünïcödé 🙂 and numbers 12345"]:
+        ids = axolotl_tokenize(tok, text, add_eos=True, strip_bos=False)
+        cases.append({"format": "completion", "row": {"text": text}, "input_ids": ids, "labels": ids})
+    segs = [{"text": "<question> 2+2?\n", "label": False}, {"text": "<answer> 4", "label": True}]
+    ids, labels = [], []
+    for seg in segs:
+        part = list(tok(seg["text"], add_special_tokens=False)["input_ids"])
+        ids += part
+        labels += part if seg["label"] else [-100] * len(part)
+    cases.append({"format": "input_output", "row": {"segments": segs}, "input_ids": ids, "labels": labels})
+    fixture = {"generated_by": "tools/data/make_fixtures.py", "transformers": transformers.__version__,
+               "tokenizer": name, "cases": cases}
+    (OUT / f"formats_{name}.json").write_text(json.dumps(fixture, ensure_ascii=False, indent=1) + "\n")
+    print(f"wrote formats_{name}.json ({len(cases)} cases)")
+
+
 def named(n):
     return (TEMPLATES / f"{n}.jinja").read_text()
 
@@ -175,6 +221,8 @@ def main():
     make("smollm2_default", s, {"tokenizer": "smollm2", "kind": "tokenizer_default"}, s.chat_template)
     make("smollm2_chatml", s, {"tokenizer": "smollm2", "kind": "named", "name": "chatml"}, named("chatml"))
     llama = AutoTokenizer.from_pretrained(str(tokdir / "llama-3.2"))
+    make_formats("smollm2", s)
+    make_formats("llama-3.2", llama)
     make("llama32_llama3", llama, {"tokenizer": "llama-3.2", "kind": "named", "name": "llama3"}, named("llama3"))
     qwen = AutoTokenizer.from_pretrained(str(tokdir / "qwen3"))
     make("qwen3_default", qwen, {"tokenizer": "qwen3", "kind": "tokenizer_default"}, qwen.chat_template)

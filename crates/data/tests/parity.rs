@@ -152,3 +152,48 @@ fn named_templates_render_like_jinja2() {
         check(&format!("smollm2_{n}"));
     }
 }
+
+fn check_formats(tokenizer: &str) {
+    use runner_data::formats::{PromptLayout, RowEncoder};
+    use runner_recipe::plan::AlpacaVariant;
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("fixtures/formats_{tokenizer}.json"));
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let tok = load_tokenizer(tokenizer);
+    for (k, case) in fx["cases"].as_array().unwrap().iter().enumerate() {
+        let enc = match case["format"].as_str().unwrap() {
+            "alpaca" => RowEncoder::Instruction {
+                layout: PromptLayout::alpaca(AlpacaVariant::Alpaca),
+            },
+            "completion" => RowEncoder::Completion {
+                field: "text".into(),
+            },
+            "input_output" => RowEncoder::InputOutput,
+            other => panic!("unknown format {other}"),
+        };
+        let row = case["row"].as_object().unwrap();
+        let s = enc.encode(&tok, false, row, &Location::default()).unwrap();
+        let want_ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+        let want_labels: Vec<i32> = serde_json::from_value(case["labels"].clone()).unwrap();
+        assert_eq!(
+            s.input_ids, want_ids,
+            "{tokenizer} case {k} ({}): ids",
+            case["format"]
+        );
+        assert_eq!(
+            s.labels, want_labels,
+            "{tokenizer} case {k} ({}): labels",
+            case["format"]
+        );
+    }
+}
+
+#[test]
+fn instruction_formats_match_axolotl_smollm2() {
+    check_formats("smollm2");
+}
+
+#[test]
+fn instruction_formats_match_axolotl_llama32() {
+    check_formats("llama-3.2");
+}
