@@ -198,6 +198,7 @@ fn main() {
         PrepareOptions {
             force: true,
             no_write: true,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -30,6 +30,7 @@ pub struct Summary {
     pub rows_dropped_too_long: u64,
     pub rows_dropped_untrainable: u64,
     pub rows_truncated: u64,
+    pub rows_skipped_bad: u64,
     pub train_samples: u64,
     pub eval_samples: u64,
     pub tokens: u64,
@@ -53,6 +54,12 @@ pub struct DatasetSummary {
     pub truncated: u64,
     pub tokens: u64,
     pub trained_tokens: u64,
+    /// Rows skipped as unreadable or malformed (only with `skip_bad_rows`).
+    #[serde(default)]
+    pub skipped_bad: u64,
+    /// The first few of those errors.
+    #[serde(default)]
+    pub bad_row_examples: Vec<String>,
 }
 
 impl Summary {
@@ -103,6 +110,14 @@ impl std::fmt::Display for Summary {
             self.rows_dropped_untrainable,
             self.rows_truncated
         )?;
+        if self.rows_skipped_bad > 0 {
+            writeln!(f, "skipped {} bad rows, e.g.:", self.rows_skipped_bad)?;
+            for d in &self.datasets {
+                for e in &d.bad_row_examples {
+                    writeln!(f, "  {e}")?;
+                }
+            }
+        }
         writeln!(
             f,
             "samples: {} train, {} eval",
@@ -204,6 +219,8 @@ pub struct PrepareOptions {
     pub force: bool,
     /// Do not write the cache (e.g. `inspect`).
     pub no_write: bool,
+    /// Skip rows that cannot be read or encoded (counted and reported) instead of stopping.
+    pub skip_bad_rows: bool,
 }
 
 /// Loads the tokenizer the model plan names (`tokenizer_config`, else `base_model`), applying
@@ -344,56 +361,57 @@ pub fn prepare_with(
         cache_dir: cache_dir.clone(),
         ..Default::default()
     };
-    let (train, eval) =
-        match cache::find_entry(&plan.prepared_path, &cache_key).filter(|_| !opts.force) {
-            Some(dir) => {
-                let train = cache::read_samples(&dir.join("train.arrow"))?;
-                let eval_path = dir.join("eval.arrow");
-                let eval = if eval_path.is_file() {
-                    cache::read_samples(&eval_path)?
+    let (train, eval) = match cache::find_entry(&plan.prepared_path, &cache_key)
+        .filter(|_| !opts.force)
+    {
+        Some(dir) => {
+            let train = cache::read_samples(&dir.join("train.arrow"))?;
+            let eval_path = dir.join("eval.arrow");
+            let eval = if eval_path.is_file() {
+                cache::read_samples(&eval_path)?
+            } else {
+                Vec::new()
+            };
+            if let Ok(text) = std::fs::read_to_string(dir.join("summary.json"))
+                && let Ok(old) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Some(ds) = old.get("datasets")
+            {
+                summary.datasets = serde_json::from_value(ds.clone()).unwrap_or_default();
+            }
+            summary.reused_cache = true;
+            (train, eval)
+        }
+        None => {
+            let mut train = Vec::new();
+            let mut test = Vec::new();
+            for (split, ds, files, enc) in &jobs {
+                let (samples, ds_summary) =
+                    pool.install(|| encode_dataset(ds, files, enc, tok, plan, opts.skip_bad_rows))?;
+                summary.datasets.push(ds_summary);
+                if *split == "train" {
+                    train.extend(samples)
                 } else {
-                    Vec::new()
-                };
-                if let Ok(text) = std::fs::read_to_string(dir.join("summary.json"))
-                    && let Ok(old) = serde_json::from_str::<serde_json::Value>(&text)
-                    && let Some(ds) = old.get("datasets")
-                {
-                    summary.datasets = serde_json::from_value(ds.clone()).unwrap_or_default();
+                    test.extend(samples)
                 }
-                summary.reused_cache = true;
-                (train, eval)
             }
-            None => {
-                let mut train = Vec::new();
-                let mut test = Vec::new();
-                for (split, ds, files, enc) in &jobs {
-                    let (samples, ds_summary) =
-                        pool.install(|| encode_dataset(ds, files, enc, tok, plan))?;
-                    summary.datasets.push(ds_summary);
-                    if *split == "train" {
-                        train.extend(samples)
-                    } else {
-                        test.extend(samples)
-                    }
-                }
-                let (mut train, eval) = split_eval(train, test, plan);
-                if plan.shuffle_merged_datasets {
-                    shuffle(&mut train, plan.seed);
-                }
-                if !opts.no_write {
-                    let mut s = summary.clone();
-                    s.train_samples = train.len() as u64;
-                    s.eval_samples = eval.len() as u64;
-                    let json = serde_json::to_string_pretty(&s).unwrap_or_default();
-                    let mut files: Vec<(&str, &[Sample])> = vec![("train.arrow", &train)];
-                    if !eval.is_empty() {
-                        files.push(("eval.arrow", &eval));
-                    }
-                    cache::write_entry(&cache_dir, &files, &json)?;
-                }
-                (train, eval)
+            let (mut train, eval) = split_eval(train, test, plan);
+            if plan.shuffle_merged_datasets {
+                shuffle(&mut train, plan.seed);
             }
-        };
+            if !opts.no_write {
+                let mut s = summary.clone();
+                s.train_samples = train.len() as u64;
+                s.eval_samples = eval.len() as u64;
+                let json = serde_json::to_string_pretty(&s).unwrap_or_default();
+                let mut files: Vec<(&str, &[Sample])> = vec![("train.arrow", &train)];
+                if !eval.is_empty() {
+                    files.push(("eval.arrow", &eval));
+                }
+                cache::write_entry(&cache_dir, &files, &json)?;
+            }
+            (train, eval)
+        }
+    };
     if train.is_empty() {
         return Err(DataError::EmptyDataset {
             dataset: plan
@@ -410,6 +428,7 @@ pub fn prepare_with(
         summary.rows_dropped_too_long += d.dropped_too_long;
         summary.rows_dropped_untrainable += d.dropped_untrainable;
         summary.rows_truncated += d.truncated;
+        summary.rows_skipped_bad += d.skipped_bad;
     }
     summary.train_samples = train.len() as u64;
     summary.eval_samples = eval.len() as u64;
@@ -448,12 +467,27 @@ enum Outcome {
     Untrainable,
 }
 
+/// Errors that belong to one row (skippable with `skip_bad_rows`), as opposed to the file, the
+/// tokenizer or the recipe.
+fn is_row_error(e: &DataError) -> bool {
+    matches!(
+        e,
+        DataError::Json { .. }
+            | DataError::NotUtf8 { .. }
+            | DataError::MissingField { .. }
+            | DataError::WrongType { .. }
+            | DataError::BadRow { .. }
+            | DataError::TemplateRejected { .. }
+    )
+}
+
 fn encode_dataset(
     ds: &DatasetPlan,
     files: &[InputFile],
     enc: &RowEncoder<'_>,
     tok: &TextTokenizer,
     plan: &DataPlan,
+    skip_bad_rows: bool,
 ) -> Result<(Vec<Sample>, DatasetSummary)> {
     let mut out = Vec::new();
     let mut sum = DatasetSummary {
@@ -462,8 +496,22 @@ fn encode_dataset(
         ..Default::default()
     };
     let max = plan.sequence_len;
+    let mut bad = 0u64;
+    let mut bad_examples: Vec<String> = Vec::new();
+    let mut on_bad = |e: DataError| -> Result<()> {
+        if !skip_bad_rows || !is_row_error(&e) {
+            return Err(e);
+        }
+        bad += 1;
+        if bad_examples.len() < 3 {
+            bad_examples.push(e.to_string());
+        }
+        Ok(())
+    };
+    let mut encode_bad = 0u64;
     for file in files {
-        source::read_rows(file, CHUNK_ROWS, &mut |rows| {
+        let mut bad_in_encode = Vec::new();
+        source::read_rows(file, CHUNK_ROWS, &mut on_bad, &mut |rows| {
             sum.rows_read += rows.len() as u64;
             let results: Vec<Result<Outcome>> = rows
                 .par_iter()
@@ -494,7 +542,15 @@ fn encode_dataset(
                 })
                 .collect();
             for r in results {
-                match r? {
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) if skip_bad_rows && is_row_error(&e) => {
+                        bad_in_encode.push(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                match r {
                     Outcome::Keep(s, truncated) => {
                         sum.tokens += s.len() as u64;
                         sum.trained_tokens += s.trained_tokens() as u64;
@@ -507,7 +563,15 @@ fn encode_dataset(
             }
             Ok(())
         })?;
+        encode_bad += bad_in_encode.len() as u64;
+        for e in bad_in_encode {
+            on_bad(e)?;
+        }
     }
+    // Rows that failed to parse never reached the encoder's count.
+    sum.rows_read += bad - encode_bad;
+    sum.skipped_bad = bad;
+    sum.bad_row_examples = bad_examples;
     if sum.rows_read == 0 {
         return Err(DataError::EmptyDataset {
             dataset: ds.path.clone(),

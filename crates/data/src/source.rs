@@ -290,18 +290,29 @@ fn hub_snapshot(id: &str, revision: Option<&str>) -> (Option<PathBuf>, Vec<Strin
     (None, looked)
 }
 
-/// Reads a file's rows, handing them to `sink` in chunks of about `chunk` rows.
+/// Decides about a row that cannot be read: `Err` stops (the default), `Ok` skips it.
+pub type OnBadRow<'a> = &'a mut dyn FnMut(DataError) -> Result<()>;
+
+/// Stops at the first bad row.
+pub fn fail_on_bad_row(e: DataError) -> Result<()> {
+    Err(e)
+}
+
+/// Reads a file's rows, handing them to `sink` in chunks of about `chunk` rows. Rows that cannot
+/// be parsed (a malformed JSON line, bad UTF-8, a record that is not an object) go to `on_bad`;
+/// a file that cannot be read at all is an error.
 pub fn read_rows(
     file: &InputFile,
     chunk: usize,
+    on_bad: OnBadRow<'_>,
     sink: &mut dyn FnMut(Vec<Row>) -> Result<()>,
 ) -> Result<()> {
     match file.format {
-        FileFormat::Jsonl => read_jsonl(&file.path, chunk, sink),
-        FileFormat::Json => read_json(&file.path, chunk, sink),
+        FileFormat::Jsonl => read_jsonl(&file.path, chunk, on_bad, sink),
+        FileFormat::Json => read_json(&file.path, chunk, on_bad, sink),
         FileFormat::Parquet => read_parquet(&file.path, chunk, sink),
         FileFormat::Arrow => read_arrow(&file.path, chunk, sink),
-        FileFormat::Csv => read_csv(&file.path, chunk, sink),
+        FileFormat::Csv => read_csv(&file.path, chunk, on_bad, sink),
     }
 }
 
@@ -316,21 +327,28 @@ fn at_line(path: &Path, line: u64) -> Location {
 fn read_jsonl(
     path: &Path,
     chunk: usize,
+    on_bad: OnBadRow<'_>,
     sink: &mut dyn FnMut(Vec<Row>) -> Result<()>,
 ) -> Result<()> {
     let f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    read_jsonl_from(path, BufReader::with_capacity(1 << 20, f), 1, chunk, sink)
+    read_jsonl_from(
+        path,
+        BufReader::with_capacity(1 << 20, f),
+        chunk,
+        on_bad,
+        sink,
+    )
 }
 
 fn read_jsonl_from(
     path: &Path,
     mut r: impl BufRead,
-    first_line: u64,
     chunk: usize,
+    on_bad: OnBadRow<'_>,
     sink: &mut dyn FnMut(Vec<Row>) -> Result<()>,
 ) -> Result<()> {
     let mut buf = Vec::new();
-    let mut line = first_line - 1;
+    let mut line = 0;
     let mut rows = Vec::with_capacity(chunk);
     loop {
         buf.clear();
@@ -341,24 +359,36 @@ fn read_jsonl_from(
             break;
         }
         line += 1;
-        let text = std::str::from_utf8(&buf).map_err(|e| DataError::NotUtf8 {
-            at: at_line(path, line),
-            offset: e.valid_up_to(),
-        })?;
-        let text = text.trim();
+        let text = match std::str::from_utf8(&buf) {
+            Ok(t) => t.trim(),
+            Err(e) => {
+                on_bad(DataError::NotUtf8 {
+                    at: at_line(path, line),
+                    offset: e.valid_up_to(),
+                })?;
+                continue;
+            }
+        };
         if text.is_empty() {
             continue;
         }
-        let value: Json = serde_json::from_str(text).map_err(|e| DataError::Json {
-            at: at_line(path, line),
-            message: e.to_string(),
-        })?;
-        let Json::Object(value) = value else {
-            return Err(DataError::WrongType {
-                at: at_line(path, line),
-                expected: "a JSON object per line",
-                found: crate::chat::json_kind(&value).into(),
-            });
+        let value = match serde_json::from_str(text) {
+            Ok(Json::Object(v)) => v,
+            Ok(other) => {
+                on_bad(DataError::WrongType {
+                    at: at_line(path, line),
+                    expected: "a JSON object per line",
+                    found: crate::chat::json_kind(&other).into(),
+                })?;
+                continue;
+            }
+            Err(e) => {
+                on_bad(DataError::Json {
+                    at: at_line(path, line),
+                    message: e.to_string(),
+                })?;
+                continue;
+            }
         };
         rows.push(Row {
             at: at_line(path, line),
@@ -378,6 +408,7 @@ fn read_jsonl_from(
 fn read_json(
     path: &Path,
     chunk: usize,
+    on_bad: OnBadRow<'_>,
     sink: &mut dyn FnMut(Vec<Row>) -> Result<()>,
 ) -> Result<()> {
     let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
@@ -385,7 +416,7 @@ fn read_json(
     let n = f.read(&mut head).map_err(|e| DataError::io(path, e))?;
     let first = head[..n].iter().find(|b| !b.is_ascii_whitespace()).copied();
     if first != Some(b'[') {
-        return read_jsonl(path, chunk, sink);
+        return read_jsonl(path, chunk, on_bad, sink);
     }
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let text = std::str::from_utf8(&bytes).map_err(|e| DataError::NotUtf8 {
@@ -407,11 +438,12 @@ fn read_json(
             field: None,
         };
         let Json::Object(value) = v else {
-            return Err(DataError::WrongType {
+            on_bad(DataError::WrongType {
                 at,
                 expected: "an object per array element",
                 found: crate::chat::json_kind(&v).into(),
-            });
+            })?;
+            continue;
         };
         rows.push(Row { at, value });
         if rows.len() >= chunk {
@@ -424,7 +456,12 @@ fn read_json(
     Ok(())
 }
 
-fn read_csv(path: &Path, chunk: usize, sink: &mut dyn FnMut(Vec<Row>) -> Result<()>) -> Result<()> {
+fn read_csv(
+    path: &Path,
+    chunk: usize,
+    on_bad: OnBadRow<'_>,
+    sink: &mut dyn FnMut(Vec<Row>) -> Result<()>,
+) -> Result<()> {
     let mut r = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_path(path)
@@ -441,7 +478,13 @@ fn read_csv(path: &Path, chunk: usize, sink: &mut dyn FnMut(Vec<Row>) -> Result<
         .collect::<Vec<_>>();
     let mut rows = Vec::with_capacity(chunk);
     for rec in r.records() {
-        let rec = rec.map_err(|e| csv_err(path, e))?;
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                on_bad(csv_err(path, e))?;
+                continue;
+            }
+        };
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
         let value: Map<String, Json> = headers
             .iter()

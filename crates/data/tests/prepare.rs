@@ -624,3 +624,38 @@ fn bad_input_names_file_row_and_field() {
     let e = err_of(t, "trunc.parquet", &bytes[..bytes.len() / 2], completion());
     assert!(e.contains("trunc.parquet") && e.contains("Parquet"), "{e}");
 }
+
+#[test]
+fn bad_rows_can_be_skipped_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tokenizer(tmp.path(), false);
+    let f = tmp.path().join("mixed.jsonl");
+    std::fs::write(
+        &f,
+        b"{\"text\": \"ok\"}\n{\"text\": \"broken\"\n{\"body\": 1}\n\xff\n{\"text\": \"fine\"}\n",
+    )
+    .unwrap();
+    let p = plan(
+        vec![ds(
+            &f,
+            DatasetFormat::Completion {
+                field: "text".into(),
+            },
+        )],
+        &tmp.path().join("p"),
+    );
+    let opts = PrepareOptions {
+        skip_bad_rows: true,
+        no_write: true,
+        ..Default::default()
+    };
+    let out = prepare_with(&p, &tok, opts).unwrap();
+    assert_eq!(out.train.len(), 2);
+    assert_eq!(out.summary.rows_read, 5);
+    assert_eq!(out.summary.rows_skipped_bad, 3);
+    let text = out.summary.to_string();
+    assert!(
+        text.contains("skipped 3 bad rows") && text.contains("mixed.jsonl, row 2"),
+        "{text}"
+    );
+}
