@@ -6,23 +6,40 @@
 
 use crate::sample::{IGNORE, Sample};
 
-/// Several samples laid end to end in one row of at most `sequence_len` tokens.
+/// Several samples laid end to end in one row of at most `sequence_len` tokens. A pack holds
+/// sample indices, not copies: rows are built when batched ([`pad_packs`]), so packing costs no
+/// second copy of the data.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Pack {
-    pub input_ids: Vec<u32>,
-    pub labels: Vec<i32>,
-    /// 0.. per sample.
-    pub position_ids: Vec<u32>,
-    /// The length of each sample in order; attention must not cross these boundaries.
+    /// Indices into the sample list, in order.
+    pub samples: Vec<u32>,
+    /// The length each sample takes in the row; attention must not cross these boundaries.
     pub seq_lens: Vec<u32>,
 }
 
 impl Pack {
     pub fn len(&self) -> usize {
-        self.input_ids.len()
+        self.seq_lens.iter().map(|&l| l as usize).sum()
     }
     pub fn is_empty(&self) -> bool {
-        self.input_ids.is_empty()
+        self.seq_lens.is_empty()
+    }
+
+    /// The row: ids, labels and position ids restarting at 0 per sample.
+    pub fn row(&self, samples: &[Sample]) -> (Vec<u32>, Vec<i32>, Vec<u32>) {
+        let n = self.len();
+        let (mut ids, mut labels, mut pos) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (&i, &l) in self.samples.iter().zip(&self.seq_lens) {
+            let s = &samples[i as usize];
+            ids.extend_from_slice(&s.input_ids[..l as usize]);
+            labels.extend_from_slice(&s.labels[..l as usize]);
+            pos.extend(0..l);
+        }
+        (ids, labels, pos)
     }
 }
 
@@ -53,16 +70,13 @@ pub fn pack_ffd(samples: &[Sample], capacity: usize) -> Vec<Pack> {
     bins.into_iter()
         .map(|mut members| {
             members.sort_unstable();
-            let mut p = Pack::default();
-            for i in members {
-                let s = &samples[i];
-                let n = s.len().min(capacity);
-                p.input_ids.extend_from_slice(&s.input_ids[..n]);
-                p.labels.extend_from_slice(&s.labels[..n]);
-                p.position_ids.extend(0..n as u32);
-                p.seq_lens.push(n as u32);
+            Pack {
+                seq_lens: members
+                    .iter()
+                    .map(|&i| samples[i].len().min(capacity) as u32)
+                    .collect(),
+                samples: members.into_iter().map(|i| i as u32).collect(),
             }
-            p
         })
         .collect()
 }
@@ -118,7 +132,7 @@ pub fn pad_batch(samples: &[&Sample], pad_id: u32, pad_to: Option<usize>) -> Bat
 
 /// Pads packs on the right like [`pad_batch`]; position ids restart per sample and padding
 /// positions continue from 0.
-pub fn pad_packs(packs: &[&Pack], pad_id: u32, pad_to: Option<usize>) -> Batch {
+pub fn pad_packs(packs: &[&Pack], samples: &[Sample], pad_id: u32, pad_to: Option<usize>) -> Batch {
     let longest = packs.iter().map(|p| p.len()).max().unwrap_or(0);
     let width = pad_to.map_or(longest, |p| p.max(longest));
     let mut b = Batch {
@@ -129,15 +143,13 @@ pub fn pad_packs(packs: &[&Pack], pad_id: u32, pad_to: Option<usize>) -> Batch {
         seq_lens: Vec::with_capacity(packs.len()),
     };
     for p in packs {
-        let pad = width - p.len();
-        let mut ids = p.input_ids.clone();
+        let (mut ids, mut labels, mut pos) = p.row(samples);
+        let n = ids.len();
         ids.resize(width, pad_id);
-        let mut labels = p.labels.clone();
         labels.resize(width, IGNORE);
-        let mut mask = vec![1u8; p.len()];
+        let mut mask = vec![1u8; n];
         mask.resize(width, 0);
-        let mut pos = p.position_ids.clone();
-        pos.extend(0..pad as u32);
+        pos.extend(0..(width - n) as u32);
         b.input_ids.push(ids);
         b.labels.push(labels);
         b.attention_mask.push(mask);
@@ -202,8 +214,9 @@ mod tests {
         // FFD: 6→A, 5→B, 4→A(10), 3→B(8), 2→B(10).
         assert_eq!(packs.len(), 2);
         assert_eq!(packs[0].seq_lens, vec![6, 4]);
-        assert_eq!(packs[0].input_ids, vec![1, 1, 1, 1, 1, 1, 2, 2, 2, 2]);
-        assert_eq!(packs[0].position_ids, vec![0, 1, 2, 3, 4, 5, 0, 1, 2, 3]);
+        let (ids, _, pos) = packs[0].row(&samples);
+        assert_eq!(ids, vec![1, 1, 1, 1, 1, 1, 2, 2, 2, 2]);
+        assert_eq!(pos, vec![0, 1, 2, 3, 4, 5, 0, 1, 2, 3]);
         assert_eq!(packs[1].seq_lens, vec![3, 5, 2]);
         assert!((packing_efficiency(&packs, 10) - 1.0).abs() < 1e-9);
     }
@@ -227,8 +240,9 @@ mod tests {
         assert_eq!(batch.labels[1], vec![8, IGNORE, IGNORE]);
         assert_eq!(batch.attention_mask[1], vec![1, 0, 0]);
         assert_eq!(pad_batch(&[&a], 0, Some(5)).input_ids[0].len(), 5);
-        let packs = pack_ffd(&[a, b], 8);
-        let pb = pad_packs(&[&packs[0]], 0, Some(6));
+        let both = [a, b];
+        let packs = pack_ffd(&both, 8);
+        let pb = pad_packs(&[&packs[0]], &both, 0, Some(6));
         assert_eq!(pb.position_ids[0], vec![0, 1, 2, 0, 0, 1]);
         assert_eq!(pb.seq_lens[0], vec![3, 1]);
         assert_eq!(pb.labels[0][4..], [IGNORE, IGNORE]);

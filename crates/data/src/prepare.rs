@@ -155,14 +155,14 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Training micro-batches in order: packs when packing, else samples; padded to the longest
+    /// Training micro-batches in order, built lazily: packs when packing, else samples; padded to the longest
     /// row, or to `sequence_len` when `pad_to_sequence_len` (always when packing).
-    pub fn train_batches(
-        &self,
+    pub fn train_batches<'a>(
+        &'a self,
         micro_batch_size: usize,
         pad_id: u32,
         plan: &DataPlan,
-    ) -> Vec<Batch> {
+    ) -> Box<dyn Iterator<Item = Batch> + 'a> {
         batches(
             &self.train,
             self.train_packs.as_deref(),
@@ -173,7 +173,12 @@ impl Prepared {
     }
 
     /// Evaluation batches, the same way (packs when `eval_sample_packing`).
-    pub fn eval_batches(&self, batch_size: usize, pad_id: u32, plan: &DataPlan) -> Vec<Batch> {
+    pub fn eval_batches<'a>(
+        &'a self,
+        batch_size: usize,
+        pad_id: u32,
+        plan: &DataPlan,
+    ) -> Box<dyn Iterator<Item = Batch> + 'a> {
         batches(
             &self.eval,
             self.eval_packs.as_deref(),
@@ -184,31 +189,28 @@ impl Prepared {
     }
 }
 
-fn batches(
-    samples: &[Sample],
-    packs: Option<&[Pack]>,
+fn batches<'a>(
+    samples: &'a [Sample],
+    packs: Option<&'a [Pack]>,
     size: usize,
     pad_id: u32,
     plan: &DataPlan,
-) -> Vec<Batch> {
+) -> Box<dyn Iterator<Item = Batch> + 'a> {
     let size = size.max(1);
+    let seq = plan.sequence_len;
     match packs {
-        Some(packs) => packs
-            .chunks(size)
-            .map(|c| {
-                pad_packs(
-                    &c.iter().collect::<Vec<_>>(),
-                    pad_id,
-                    Some(plan.sequence_len),
-                )
-            })
-            .collect(),
-        None => {
-            let pad_to = plan.pad_to_sequence_len.then_some(plan.sequence_len);
-            samples
+        Some(packs) => Box::new(
+            packs
                 .chunks(size)
-                .map(|c| pad_batch(&c.iter().collect::<Vec<_>>(), pad_id, pad_to))
-                .collect()
+                .map(move |c| pad_packs(&c.iter().collect::<Vec<_>>(), samples, pad_id, Some(seq))),
+        ),
+        None => {
+            let pad_to = plan.pad_to_sequence_len.then_some(seq);
+            Box::new(
+                samples
+                    .chunks(size)
+                    .map(move |c| pad_batch(&c.iter().collect::<Vec<_>>(), pad_id, pad_to)),
+            )
         }
     }
 }

@@ -456,18 +456,28 @@ fn val_split_is_deterministic_and_packing_keeps_boundaries() {
     )
     .unwrap();
     assert_ne!(a.eval, c.eval);
-    let packs = a.train_packs.unwrap();
+    let packs = a.train_packs.as_ref().unwrap();
     let total: usize = packs.iter().map(|p| p.seq_lens.len()).sum();
     assert_eq!(total, 90);
-    for pk in &packs {
+    for pk in packs {
         assert!(pk.len() <= 64);
+        let (_, _, position_ids) = pk.row(&a.train);
         let mut pos = 0;
         for &l in &pk.seq_lens {
-            assert_eq!(pk.position_ids[pos], 0);
-            assert_eq!(pk.position_ids[pos + l as usize - 1], l - 1);
+            assert_eq!(position_ids[pos], 0);
+            assert_eq!(position_ids[pos + l as usize - 1], l - 1);
             pos += l as usize;
         }
     }
+    // Batches: packs padded to sequence_len, boundaries carried.
+    let batches: Vec<_> = a.train_batches(4, tok.pad_id(), &p).collect();
+    assert_eq!(batches.len(), packs.len().div_ceil(4));
+    assert!(
+        batches
+            .iter()
+            .all(|b| b.input_ids.iter().all(|r| r.len() == 64))
+    );
+    assert_eq!(batches[0].seq_lens[0], packs[0].seq_lens);
     assert!(a.summary.packing_efficiency.unwrap() > 0.8);
 }
 
@@ -658,4 +668,33 @@ fn bad_rows_can_be_skipped_and_counted() {
         text.contains("skipped 3 bad rows") && text.contains("mixed.jsonl, row 2"),
         "{text}"
     );
+}
+
+#[test]
+fn test_datasets_are_the_eval_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tokenizer(tmp.path(), false);
+    let train = tmp.path().join("train.jsonl");
+    let test = tmp.path().join("test.jsonl");
+    std::fs::write(
+        &train,
+        "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \"c\"}\n",
+    )
+    .unwrap();
+    std::fs::write(&test, "{\"text\": \"z\"}\n").unwrap();
+    let completion = || DatasetFormat::Completion {
+        field: "text".into(),
+    };
+    let mut p = plan(vec![ds(&train, completion())], &tmp.path().join("p"));
+    p.test_datasets = vec![ds(&test, completion())];
+    let out = prepare(&p, &tok).unwrap();
+    assert_eq!(out.train.len(), 3);
+    assert_eq!(out.eval.len(), 1);
+    assert_eq!(decode(&tok, &out.eval[0].input_ids), "z<|im_end|>");
+    // Eval comes back from the cache too.
+    let again = prepare(&p, &tok).unwrap();
+    assert!(again.summary.reused_cache);
+    assert_eq!(again.eval, out.eval);
+    let batches: Vec<_> = out.eval_batches(8, tok.pad_id(), &p).collect();
+    assert_eq!(batches.len(), 1);
 }
