@@ -17,7 +17,7 @@ use runner_recipe::plan::{
     NamedTemplate, ValSet,
 };
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 const CHUNK_ROWS: usize = 2048;
@@ -234,17 +234,29 @@ pub fn load_tokenizer(model: &ModelPlan) -> Result<TextTokenizer> {
         t.apply_overrides(&TokenizerOverrides::from_model_plan(model))?;
         return Ok(t);
     }
-    let path = Path::new(src);
+    let mut path = PathBuf::from(src);
     if !path.exists() {
-        return Err(DataError::Tokenizer {
-            path: path.to_path_buf(),
-            message:
-                "not a local file or folder; give `base_model`/`tokenizer_config` as a path to a \
-                      .gguf file or a folder with tokenizer.json (hub downloads are not built in)"
-                    .into(),
-        });
+        let (snapshot, looked) = if source::looks_like_hub_id(src) {
+            source::hub_snapshot("models", src, model.revision.as_deref())
+        } else {
+            (None, vec![src.to_string()])
+        };
+        match snapshot {
+            Some(dir) => path = dir,
+            None => {
+                return Err(DataError::Tokenizer {
+                    path: path.clone(),
+                    message: format!(
+                        "not found (looked at: {}); give `base_model`/`tokenizer_config` as a .gguf \
+                         file or a folder with tokenizer.json, or download the model into the \
+                         Hugging Face cache (HF_HOME / HF_HUB_CACHE) first",
+                        looked.join(", ")
+                    ),
+                });
+            }
+        }
     }
-    TextTokenizer::load(path, &TokenizerOverrides::from_model_plan(model))
+    TextTokenizer::load(&path, &TokenizerOverrides::from_model_plan(model))
 }
 
 /// The Jinja text a chat dataset renders with.

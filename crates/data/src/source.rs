@@ -57,7 +57,7 @@ pub fn resolve(ds: &DatasetPlan) -> Result<Vec<InputFile>> {
     } else if p.is_dir() {
         return resolve_folder(p, ds);
     } else if looks_like_hub_id(&ds.path) {
-        let (snapshot, looked) = hub_snapshot(&ds.path, ds.revision.as_deref());
+        let (snapshot, looked) = hub_snapshot("datasets", &ds.path, ds.revision.as_deref());
         match snapshot {
             Some(dir) => return resolve_folder(&dir, ds),
             None => {
@@ -237,7 +237,7 @@ fn collect_files(dir: &Path, forced: Option<FileFormat>, depth: usize, out: &mut
     }
 }
 
-fn looks_like_hub_id(s: &str) -> bool {
+pub(crate) fn looks_like_hub_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     (parts.len() == 2 || parts.len() == 1)
         && !s.starts_with('.')
@@ -248,8 +248,13 @@ fn looks_like_hub_id(s: &str) -> bool {
         })
 }
 
-/// The snapshot folder of a dataset in the local HF cache, and the places looked at.
-fn hub_snapshot(id: &str, revision: Option<&str>) -> (Option<PathBuf>, Vec<String>) {
+/// The snapshot folder of a repo (`kind` = `datasets` or `models`) in the local HF cache, and
+/// the places looked at.
+pub(crate) fn hub_snapshot(
+    kind: &str,
+    id: &str,
+    revision: Option<&str>,
+) -> (Option<PathBuf>, Vec<String>) {
     let cache = std::env::var_os("HF_HUB_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
@@ -257,7 +262,7 @@ fn hub_snapshot(id: &str, revision: Option<&str>) -> (Option<PathBuf>, Vec<Strin
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
         })
         .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
-    let repo = cache.join(format!("datasets--{}", id.replace('/', "--")));
+    let repo = cache.join(format!("{kind}--{}", id.replace('/', "--")));
     let mut looked = vec![repo.display().to_string()];
     let rev = revision.unwrap_or("main");
     let by_ref = std::fs::read_to_string(repo.join("refs").join(rev))
