@@ -191,6 +191,28 @@ impl ChatTemplate {
                 return Ok(r);
             }
         }
+        // Last resort, for templates that split a content (Qwen3 moves a `<think>` block out of
+        // an assistant message and may drop it): one surviving marker anchors the message, and
+        // the span is the longest stretch of the content that the text holds next to it.
+        let values = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let (start, end) = markers(i);
+                message_value(&m.role, Value::from(format!("{start}{}{end}", m.content)))
+            })
+            .collect();
+        let marked = self.render_values(values, false)?;
+        if let Some((text, ends)) = strip_markers_lenient(&marked, messages.len())
+            && text == plain
+        {
+            let spans = messages
+                .iter()
+                .zip(ends)
+                .map(|(m, (s, e))| anchored_span(&text, &m.content, s, e))
+                .collect();
+            return Ok(Rendered { text, spans });
+        }
         Err(JinjaError::new(
             ErrorKind::InvalidOperation,
             format!(
@@ -250,6 +272,72 @@ fn strip_markers(marked: &str, n: usize) -> Option<Rendered> {
     }
     text.push_str(&marked[last..]);
     Some(Rendered { text, spans })
+}
+
+/// Like [`strip_markers`], but keeps whatever markers survived: per message, where its start and
+/// end markers landed (each at most once).
+type Anchors = (Option<usize>, Option<usize>);
+
+fn strip_markers_lenient(marked: &str, n: usize) -> Option<(String, Vec<Anchors>)> {
+    let mut text = String::with_capacity(marked.len());
+    let mut anchors: Vec<Anchors> = vec![(None, None); n];
+    let mut last = 0;
+    for (pos, c) in marked.char_indices() {
+        if !is_marker(c) {
+            continue;
+        }
+        text.push_str(&marked[last..pos]);
+        last = pos + c.len_utf8();
+        let k = (c as u32 - MARK_BASE) as usize;
+        let (i, is_end) = (k / 2, k % 2 == 1);
+        let slot = if is_end {
+            &mut anchors.get_mut(i)?.1
+        } else {
+            &mut anchors.get_mut(i)?.0
+        };
+        if slot.replace(text.len()).is_some() {
+            return None;
+        }
+    }
+    text.push_str(&marked[last..]);
+    Some((text, anchors))
+}
+
+/// The span of a content in `text` given its surviving anchors: both → between them; only the
+/// end → the longest suffix of the content that ends there; only the start → the longest
+/// prefix starting there. Whitespace at the open edge is left out (templates strip it).
+fn anchored_span(
+    text: &str,
+    content: &str,
+    start: Option<usize>,
+    end: Option<usize>,
+) -> Option<Range<usize>> {
+    match (start, end) {
+        (Some(s), Some(e)) if s <= e => Some(s..e),
+        (_, Some(e)) => {
+            let before = &text[..e];
+            let mut l = before.len().min(content.len());
+            while l > 0
+                && !(content.is_char_boundary(content.len() - l)
+                    && before.ends_with(&content[content.len() - l..]))
+            {
+                l -= 1;
+            }
+            let piece = &text[e - l..e];
+            let s = e - piece.trim_start().len();
+            Some(s..e)
+        }
+        (Some(s), None) => {
+            let after = &text[s..];
+            let mut l = after.len().min(content.len());
+            while l > 0 && !(content.is_char_boundary(l) && after.starts_with(&content[..l])) {
+                l -= 1;
+            }
+            let piece = &text[s..s + l];
+            Some(s..s + piece.trim_end().len())
+        }
+        _ => None,
+    }
 }
 
 /// `{% generation %}` / `{% endgeneration %}` (transformers' AssistantTracker) become an always-true
@@ -593,6 +681,36 @@ mod tests {
             r.text
                 .starts_with("<s><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>")
         );
+    }
+
+    #[test]
+    fn qwen3_think_blocks_are_tracked() {
+        let t = ChatTemplate::new(
+            named_template_source(NamedTemplate::Qwen3),
+            "qwen3",
+            "",
+            "<|im_end|>",
+        )
+        .unwrap();
+        let m = msgs(&[
+            ("user", "Q1"),
+            ("assistant", "<think>\nR1\n</think>\n\nA1"),
+            ("user", "Q2"),
+            ("assistant", "<think>\nR2\n</think>\n\nA2"),
+        ]);
+        let r = t.render_tracked(&m).unwrap();
+        // Earlier turns lose their reasoning; the last keeps it (text checked against
+        // transformers' apply_chat_template with this template).
+        assert_eq!(
+            r.text,
+            "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n<think>\nR2\n</think>\n\nA2<|im_end|>\n"
+        );
+        assert_eq!(&r.text[r.spans[1].clone().unwrap()], "A1");
+        assert_eq!(
+            &r.text[r.spans[3].clone().unwrap()],
+            "<think>\nR2\n</think>\n\nA2"
+        );
+        assert_eq!(&r.text[r.spans[2].clone().unwrap()], "Q2");
     }
 
     #[test]
