@@ -102,7 +102,7 @@ pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return Ok(x.matmul(&w.t()?)?);
     }
-    Ok(x.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?)
+    Ok(x.apply_op1(FrozenMatmul { w: w.clone() })?)
 }
 
 struct FrozenMatmul {
@@ -120,25 +120,16 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::CpuStorage as C;
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-matmul: input must be contiguous")
+        use candle_core::backend::BackendStorage;
+        let (m, k) = layout.shape().dims2()?;
+        let (ws, wl) = self.w.storage_and_layout();
+        let candle_core::Storage::Cpu(w) = &*ws else {
+            candle_core::bail!("frozen-matmul: weight is not on the CPU")
         };
-        let dev = Device::Cpu;
-        let x = match storage {
-            C::F32(v) => Tensor::from_slice(&v[start..end], layout.shape(), &dev)?,
-            C::F64(v) => Tensor::from_slice(&v[start..end], layout.shape(), &dev)?,
-            C::BF16(v) => Tensor::from_slice(&v[start..end], layout.shape(), &dev)?,
-            C::F16(v) => Tensor::from_slice(&v[start..end], layout.shape(), &dev)?,
-            _ => candle_core::bail!("frozen-matmul: unsupported dtype"),
-        };
-        let y = x.matmul(&self.w.t()?)?;
-        let shape = y.shape().clone();
-        let (st, l) = y.storage_and_layout();
-        match (&*st, l.contiguous_offsets()) {
-            (candle_core::Storage::Cpu(c), Some((0, _))) => Ok((c.clone(), shape)),
-            _ => candle_core::bail!("frozen-matmul: unexpected output layout"),
-        }
+        let n = wl.shape().dims2()?.0;
+        // x (m, k) · Wᵀ (k, n), reading W through a transposed layout: no copy.
+        let out = storage.matmul(w, (1, m, n, k), layout, &wl.transpose(0, 1)?)?;
+        Ok((out, candle_core::Shape::from((m, n))))
     }
 
     fn bwd(
@@ -157,14 +148,15 @@ pub fn dropout(x: &Tensor, p: f64, train: bool, rng: &SharedRng) -> Result<Tenso
         return Ok(x.clone());
     }
     let n = x.elem_count();
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = {
-        let mut g = rng.lock().unwrap_or_else(|e| e.into_inner());
-        (0..n)
-            .map(|_| if g.random::<f64>() < p { 0.0 } else { keep })
-            .collect()
-    };
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    // Random u32s from the seeded stream (a bulk fill: fast even in debug builds), kept where
+    // u ≥ p·2³², then scaled by 1/(1-p).
+    let mut bits = vec![0u32; n];
+    rng.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .fill(&mut bits[..]);
+    let threshold = (p * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+    let bits = Tensor::from_vec(bits, x.shape(), x.device())?;
+    let mask = (bits.ge(threshold)?.to_dtype(x.dtype())? * (1.0 / (1.0 - p)))?;
     Ok((x * mask)?)
 }
 
