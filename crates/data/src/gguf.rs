@@ -104,8 +104,10 @@ impl Reader<'_> {
     }
     fn string(&mut self) -> Result<String> {
         let len = self.u64()?;
-        if len > (1 << 32) {
-            return Err(self.bad("string length out of range"));
+        // Metadata strings are names, tokens and chat templates; anything this long is a
+        // corrupt file, not a reason to allocate gigabytes.
+        if len > (64 << 20) {
+            return Err(self.bad("metadata string length out of range (corrupt file?)"));
         }
         let mut buf = vec![0u8; len as usize];
         self.bytes(&mut buf)?;
@@ -144,7 +146,7 @@ impl Reader<'_> {
                 if n > (1 << 28) {
                     return Err(self.bad("array length out of range"));
                 }
-                let mut v = Vec::with_capacity(n as usize);
+                let mut v = Vec::with_capacity((n as usize).min(1 << 16));
                 for _ in 0..n {
                     v.push(self.value(ety)?);
                 }
@@ -155,5 +157,48 @@ impl Reader<'_> {
             12 => Value::F64(f64::from_bits(self.u64()?)),
             _ => return Err(self.bad(&format!("unknown metadata type {ty}"))),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_headers_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.gguf");
+        std::fs::write(&p, b"NOPE").unwrap();
+        assert!(
+            read_metadata(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("bad magic")
+        );
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend(u64::MAX.to_le_bytes()); // key length
+        std::fs::write(&p, &b).unwrap();
+        assert!(
+            read_metadata(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("out of range")
+        );
+        b.truncate(b.len() - 8);
+        b.extend(3u64.to_le_bytes());
+        b.extend(b"abc");
+        b.extend(9u32.to_le_bytes()); // array
+        b.extend(8u32.to_le_bytes()); // of strings
+        b.extend((1u64 << 27).to_le_bytes()); // claims many, has none
+        std::fs::write(&p, &b).unwrap();
+        assert!(
+            read_metadata(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("truncated")
+        );
     }
 }
