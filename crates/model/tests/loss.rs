@@ -72,16 +72,8 @@ fn packed_equals_padded() {
     let mut ids = vec![];
     let mut mask = vec![];
     for x in &s {
-        ids.extend(
-            x.iter()
-                .copied()
-                .chain(std::iter::repeat(0).take(t - x.len())),
-        );
-        mask.extend(
-            std::iter::repeat(1u8)
-                .take(x.len())
-                .chain(std::iter::repeat(0).take(t - x.len())),
-        );
+        ids.extend(x.iter().copied().chain(std::iter::repeat_n(0, t - x.len())));
+        mask.extend(std::iter::repeat_n(1u8, x.len()).chain(std::iter::repeat_n(0, t - x.len())));
     }
     let labels = ids
         .iter()
