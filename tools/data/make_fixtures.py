@@ -210,6 +210,30 @@ def make_formats(name, tok):
     print(f"wrote formats_{name}.json ({len(cases)} cases)")
 
 
+def make_columnar():
+    """Small Parquet/Arrow files written by pyarrow (as `datasets` and pandas write them), so the
+    Rust readers are checked against the writer people actually use."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    chat = [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello 🙂"}]},
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+    ]
+    alpaca = [
+        {"instruction": "Say hi", "input": "", "output": "hi"},
+        {"instruction": "Add", "input": "2 and 3", "output": "5"},
+    ]
+    for name, rows in [("chat", chat), ("alpaca", alpaca)]:
+        table = pa.Table.from_pylist(rows)
+        pq.write_table(table, OUT / f"pyarrow_{name}_snappy.parquet", compression="snappy")
+        pq.write_table(table, OUT / f"pyarrow_{name}_zstd.parquet", compression="zstd")
+        with pa.ipc.new_stream(OUT / f"pyarrow_{name}.arrow", table.schema) as w:
+            w.write_table(table)
+        (OUT / f"pyarrow_{name}.json").write_text(json.dumps(rows, ensure_ascii=False) + "\n")
+    print("wrote pyarrow_* columnar fixtures")
+
+
 def named(n):
     return (TEMPLATES / f"{n}.jinja").read_text()
 
@@ -217,6 +241,7 @@ def named(n):
 def main():
     smol = os.environ.get("RUNNER_SMOLLM2_GGUF", str(ROOT / ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     tokdir = ROOT / ".cache" / "tokenizers"
+    make_columnar()
     s = gguf_tokenizer(smol)
     make("smollm2_default", s, {"tokenizer": "smollm2", "kind": "tokenizer_default"}, s.chat_template)
     make("smollm2_chatml", s, {"tokenizer": "smollm2", "kind": "named", "name": "chatml"}, named("chatml"))
