@@ -78,6 +78,9 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// Per-frequency divisors (a GGUF's `rope_freqs.weight`, llama.cpp's form of `llama3`):
+    /// `inv_freq[i] / factors[i]`.
+    Factors(Vec<f32>),
 }
 
 /// A resolved Llama-family configuration.
@@ -403,7 +406,7 @@ impl ModelConfig {
     /// The `config.json` transformers would read for this configuration.
     pub fn to_hf_json(&self) -> serde_json::Value {
         let rope_scaling = match &self.rope_scaling {
-            RopeScaling::None => serde_json::Value::Null,
+            RopeScaling::None | RopeScaling::Factors(_) => serde_json::Value::Null,
             RopeScaling::Linear { factor } => {
                 serde_json::json!({"rope_type": "linear", "factor": factor})
             }
@@ -421,6 +424,11 @@ impl ModelConfig {
             }),
         };
         let window = self.sliding_window.iter().flatten().next().copied();
+        let rope_scaling = match &self.rope_scaling {
+            // No config.json form: transformers derives these from `llama3` parameters.
+            RopeScaling::Factors(_) => serde_json::Value::Null,
+            _ => rope_scaling,
+        };
         let mut v = serde_json::json!({
             "architectures": [self.arch.hf_name()],
             "model_type": self.arch.model_type(),

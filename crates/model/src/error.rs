@@ -55,6 +55,17 @@ pub enum Error {
     #[error("{source_name}: missing tensor `{name}`")]
     MissingTensor { source_name: String, name: String },
 
+    #[error(
+        "{source_name}: {} tensor(s) that the config's model has no place for, e.g. {} \
+         (does config.json describe this checkpoint? check num_hidden_layers and the architecture)",
+        names.len(),
+        names.iter().take(3).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    )]
+    UnexpectedTensors {
+        source_name: String,
+        names: Vec<String>,
+    },
+
     #[error("{source_name}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
     ShapeMismatch {
         source_name: String,

@@ -197,12 +197,41 @@ pub fn unpermute_qk(w: &Tensor, n_head: usize) -> Result<Tensor> {
 pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(CausalLm, GgufInfo)> {
     let mut f = std::fs::File::open(path).map_err(io_err(path))?;
     let content = Content::read(&mut f).map_err(|e| gguf_err(path, e.to_string()))?;
-    let cfg = config_from_gguf(path, &content)?;
+    let mut cfg = config_from_gguf(path, &content)?;
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        // Llama 3.1-style GGUFs carry the rope scaling as per-frequency divisors.
+        let q = content
+            .tensor(&mut f, "rope_freqs.weight", &Device::Cpu)
+            .map_err(|e| gguf_err(path, format!("tensor `rope_freqs.weight`: {e}")))?;
+        let factors: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .and_then(|t| t.flatten_all()?.to_vec1())
+            .map_err(|e| gguf_err(path, format!("tensor `rope_freqs.weight`: {e}")))?;
+        if factors.len() != cfg.head_dim / 2 {
+            return Err(gguf_err(
+                path,
+                format!(
+                    "rope_freqs.weight has {} entries, expected head_dim/2 = {}",
+                    factors.len(),
+                    cfg.head_dim / 2
+                ),
+            ));
+        }
+        cfg.rope_scaling = RopeScaling::Factors(factors);
+    }
     let mut tensors = HashMap::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
-        let Some(hf) = hf_name(name) else { continue };
+        let Some(hf) = hf_name(name) else {
+            if name == "rope_freqs.weight" {
+                continue;
+            }
+            return Err(gguf_err(
+                path,
+                format!("tensor `{name}` has no place in a llama model (unsupported GGUF layout)"),
+            ));
+        };
         let q = content
             .tensor(&mut f, name, &Device::Cpu)
             .map_err(|e| gguf_err(path, format!("tensor `{name}`: {e}")))?;

@@ -205,6 +205,13 @@ impl CausalLm {
         } else {
             Linear::load(w, "lm_head", cfg.hidden_size, cfg.vocab_size, false)?
         };
+        let unused = w.unused();
+        if !unused.is_empty() {
+            return Err(crate::error::Error::UnexpectedTensors {
+                source_name: w.source_name(),
+                names: unused,
+            });
+        }
         Ok(Self {
             cfg: cfg.clone(),
             embed_tokens,

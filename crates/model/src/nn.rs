@@ -206,10 +206,11 @@ impl Rope {
             .step_by(2)
             .map(|i| 1.0f32 / base.powf(i as f32 / dim as f32))
             .collect();
-        let inv_freq = match cfg.rope_scaling {
+        let inv_freq = match &cfg.rope_scaling {
             RopeScaling::None => inv,
-            RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor as f32).collect(),
-            RopeScaling::Llama3 {
+            RopeScaling::Factors(factors) => inv.iter().zip(factors).map(|(f, d)| f / d).collect(),
+            &RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor as f32).collect(),
+            &RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,

@@ -120,6 +120,7 @@ pub fn write_gguf(
             "model.embed_tokens.weight" => Some("token_embd.weight"),
             "model.norm.weight" => Some("output_norm.weight"),
             "lm_head.weight" => Some("output.weight"),
+            "rope_freqs.weight" => Some("rope_freqs.weight"),
             _ => None,
         };
         if let Some(f) = fixed {

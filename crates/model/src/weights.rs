@@ -166,6 +166,8 @@ pub struct Weights {
     prefix: String,
     dtype: DType,
     device: Device,
+    /// Names loaded so far, to find tensors the model never asked for.
+    used: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Weights {
@@ -175,6 +177,7 @@ impl Weights {
             prefix: String::new(),
             dtype,
             device,
+            used: Default::default(),
         }
     }
 
@@ -211,6 +214,22 @@ impl Weights {
         self.dtype
     }
 
+    /// Tensors of the source that were never loaded, except those transformers also ignores
+    /// (`rotary_emb.inv_freq` buffers, an `lm_head.weight` saved beside tied embeddings).
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        self.source
+            .names()
+            .into_iter()
+            .filter(|n| !used.contains(n))
+            .filter(|n| !n.ends_with("rotary_emb.inv_freq") && n != "lm_head.weight")
+            .collect()
+    }
+
+    pub fn source_name(&self) -> String {
+        self.source.source_name()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.source.shape_of(&self.full_name(name)).is_some()
     }
@@ -234,6 +253,10 @@ impl Weights {
             });
         }
         let t = self.source.load(&full, &self.device)?;
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(full);
         if t.dtype() == self.dtype {
             Ok(t)
         } else {

@@ -333,3 +333,60 @@ fn unsupported_config_values_are_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn tensors_the_config_has_no_place_for_are_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(Arch::Llama);
+    write_tiny(dir.path(), &cfg, 1).unwrap();
+    // config says 1 layer, the checkpoint has 2
+    let mut small = cfg.clone();
+    small.num_hidden_layers = 1;
+    small.sliding_window = vec![None];
+    std::fs::write(
+        dir.path().join("config.json"),
+        small.to_hf_json().to_string(),
+    )
+    .unwrap();
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("model.layers.1.") && e.contains("num_hidden_layers"),
+        "{e}"
+    );
+}
+
+/// Llama 3.1 GGUFs carry `rope_freqs.weight` (per-frequency divisors) instead of a `llama3`
+/// rope_scaling block; both must give the same model.
+#[test]
+fn gguf_rope_freqs_equal_llama3_scaling() {
+    use runner_model::RopeScaling;
+    use runner_model::nn::Rope;
+    let mut cfg = tiny_config(Arch::Llama);
+    cfg.rope_scaling = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 4.0,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny(dir.path(), &cfg, 9).unwrap();
+    let plain = Rope::new(&tiny_config(Arch::Llama)).inv_freq;
+    let scaled = Rope::new(&cfg).inv_freq;
+    assert_ne!(plain, scaled);
+    let factors: Vec<f32> = plain.iter().zip(&scaled).map(|(p, s)| p / s).collect();
+    let mut weights = random_weights(&cfg, 9).unwrap();
+    let n = factors.len();
+    weights.insert(
+        "rope_freqs.weight".into(),
+        Tensor::from_vec(factors, n, &Device::Cpu).unwrap(),
+    );
+    let gguf = dir.path().join("llama31.gguf");
+    let mut gcfg = cfg.clone();
+    gcfg.rope_scaling = RopeScaling::None;
+    write_gguf(&gguf, &gcfg, &weights).unwrap();
+    let (g, _) = runner_model::gguf::load_gguf(&gguf, DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(g.cfg.rope_scaling, RopeScaling::Factors(_)));
+    let s = load_folder(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let d = max_abs_diff(&logits(&g), &logits(&s));
+    assert!(d < 1e-5, "{d}");
+}
