@@ -390,3 +390,65 @@ fn gguf_rope_freqs_equal_llama3_scaling() {
     let d = max_abs_diff(&logits(&g), &logits(&s));
     assert!(d < 1e-5, "{d}");
 }
+
+/// `lora_model_dir`: adapters start from a saved PEFT adapter (names without `.default`).
+#[test]
+fn adapter_plan_with_init_from_loads_peft_weights() {
+    use runner_recipe::plan::{AdapterKind, AdapterPlan, BaseQuant};
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_llama(dir.path(), 2).unwrap();
+    let adapter_dir = dir.path().join("adapter");
+    std::fs::create_dir_all(&adapter_dir).unwrap();
+    let mut saved = HashMap::new();
+    for l in 0..2 {
+        let p = format!("base_model.model.model.layers.{l}.self_attn.v_proj");
+        saved.insert(
+            format!("{p}.lora_A.weight"),
+            Tensor::full(0.5f32, (4, 64), &Device::Cpu).unwrap(),
+        );
+        saved.insert(
+            format!("{p}.lora_B.weight"),
+            Tensor::full(0.25f32, (32, 4), &Device::Cpu).unwrap(),
+        );
+    }
+    candle_core::safetensors::save(&saved, adapter_dir.join("adapter_model.safetensors")).unwrap();
+    let mut plan = AdapterPlan {
+        kind: AdapterKind::Lora,
+        base_quant: BaseQuant::None,
+        init_from: Some(adapter_dir.clone()),
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        scaling: 2.0,
+        targets: TargetModules::Names(vec!["v_proj".into()]),
+        modules_to_save: vec![],
+        use_dora: false,
+        use_rslora: false,
+        init: LoraInit::Kaiming,
+        loraplus_lr_ratio: None,
+        loraplus_lr_embedding: 1e-6,
+    };
+    let mut m = load_folder(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let ad = runner_model::inject(&mut m, &plan, 0).unwrap();
+    for (name, v) in &ad.params {
+        let want = if name.contains("lora_A") { 0.5 } else { 0.25 };
+        let vals: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(vals.iter().all(|&x| x == want), "{name}");
+    }
+    // Asking for modules the saved adapter lacks names the missing tensor.
+    plan.targets = TargetModules::Names(vec!["v_proj".into(), "q_proj".into()]);
+    let mut m = load_folder(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let e = runner_model::inject(&mut m, &plan, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("self_attn.q_proj.lora_A.weight"), "{e}");
+    // What this stage does not implement yet is an error, never ignored.
+    plan.use_dora = true;
+    let mut m = load_folder(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let e = runner_model::inject(&mut m, &plan, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("DoRA"), "{e}");
+}
