@@ -63,6 +63,14 @@ MODELS = {
         lora=dict(target_modules=["q_proj", "v_proj", "gate_proj", "up_proj"], r=4,
                   lora_alpha=4, use_rslora=False),
     ),
+    "tiny-llama-dora": dict(
+        model_type="llama",
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        attention_bias=True,
+        lora=dict(target_modules=["q_proj", "v_proj", "o_proj", "down_proj"], r=4, lora_alpha=8,
+                  use_rslora=False, use_dora=True),
+    ),
     "tiny-qwen2": dict(
         model_type="qwen2",
         tie_word_embeddings=True,
@@ -99,12 +107,17 @@ def build(name, spec, seed):
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0.0, 0.1)
-    lora_params = {n.replace(".default", ""): p for n, p in peft_model.named_parameters()
-                   if p.requires_grad}
+            elif "lora_magnitude_vector" in n:
+                p.mul_(1.0 + 0.1 * torch.randn_like(p))
+    # PEFT's saved names: no `.default`; the DoRA magnitude has no `.weight`.
+    lora_params = {
+        n.replace(".default", "").replace("lora_magnitude_vector.weight", "lora_magnitude_vector"): p
+        for n, p in peft_model.named_parameters() if p.requires_grad
+    }
     save_file({n: p.detach().contiguous() for n, p in lora_params.items()},
               os.path.join(out, "lora.safetensors"))
     with open(os.path.join(out, "lora.json"), "w") as f:
-        json.dump(dict(lora, lora_dropout=0.0), f, indent=1)
+        json.dump(dict(dict(use_dora=False), **lora, lora_dropout=0.0), f, indent=1)
     # print_trainable_parameters() line, for the summary test
     trainable, total = peft_model.get_nb_trainable_parameters()
     line = (f"trainable params: {trainable:,d} || all params: {total:,d} || "
@@ -167,7 +180,8 @@ def packed_case(model, lora_params, vocab, gen):
 
 def main():
     names = sys.argv[1:] or list(MODELS)
-    for i, name in enumerate(names):
+    for name in names:
+        i = list(MODELS).index(name)  # seeds follow the table, not the command line
         model, lora_params, vocab = build(name, MODELS[name], seed=1234 + i)
         gen = torch.Generator().manual_seed(99 + i)
         out = os.path.join(OUT, name)

@@ -63,6 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         scaling: 2.0,
         targets: TargetModules::AllLinear,
         init: LoraInit::Kaiming,
+        use_dora: false,
     };
     let adapters = inject_settings(&mut model, &s, 0)?;
     let ids: Vec<u32> = (0..b * t)

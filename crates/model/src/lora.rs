@@ -70,6 +70,8 @@ pub struct LoraSettings {
     pub scaling: f64,
     pub targets: TargetModules,
     pub init: LoraInit,
+    /// DoRA: a trainable per-output-row magnitude on top of the LoRA update.
+    pub use_dora: bool,
 }
 
 impl LoraSettings {
@@ -78,9 +80,6 @@ impl LoraSettings {
         let no = |what: &str| Err(Error::Adapter(format!("{what} is not implemented yet")));
         if plan.base_quant != BaseQuant::None {
             return no("a quantized frozen base (load_in_4bit / load_in_8bit)");
-        }
-        if plan.use_dora {
-            return no("DoRA (peft_use_dora)");
         }
         if !plan.modules_to_save.is_empty() {
             return no("lora_modules_to_save");
@@ -98,6 +97,7 @@ impl LoraSettings {
             scaling: plan.scaling,
             targets: plan.targets.clone(),
             init: plan.init,
+            use_dora: plan.use_dora,
         })
     }
 }
@@ -168,10 +168,24 @@ pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Res
             format!("{PEFT_PREFIX}{}.lora_B.weight", lin.name),
             b.clone(),
         ));
+        let magnitude = if s.use_dora {
+            // PEFT: m = ||W + s·BA||_row at initialisation (= ||W||_row, B being zero).
+            let m = crate::nn::dora_row_norm(&lin.weight, a.as_tensor(), b.as_tensor(), s.scaling)?;
+            let m = Var::from_tensor(&m)?;
+            // PEFT saves it as `...lora_magnitude_vector` (no `.weight`).
+            params.push((
+                format!("{PEFT_PREFIX}{}.lora_magnitude_vector", lin.name),
+                m.clone(),
+            ));
+            Some(m)
+        } else {
+            None
+        };
         modules.push(lin.name.clone());
         lin.lora = Some(LoraAdapter {
             a,
             b,
+            magnitude,
             scale: s.scaling,
             dropout: s.dropout,
             rng: dropout_rng.clone(),

@@ -24,6 +24,8 @@ pub struct LoraAdapter {
     pub a: Var,
     /// `[out, r]`
     pub b: Var,
+    /// DoRA magnitude `[out]` (None for plain LoRA).
+    pub magnitude: Option<Var>,
     pub scale: f64,
     pub dropout: f64,
     pub rng: SharedRng,
@@ -77,22 +79,49 @@ impl Linear {
         let in_dim = self.in_features();
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = frozen_matmul(&x2, &self.weight)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
+        let base = frozen_matmul(&x2, &self.weight)?;
+        let mut y = match &self.bias {
+            Some(b) => base.broadcast_add(b)?,
+            None => base.clone(),
+        };
         if let Some(l) = &self.lora {
+            let dropping = train && l.dropout > 0.0;
             let xd = dropout(&x2, l.dropout, train, &l.rng)?;
             let z = xd
                 .matmul(&l.a.as_tensor().t()?)?
                 .matmul(&l.b.as_tensor().t()?)?;
-            y = (y + (z * l.scale)?)?;
+            match &l.magnitude {
+                None => y = (y + (z * l.scale)?)?,
+                Some(m) => {
+                    // PEFT's DoRA: with g = m / ||W + s·BA||_row (the norm detached),
+                    // y += (g - 1)·(W x') + g·s·B(A x'), x' = dropout(x).
+                    let wn =
+                        dora_row_norm(&self.weight, l.a.as_tensor(), l.b.as_tensor(), l.scale)?
+                            .detach();
+                    let g = m.as_tensor().div(&wn)?.unsqueeze(0)?; // (1, out)
+                    let base_d = if dropping {
+                        frozen_matmul(&xd, &self.weight)?
+                    } else {
+                        base
+                    };
+                    let extra = (base_d.broadcast_mul(&(&g - 1.0)?)?
+                        + (z * l.scale)?.broadcast_mul(&g)?)?;
+                    y = (y + extra)?;
+                }
+            }
         }
         let mut out = dims;
         let last = out.len() - 1;
         out[last] = self.out_features();
         Ok(y.reshape(out)?)
     }
+}
+
+/// DoRA's column norm in PEFT's words: `||W + s·BA||` over each output row, `[out]`, computed
+/// without a graph (the caller detaches it, as PEFT does).
+pub fn dora_row_norm(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    let delta = (b.detach().matmul(&a.detach())? * scale)?;
+    Ok((w.detach() + delta)?.sqr()?.sum(1)?.sqrt()?)
 }
 
 /// `x Wᵀ` for a frozen `W`: the backward computes only the input's gradient. (candle's own

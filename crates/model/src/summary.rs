@@ -70,7 +70,7 @@ pub fn adapters_on_paper(cfg: &ModelConfig, s: &LoraSettings) -> Result<(Vec<Str
     let trainable = shapes
         .iter()
         .filter(|(n, _, _)| selected.contains(n))
-        .map(|(_, i, o)| s.r * (i + o))
+        .map(|(_, i, o)| s.r * (i + o) + if s.use_dora { *o } else { 0 })
         .sum();
     Ok((selected, trainable))
 }

@@ -44,6 +44,7 @@ fn lora(r: usize, targets: TargetModules) -> LoraSettings {
         scaling: 2.0,
         targets,
         init: LoraInit::Kaiming,
+        use_dora: false,
     }
 }
 
@@ -444,11 +445,12 @@ fn adapter_plan_with_init_from_loads_peft_weights() {
         .to_string();
     assert!(e.contains("self_attn.q_proj.lora_A.weight"), "{e}");
     // What this stage does not implement yet is an error, never ignored.
-    plan.use_dora = true;
+    plan.targets = TargetModules::Names(vec!["v_proj".into()]);
+    plan.modules_to_save = vec!["embed_tokens".into()];
     let mut m = load_folder(dir.path(), DType::F32, &Device::Cpu).unwrap();
     let e = runner_model::inject(&mut m, &plan, 0)
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("DoRA"), "{e}");
+    assert!(e.contains("lora_modules_to_save"), "{e}");
 }

@@ -18,6 +18,7 @@ fn model_with(targets: TargetModules) -> (CausalLm, Adapters, tempfile::TempDir)
         scaling: 2.0,
         targets,
         init: LoraInit::Gaussian,
+        use_dora: false,
     };
     let ad = inject_settings(&mut m, &s, 5).unwrap();
     // Non-zero B so every adapter matrix gets a gradient.

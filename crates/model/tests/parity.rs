@@ -8,6 +8,7 @@
 //! peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", lora_dropout=0.0, **lora))
 //! for n, p in peft_model.named_parameters():
 //!     if "lora_B" in n: p.data.normal_(0.0, 0.1)            # non-zero B: informative gradients
+//!     elif "lora_magnitude_vector" in n: p.mul_(1 + 0.1 * torch.randn_like(p))   # DoRA
 //! # padded: 2 rows x 12, row 1 right-padded after 8 tokens, row 0's first 3 labels -100
 //! out = peft_model(input_ids=ids, attention_mask=mask, labels=labels); out.loss.backward()
 //! # packed: samples of 5, 4, 3 tokens run one by one; loss = sum of token CE / count
@@ -55,6 +56,7 @@ fn setup(name: &str) -> (CausalLm, Adapters) {
         scaling,
         targets,
         init: LoraInit::Kaiming,
+        use_dora: lora["use_dora"].as_bool().unwrap_or(false),
     };
     let adapters = inject_settings(&mut model, &s, 0).expect("inject");
     load_adapter_file(&adapters, &dir.join("lora.safetensors")).expect("adapter weights");
@@ -206,6 +208,16 @@ fn mistral_sliding_window_packed() {
 }
 
 #[test]
+fn llama_dora_attention_bias_padded() {
+    check("tiny-llama-dora", "padded");
+}
+
+#[test]
+fn llama_dora_attention_bias_packed() {
+    check("tiny-llama-dora", "packed");
+}
+
+#[test]
 fn qwen2_bias_regex_targets_padded() {
     check("tiny-qwen2", "padded");
 }
@@ -218,7 +230,13 @@ fn qwen2_bias_regex_targets_packed() {
 /// `peft_model.print_trainable_parameters()` for each fixture, written by the script.
 #[test]
 fn trainable_parameters_line_matches_peft() {
-    for name in ["tiny-llama", "tiny-qwen3", "tiny-mistral", "tiny-qwen2"] {
+    for name in [
+        "tiny-llama",
+        "tiny-qwen3",
+        "tiny-mistral",
+        "tiny-llama-dora",
+        "tiny-qwen2",
+    ] {
         let (model, adapters) = setup(name);
         let want = std::fs::read_to_string(fixture(name).join("trainable.txt")).unwrap();
         // The dry-run count from the config alone equals the loaded model's.

@@ -111,6 +111,7 @@ fn smollm2_gguf_loss_matches_transformers() {
         scaling: 2.0,
         targets: TargetModules::AllLinear,
         init: LoraInit::Kaiming,
+        use_dora: false,
     };
     let adapters = inject_settings(&mut model, &settings, 0).unwrap();
     assert_eq!(adapters.modules.len(), 30 * 7);
