@@ -241,6 +241,24 @@ fn trainable_parameters_line_matches_peft() {
         let want = std::fs::read_to_string(fixture(name).join("trainable.txt")).unwrap();
         // The dry-run count from the config alone equals the loaded model's.
         assert_eq!(model.cfg.param_count(), model.base_param_count(), "{name}");
+        // The dry-run summary's count of adapter parameters equals the injected one.
+        let lora: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture(name).join("lora.json")).unwrap(),
+        )
+        .unwrap();
+        let dora = lora["use_dora"].as_bool().unwrap_or(false);
+        let on_paper: usize = model
+            .cfg
+            .linear_shapes()
+            .iter()
+            .filter(|(n, _, _)| adapters.modules.contains(n))
+            .map(|(_, i, o)| adapters.r * (i + o) + if dora { *o } else { 0 })
+            .sum();
+        assert_eq!(
+            on_paper,
+            ParamCounts::of(&model, &adapters).trainable,
+            "{name}"
+        );
         assert_eq!(
             ParamCounts::of(&model, &adapters).to_string(),
             want.trim(),
