@@ -83,8 +83,11 @@ impl Attention {
         let k = repeat_kv(&k, self.n_heads / self.n_kv_heads)?;
         let v = repeat_kv(&v, self.n_heads / self.n_kv_heads)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?; // (B, H, T, T)
-        let probs = softmax_last(&scores)?;
+        // Scores, mask and softmax in f32 (transformers: softmax(..., dtype=float32)).
+        let scores = (q.matmul(&k.t()?)? * scale)?
+            .to_dtype(DType::F32)?
+            .broadcast_add(mask)?; // (B, H, T, T)
+        let probs = softmax_last(&scores)?.to_dtype(v.dtype())?;
         let o = probs.matmul(&v)?; // (B, H, T, D)
         let o = o.transpose(1, 2)?.reshape((b, t, self.n_heads * d))?;
         self.o_proj.forward(&o, train)
@@ -246,9 +249,14 @@ impl CausalLm {
             let window = layer.self_attn.window;
             let mask = match masks.entry(window) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(attention_mask(&batch.seq_ids, b, t, window, &dev, dtype)?)
-                }
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(attention_mask(
+                    &batch.seq_ids,
+                    b,
+                    t,
+                    window,
+                    &dev,
+                    DType::F32,
+                )?),
             };
             x = layer.forward(&x, &cos, &sin, mask, train)?;
         }

@@ -45,7 +45,7 @@ pub fn loss_from_hidden(
     let n = targets.len();
     let dev = hidden.device();
     if n == 0 {
-        let zero = Tensor::zeros((), hidden.dtype(), dev)?;
+        let zero = Tensor::zeros((), candle_core::DType::F32, dev)?;
         return Ok(LossOutput {
             loss: zero.clone(),
             loss_sum: zero,
@@ -73,7 +73,9 @@ pub fn loss_from_hidden(
         let mut total: Option<Tensor> = None;
         for start in (0..n).step_by(chunk) {
             let len = chunk.min(n - start);
-            let logits = lm_head.forward(&h.narrow(0, start, len)?, train)?;
+            let logits = lm_head
+                .forward(&h.narrow(0, start, len)?, train)?
+                .to_dtype(candle_core::DType::F32)?;
             let lbl = Tensor::from_slice(&labels[start..start + len], (len, 1), dev)?;
             let s = ce_sum_autograd(&logits, &lbl)?;
             total = Some(match total {
@@ -111,6 +113,7 @@ pub fn reference_loss(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
     let l = logits
         .reshape(((), v))?
         .index_select(&Tensor::from_slice(&rows, n, dev)?, 0)?;
+    let l = l.to_dtype(candle_core::DType::F32)?;
     let s = ce_sum_autograd(&l, &Tensor::from_slice(&labels, (n, 1), dev)?)?;
     Ok((s / n as f64)?)
 }
@@ -121,7 +124,11 @@ fn ce_sum_forward(h: &Tensor, w: &Tensor, labels: &[u32], chunk: usize) -> Resul
     let mut total = 0f64;
     for start in (0..n).step_by(chunk) {
         let len = chunk.min(n - start);
-        let logits = h.narrow(0, start, len)?.matmul(&w.t()?)?;
+        // transformers upcasts logits to f32 before the loss.
+        let logits = h
+            .narrow(0, start, len)?
+            .matmul(&w.t()?)?
+            .to_dtype(candle_core::DType::F32)?;
         let lbl = Tensor::from_slice(&labels[start..start + len], (len, 1), h.device())?;
         let s = ce_sum_autograd(&logits, &lbl)?.to_dtype(candle_core::DType::F64)?;
         total += s.to_scalar::<f64>()?;
@@ -172,10 +179,12 @@ impl CustomOp2 for ChunkedCrossEntropy {
         for start in (0..n).step_by(self.chunk) {
             let len = self.chunk.min(n - start);
             let hc = h.narrow(0, start, len)?;
-            let logits = hc.matmul(&w.t()?)?;
+            let logits = hc.matmul(&w.t()?)?.to_dtype(candle_core::DType::F32)?;
             let max = logits.max_keepdim(D::Minus1)?;
             let e = logits.broadcast_sub(&max)?.exp()?;
-            let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?; // (len, V)
+            let p = e
+                .broadcast_div(&e.sum_keepdim(D::Minus1)?)?
+                .to_dtype(w.dtype())?; // (len, V)
             let lbl = Tensor::from_slice(&self.labels[start..start + len], len, dev)?;
             let w_lbl = w.index_select(&lbl, 0)?; // (len, H)
             let dh = ((p.matmul(&w)? - w_lbl)? * g)?;

@@ -204,10 +204,15 @@ impl RmsNorm {
         })
     }
 
+    /// Computed in f32 whatever the input dtype, then cast back before the weight, as
+    /// transformers does.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
         let inv = (var + self.eps)?.sqrt()?.recip()?;
-        Ok(x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)?)
+        let normed = x.broadcast_mul(&inv)?.to_dtype(dtype)?;
+        Ok(normed.broadcast_mul(&self.weight)?)
     }
 }
 
@@ -312,7 +317,7 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
 }
 
-/// Additive attention mask `(B, 1, T, T)`: 0 where query `i` may see key `j`, the most negative
+/// Additive attention mask `(B, 1, T, T)`, in f32 (scores are upcast before it is added): 0 where query `i` may see key `j`, the most negative
 /// finite value elsewhere (finite so fully masked padding rows stay NaN-free).
 ///
 /// Query `i` sees key `j` when `j ≤ i`, both belong to the same sample (`seq_ids` equal and

@@ -266,3 +266,44 @@ fn trainable_parameters_line_matches_peft() {
         );
     }
 }
+
+/// bf16 compute (norms, softmax and the loss upcast to f32 as transformers does) stays close to
+/// the f32 reference and still trains the adapters.
+#[test]
+fn llama_bf16_close_to_f32_reference() {
+    let dir = fixture("tiny-llama");
+    let mut model = load_folder(&dir, DType::BF16, &Device::Cpu).unwrap();
+    let s = LoraSettings {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        scaling: 2.0,
+        targets: TargetModules::AllLinear,
+        init: LoraInit::Kaiming,
+        use_dora: false,
+    };
+    let adapters = inject_settings(&mut model, &s, 0).unwrap();
+    load_adapter_file(&adapters, &dir.join("lora.safetensors")).unwrap();
+    let c = case("tiny-llama", "padded");
+    let (b, t) = c["input_ids"].dims2().unwrap();
+    let mask: Vec<u8> = ints(&c["attention_mask"]);
+    let batch =
+        Batch::from_attention_mask(b, t, ints(&c["input_ids"]), &mask, ints(&c["labels"])).unwrap();
+    let out = loss::causal_lm_loss(&model, &batch, true, 5).unwrap();
+    let got = out.loss.to_scalar::<f32>().unwrap();
+    let want = c["loss"].to_vec1::<f32>().unwrap()[0];
+    assert!(
+        ((got - want) / want).abs() < 1e-2,
+        "bf16 loss {got} vs f32 {want}"
+    );
+    let grads = out.loss.backward().unwrap();
+    for (name, var) in &adapters.params {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let e = rel_err(&g, &c[&format!("grad.{name}")]);
+        assert!(e < 0.1, "{name}: bf16 grad rel err {e}");
+    }
+}
