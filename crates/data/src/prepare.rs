@@ -375,23 +375,20 @@ pub fn prepare_with(
         cache_dir: cache_dir.clone(),
         ..Default::default()
     };
-    let (train, eval) = match cache::find_entry(&plan.prepared_path, &cache_key)
+    // A cache entry that cannot be read back (damaged on disk) is a miss: it is removed and
+    // the data prepared again.
+    let cached = cache::find_entry(&plan.prepared_path, &cache_key)
         .filter(|_| !opts.force)
-    {
-        Some(dir) => {
-            let train = cache::read_samples(&dir.join("train.arrow"))?;
-            let eval_path = dir.join("eval.arrow");
-            let eval = if eval_path.is_file() {
-                cache::read_samples(&eval_path)?
-            } else {
-                Vec::new()
-            };
-            if let Ok(text) = std::fs::read_to_string(dir.join("summary.json"))
-                && let Ok(old) = serde_json::from_str::<serde_json::Value>(&text)
-                && let Some(ds) = old.get("datasets")
-            {
-                summary.datasets = serde_json::from_value(ds.clone()).unwrap_or_default();
+        .and_then(|dir| match read_entry(&dir) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                None
             }
+        });
+    let (train, eval) = match cached {
+        Some((train, eval, datasets)) => {
+            summary.datasets = datasets;
             summary.reused_cache = true;
             (train, eval)
         }
@@ -473,6 +470,26 @@ pub fn prepare_with(
         eval_packs,
         summary,
     })
+}
+
+type Entry = (Vec<Sample>, Vec<Sample>, Vec<DatasetSummary>);
+
+fn read_entry(dir: &std::path::Path) -> Result<Entry> {
+    let train = cache::read_samples(&dir.join("train.arrow"))?;
+    let eval_path = dir.join("eval.arrow");
+    let eval = if eval_path.is_file() {
+        cache::read_samples(&eval_path)?
+    } else {
+        Vec::new()
+    };
+    let mut datasets = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(dir.join("summary.json"))
+        && let Ok(old) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Some(ds) = old.get("datasets")
+    {
+        datasets = serde_json::from_value(ds.clone()).unwrap_or_default();
+    }
+    Ok((train, eval, datasets))
 }
 
 enum Outcome {

@@ -335,6 +335,14 @@ fn cache_is_reused_and_rebuilt_when_anything_changes() {
             .to_string()
             .contains(&format!("reused cache {}", a.summary.cache_key))
     );
+    // A damaged entry is prepared again, not trusted.
+    let entry = prepared.join(&a.summary.cache_key).join("train.arrow");
+    let bytes = std::fs::read(&entry).unwrap();
+    std::fs::write(&entry, &bytes[..bytes.len() / 2]).unwrap();
+    let r = prepare(&p, &tok).unwrap();
+    assert!(!r.summary.reused_cache);
+    assert_eq!(r.train, a.train);
+    assert!(prepare(&p, &tok).unwrap().summary.reused_cache);
     // Input bytes change → new key.
     std::fs::write(&f, "{\"text\": \"one\"}\n{\"text\": \"three\"}\n").unwrap();
     let c = prepare(&p, &tok).unwrap();
