@@ -57,6 +57,8 @@ pub struct ChatTemplate {
     pub source: String,
     bos_token: String,
     eos_token: String,
+    /// The tracking mode that last worked (see `try_mode`).
+    mode_hint: std::sync::atomic::AtomicUsize,
 }
 
 const TEMPLATE_NAME: &str = "chat";
@@ -94,6 +96,7 @@ impl ChatTemplate {
             source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            mode_hint: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -148,7 +151,38 @@ impl ChatTemplate {
             }
         }
         let plain = self.render(messages, false)?;
-        for core_only in [false, true] {
+        // Try the mode that worked last first: templates are consistent, so this is usually
+        // the only extra render. Every mode is checked against the plain render, so the order
+        // cannot change the result.
+        let hint = self.mode_hint.load(std::sync::atomic::Ordering::Relaxed);
+        for mode in std::iter::once(hint).chain((0..3).filter(|&m| m != hint)) {
+            if let Some(r) = self.try_mode(mode, messages, &plain)? {
+                self.mode_hint
+                    .store(mode, std::sync::atomic::Ordering::Relaxed);
+                return Ok(r);
+            }
+        }
+        Err(JinjaError::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "template {} rewrites message content in a way runner cannot trace back to the \
+                 messages (it must write each message's content whole, optionally trimmed)",
+                self.origin
+            ),
+        ))
+    }
+
+    /// One way of marking contents: 0 whole contents, 1 contents without edge whitespace, 2
+    /// whole contents anchored on whichever marker survives. `None` when the result does not
+    /// reproduce the plain render.
+    fn try_mode(
+        &self,
+        mode: usize,
+        messages: &[Message],
+        plain: &str,
+    ) -> Result<Option<Rendered>, JinjaError> {
+        if mode < 2 {
+            let core_only = mode == 1;
             let values = messages
                 .iter()
                 .enumerate()
@@ -168,7 +202,7 @@ impl ChatTemplate {
                 .collect();
             let marked = self.render_values(values, false)?;
             if let Some(mut r) = strip_markers(&marked, messages.len())
-                && r.text == plain
+                && r.text == *plain
             {
                 if core_only {
                     // Messages the template did not trim keep their whitespace in the text: widen
@@ -188,8 +222,9 @@ impl ChatTemplate {
                         }
                     }
                 }
-                return Ok(r);
+                return Ok(Some(r));
             }
+            return Ok(None);
         }
         // Last resort, for templates that split a content (Qwen3 moves a `<think>` block out of
         // an assistant message and may drop it): one surviving marker anchors the message, and
@@ -204,23 +239,16 @@ impl ChatTemplate {
             .collect();
         let marked = self.render_values(values, false)?;
         if let Some((text, ends)) = strip_markers_lenient(&marked, messages.len())
-            && text == plain
+            && text == *plain
         {
             let spans = messages
                 .iter()
                 .zip(ends)
                 .map(|(m, (s, e))| anchored_span(&text, &m.content, s, e))
                 .collect();
-            return Ok(Rendered { text, spans });
+            return Ok(Some(Rendered { text, spans }));
         }
-        Err(JinjaError::new(
-            ErrorKind::InvalidOperation,
-            format!(
-                "template {} rewrites message content in a way runner cannot trace back to the \
-                 messages (it must write each message's content whole, optionally trimmed)",
-                self.origin
-            ),
-        ))
+        Ok(None)
     }
 }
 
@@ -711,6 +739,27 @@ mod tests {
             "<think>\nR2\n</think>\n\nA2"
         );
         assert_eq!(&r.text[r.spans[2].clone().unwrap()], "Q2");
+    }
+
+    #[test]
+    fn mode_hint_does_not_change_results() {
+        let src = named_template_source(NamedTemplate::Qwen3);
+        let convs = [
+            msgs(&[("user", " q "), ("assistant", "a")]),
+            msgs(&[("user", "q"), ("assistant", "<think>\nr\n</think>\n\na")]),
+            msgs(&[("user", "q"), ("assistant", "\na\n")]),
+            msgs(&[("user", "q"), ("assistant", "a")]),
+        ];
+        let shared = ChatTemplate::new(src, "qwen3", "", "<|im_end|>").unwrap();
+        for _ in 0..2 {
+            for c in &convs {
+                let fresh = ChatTemplate::new(src, "qwen3", "", "<|im_end|>").unwrap();
+                assert_eq!(
+                    shared.render_tracked(c).unwrap(),
+                    fresh.render_tracked(c).unwrap()
+                );
+            }
+        }
     }
 
     #[test]
