@@ -2,6 +2,7 @@
 //! and LoRA adapter injection, all differentiable on candle.
 
 pub mod batch;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod llama;
@@ -13,6 +14,7 @@ pub mod tiny;
 pub mod weights;
 
 pub use batch::{Batch, IGNORE_INDEX};
+pub use checkpoint::backward;
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use llama::CausalLm;

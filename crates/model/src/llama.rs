@@ -174,6 +174,50 @@ impl DecoderLayer {
     }
 }
 
+impl DecoderLayer {
+    /// The adapter parameters of this layer (A, B and DoRA magnitudes).
+    pub fn adapter_vars(&self) -> Vec<candle_core::Var> {
+        let a = &self.self_attn;
+        let m = &self.mlp;
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+        .into_iter()
+        .filter_map(|l| l.lora.as_ref())
+        .flat_map(|l| {
+            let mut v = vec![l.a.clone(), l.b.clone()];
+            v.extend(l.magnitude.clone());
+            v
+        })
+        .collect()
+    }
+
+    /// The dropout stream of this layer's adapters, if any adapter drops.
+    pub fn dropout_rng(&self) -> Option<&crate::nn::SharedRng> {
+        let a = &self.self_attn;
+        let m = &self.mlp;
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+        .into_iter()
+        .filter_map(|l| l.lora.as_ref())
+        .find(|l| l.dropout > 0.0)
+        .map(|l| &l.rng)
+    }
+}
+
 /// `XForCausalLM`: embeddings, decoder layers, final norm and the LM head.
 #[derive(Clone)]
 pub struct CausalLm {
@@ -185,6 +229,10 @@ pub struct CausalLm {
     /// `lm_head`; with tied embeddings its weight is `embed_tokens` (one tensor, shared).
     pub lm_head: Linear,
     pub rope: Rope,
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations
+    /// (`gradient_checkpointing`); use [`crate::checkpoint::backward`] for the gradients.
+    pub gradient_checkpointing: bool,
+    pub grad_sink: crate::checkpoint::GradSink,
 }
 
 impl CausalLm {
@@ -222,6 +270,8 @@ impl CausalLm {
             norm,
             lm_head,
             rope: Rope::new(cfg),
+            gradient_checkpointing: false,
+            grad_sink: Default::default(),
         })
     }
 
@@ -258,7 +308,19 @@ impl CausalLm {
                     DType::F32,
                 )?),
             };
-            x = layer.forward(&x, &cos, &sin, mask, train)?;
+            x = if self.gradient_checkpointing && train {
+                crate::checkpoint::checkpointed_layer(
+                    layer,
+                    &x,
+                    &cos,
+                    &sin,
+                    mask,
+                    train,
+                    &self.grad_sink,
+                )?
+            } else {
+                layer.forward(&x, &cos, &sin, mask, train)?
+            };
         }
         self.norm.forward(&x)
     }

@@ -1,0 +1,189 @@
+//! Gradient checkpointing: a decoder layer keeps only its input during the forward pass and
+//! recomputes itself in the backward pass (same dropout masks), trading a second forward for the
+//! activation memory. candle's backward cannot hand gradients for a layer's adapters back through
+//! a custom op, so the recomputation deposits them in a [`GradSink`] and [`backward`] merges them.
+
+use crate::error::Result;
+use crate::llama::{CausalLm, DecoderLayer};
+use crate::nn::SharedRng;
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, TensorId, Var};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Adapter gradients produced inside recomputed layers, keyed by the parameter.
+#[derive(Clone, Default)]
+pub struct GradSink(Arc<Mutex<HashMap<TensorId, (Tensor, Tensor)>>>);
+
+impl GradSink {
+    fn add(&self, param: &Tensor, grad: Tensor) -> candle_core::Result<()> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match m.remove(&param.id()) {
+            Some((p, g)) => m.insert(param.id(), (p, (g + grad)?)),
+            None => m.insert(param.id(), (param.clone(), grad)),
+        };
+        Ok(())
+    }
+
+    fn drain(&self) -> Vec<(Tensor, Tensor)> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.drain().map(|(_, v)| v).collect()
+    }
+}
+
+/// `loss.backward()`, plus the adapter gradients of checkpointed layers.
+pub fn backward(loss: &Tensor, model: &CausalLm) -> Result<GradStore> {
+    model.grad_sink.drain(); // stale entries from a forward that was never backpropagated
+    let mut grads = loss.backward()?;
+    for (param, g) in model.grad_sink.drain() {
+        let total = match grads.remove(&param) {
+            Some(existing) => (existing + g)?,
+            None => g,
+        };
+        grads.insert(&param, total);
+    }
+    Ok(grads)
+}
+
+/// Everything a layer's recomputation needs.
+struct Recompute {
+    layer: DecoderLayer,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+    train: bool,
+    /// Dropout stream as it was when the forward ran, replayed in the backward.
+    rng: Option<(SharedRng, rand_chacha::ChaCha8Rng)>,
+    sink: GradSink,
+    /// The forward output, handed over once in `cpu_fwd`.
+    output: Mutex<Option<Tensor>>,
+}
+
+impl Recompute {
+    fn take_output(&self) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self
+            .output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("checkpoint: output already taken".into()))?;
+        let shape = y.shape().clone();
+        let (st, l) = y.storage_and_layout();
+        match (&*st, l.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(c), Some((0, n))) if n == shape.elem_count() => {
+                Ok((c.clone(), shape))
+            }
+            _ => candle_core::bail!("checkpoint: unexpected output layout"),
+        }
+    }
+
+    /// Re-runs the layer on `x` with a graph, deposits adapter gradients, returns d/dx.
+    fn backward(&self, x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+        let replay = |state: &rand_chacha::ChaCha8Rng, rng: &SharedRng| {
+            let mut g = rng.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *g, state.clone())
+        };
+        let saved = self
+            .rng
+            .as_ref()
+            .map(|(rng, state)| (rng, replay(state, rng)));
+        let xv = Var::from_tensor(&x.detach())?;
+        let y = self
+            .layer
+            .forward(xv.as_tensor(), &self.cos, &self.sin, &self.mask, self.train)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        if let Some((rng, after)) = saved {
+            replay(&after, rng);
+        }
+        let gs = (y * grad.detach())?.sum_all()?.backward()?;
+        for v in self.layer.adapter_vars() {
+            if let Some(g) = gs.get(v.as_tensor()) {
+                self.sink.add(v.as_tensor(), g.clone())?;
+            }
+        }
+        gs.get(xv.as_tensor())
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg("checkpoint: no input gradient".into()))
+    }
+}
+
+struct CheckpointOp1(Recompute);
+struct CheckpointOp2(Recompute);
+
+impl CustomOp1 for CheckpointOp1 {
+    fn name(&self) -> &'static str {
+        "checkpointed-layer"
+    }
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.0.take_output()
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.0.backward(x, grad)?))
+    }
+}
+
+/// The second argument is one of the layer's adapter parameters: it only puts the op on the
+/// backward path when the layer input itself carries no gradient (the first layers).
+impl CustomOp2 for CheckpointOp2 {
+    fn name(&self) -> &'static str {
+        "checkpointed-layer"
+    }
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.0.take_output()
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _anchor: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(self.0.backward(x, grad)?), None))
+    }
+}
+
+/// Runs `layer` on `x` keeping only `x` for the backward pass.
+pub(crate) fn checkpointed_layer(
+    layer: &DecoderLayer,
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    mask: &Tensor,
+    train: bool,
+    sink: &GradSink,
+) -> Result<Tensor> {
+    let vars = layer.adapter_vars();
+    if (vars.is_empty() && !x.track_op()) || !x.device().is_cpu() {
+        return layer.forward(x, cos, sin, mask, train);
+    }
+    let rng = layer.dropout_rng().map(|r| {
+        (
+            r.clone(),
+            r.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        )
+    });
+    let y = layer
+        .forward(&x.detach(), cos, sin, mask, train)?
+        .contiguous()?
+        .detach();
+    let op = Recompute {
+        layer: layer.clone(),
+        cos: cos.clone(),
+        sin: sin.clone(),
+        mask: mask.clone(),
+        train,
+        rng,
+        sink: sink.clone(),
+        output: Mutex::new(Some(y)),
+    };
+    Ok(match vars.first() {
+        Some(anchor) => x.apply_op2(anchor.as_tensor(), CheckpointOp2(op))?,
+        None => x.apply_op1(CheckpointOp1(op))?,
+    })
+}
