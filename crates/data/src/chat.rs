@@ -7,6 +7,10 @@
 //! tokens after that content, when `train_on_eos` is `turn` (trained turns) or `all` (every
 //! turn), or only the last such token with `last`. Headers (`<|im_start|>assistant\n`) and the
 //! newline after `<|im_end|>` are never trained.
+//!
+//! One deliberate difference: an assistant turn with empty content still has its closing
+//! end-of-turn token trained (the data says "answer nothing, then stop"); Axolotl 0.21's
+//! token-diffing `find_turn` cannot locate an empty turn and trains nothing there.
 
 use crate::error::{DataError, Location, Result};
 use crate::sample::{IGNORE, Sample};
