@@ -1,7 +1,8 @@
 //! SmolLM2-135M-Instruct from its Q4_1 GGUF: our dequantization, Q/K un-permutation and forward
 //! give transformers' loss on the same dequantized weights.
 //!
-//! Needs the GGUF: run `scripts/fetch-smollm2.sh` (or set RUNNER_SMOLLM2_GGUF). The expected
+//! Needs the GGUF: run `scripts/fetch-smollm2.sh` (found at $RUNNER_SMOLLM2_GGUF, else
+//! $RUNNER_MODEL_CACHE/ or .cache/models/). The expected
 //! numbers in `fixtures/smollm2-gguf.json` come from `tools/model/make_smollm2_fixture.py`:
 //!
 //! ```python
@@ -21,11 +22,14 @@ fn gguf_path() -> PathBuf {
     if let Some(p) = std::env::var_os("RUNNER_SMOLLM2_GGUF") {
         return PathBuf::from(p);
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let p = root.join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let models = std::env::var_os("RUNNER_MODEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
+    let p = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         p.exists(),
-        "SmolLM2 GGUF not found at {}: run scripts/fetch-smollm2.sh first (or set RUNNER_SMOLLM2_GGUF)",
+        "SmolLM2 GGUF not found at {}: run scripts/fetch-smollm2.sh first (it honours \
+         RUNNER_MODEL_CACHE), or set RUNNER_SMOLLM2_GGUF",
         p.display()
     );
     p
