@@ -332,6 +332,43 @@ impl CausalLm {
         self.lm_head.forward(&h, train)
     }
 
+    /// Grows the vocabulary to `new_vocab` rows (tokens added by the recipe), as transformers'
+    /// `resize_token_embeddings` does: new rows of the embeddings and of an untied LM head start
+    /// at the mean of the old rows (transformers samples N(mean, 1e-9·Σ): the same to ~1e-4·σ).
+    /// Must run before adapters are injected.
+    pub fn resize_token_embeddings(&mut self, new_vocab: usize) -> Result<()> {
+        let old = self.cfg.vocab_size;
+        if new_vocab == old {
+            return Ok(());
+        }
+        if new_vocab < old {
+            return Err(crate::error::Error::Adapter(format!(
+                "cannot shrink the vocabulary from {old} to {new_vocab}"
+            )));
+        }
+        if self.lm_head.lora.is_some() {
+            return Err(crate::error::Error::Adapter(
+                "resize the vocabulary before injecting adapters".into(),
+            ));
+        }
+        let grow = |w: &Tensor| -> Result<Tensor> {
+            let dtype = w.dtype();
+            let mean = w.to_dtype(DType::F32)?.mean_keepdim(0)?;
+            let extra = mean
+                .broadcast_as((new_vocab - old, w.dim(1)?))?
+                .to_dtype(dtype)?;
+            Ok(Tensor::cat(&[w, &extra], 0)?)
+        };
+        self.embed_tokens = grow(&self.embed_tokens)?;
+        self.lm_head.weight = if self.cfg.tie_word_embeddings {
+            self.embed_tokens.clone()
+        } else {
+            grow(&self.lm_head.weight)?
+        };
+        self.cfg.vocab_size = new_vocab;
+        Ok(())
+    }
+
     /// Every linear layer, in module order (the LM head last).
     pub fn linears(&self) -> Vec<&Linear> {
         let mut v = Vec::new();

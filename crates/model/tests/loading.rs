@@ -454,3 +454,35 @@ fn adapter_plan_with_init_from_loads_peft_weights() {
         .to_string();
     assert!(e.contains("lora_modules_to_save"), "{e}");
 }
+
+#[test]
+fn added_tokens_grow_the_vocabulary_with_mean_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_llama(dir.path(), 4).unwrap();
+    let mut m = load_folder(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let before = logits(&m);
+    m.resize_token_embeddings(260).unwrap();
+    assert_eq!(m.embed_tokens.dims(), &[260, 64]);
+    assert_eq!(m.lm_head.weight.dims(), &[260, 64]);
+    let mean: Vec<f32> = m
+        .embed_tokens
+        .narrow(0, 0, 256)
+        .unwrap()
+        .mean(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let row: Vec<f32> = m.embed_tokens.get(259).unwrap().to_vec1().unwrap();
+    assert!(max_abs_diff(&mean, &row) < 1e-6);
+    // Old tokens' logits are unchanged; the new columns are appended.
+    let after = m.logits(&batch(), false).unwrap();
+    let old = after
+        .narrow(2, 0, 256)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(old, before);
+    assert!(m.resize_token_embeddings(10).is_err());
+}
