@@ -313,7 +313,10 @@ fn encoder_for<'a>(
             key.text("template", &source);
             let bos = tok.bos.as_ref().map(|t| t.text.as_str()).unwrap_or("");
             let eos = tok.eos.as_ref().map(|t| t.text.as_str()).unwrap_or("");
-            let t = ChatTemplate::new(&source, &origin, bos, eos)?;
+            let mut t = ChatTemplate::new(&source, &origin, bos, eos)?;
+            if let Some(p) = &tok.pad {
+                t = t.with_variable("pad_token", &p.text);
+            }
             RowEncoder::Chat(Box::new(ChatEncoder::new(
                 t,
                 tok,

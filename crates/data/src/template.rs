@@ -57,6 +57,9 @@ pub struct ChatTemplate {
     pub source: String,
     bos_token: String,
     eos_token: String,
+    /// Further template variables (`pad_token`, `unk_token`, ...), as transformers passes the
+    /// tokenizer's special tokens map.
+    extra: Vec<(String, String)>,
     /// The tracking mode that last worked (see `try_mode`).
     mode_hint: std::sync::atomic::AtomicUsize,
 }
@@ -96,8 +99,15 @@ impl ChatTemplate {
             source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            extra: Vec::new(),
             mode_hint: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// Adds a template variable, e.g. `pad_token`.
+    pub fn with_variable(mut self, name: &str, value: &str) -> Self {
+        self.extra.push((name.to_string(), value.to_string()));
+        self
     }
 
     fn render_values(
@@ -105,12 +115,17 @@ impl ChatTemplate {
         messages: Vec<Value>,
         add_generation_prompt: bool,
     ) -> Result<String, JinjaError> {
-        let ctx = Value::from_pairs([
+        let fixed = [
             ("messages", Value::from(messages)),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
             ("bos_token", Value::from(self.bos_token.as_str())),
             ("eos_token", Value::from(self.eos_token.as_str())),
-        ]);
+        ];
+        let extra = self
+            .extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), Value::from(v.as_str())));
+        let ctx = Value::from_pairs(extra.chain(fixed));
         self.env.get_template(TEMPLATE_NAME)?.render(ctx)
     }
 

@@ -706,3 +706,37 @@ fn test_datasets_are_the_eval_set() {
     let batches: Vec<_> = out.eval_batches(8, tok.pad_id(), &p).collect();
     assert_eq!(batches.len(), 1);
 }
+
+#[test]
+fn datasets_of_different_formats_merge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tokenizer(tmp.path(), false);
+    let all = cases();
+    let mut datasets = Vec::new();
+    let mut rows = 0;
+    for (name, format, r, _) in &all {
+        let f = tmp.path().join(format!("{name}.jsonl"));
+        std::fs::write(
+            &f,
+            r.iter().map(|x| x.to_string() + "\n").collect::<String>(),
+        )
+        .unwrap();
+        datasets.push(ds(&f, format.clone()));
+        rows += r.len();
+    }
+    let mut p = plan(datasets, &tmp.path().join("p"));
+    p.shuffle_merged_datasets = true;
+    let out = prepare(&p, &tok).unwrap();
+    assert_eq!(out.train.len(), rows);
+    assert_eq!(out.summary.datasets.len(), all.len());
+    assert_eq!(out.summary.rows_read as usize, rows);
+    // Shuffled, but the same multiset of samples as without shuffling.
+    p.shuffle_merged_datasets = false;
+    let ordered = prepare(&p, &tok).unwrap();
+    assert_ne!(out.summary.cache_key, ordered.summary.cache_key);
+    let mut a = out.train.clone();
+    let mut b = ordered.train.clone();
+    a.sort_by(|x, y| x.input_ids.cmp(&y.input_ids));
+    b.sort_by(|x, y| x.input_ids.cmp(&y.input_ids));
+    assert_eq!(a, b);
+}
