@@ -522,6 +522,24 @@ fn hf_folder_layout_picks_the_split() {
         err.to_string().contains("none for split `validation`"),
         "{err}"
     );
+    // `data_files`, relative to the folder, globs allowed.
+    let mut d = ds(
+        &root,
+        DatasetFormat::Completion {
+            field: "text".into(),
+        },
+    );
+    d.data_files = vec!["data/test-*.jsonl".into()];
+    assert_eq!(
+        prepare(&plan(vec![d.clone()], &tmp.path().join("p")), &tok)
+            .unwrap()
+            .train
+            .len(),
+        1
+    );
+    d.data_files = vec!["data/nope.jsonl".into()];
+    let err = prepare(&plan(vec![d], &tmp.path().join("p")), &tok).unwrap_err();
+    assert!(err.to_string().contains("nope.jsonl"), "{err}");
     // A glob.
     let g = ds(
         &root.join("data/*.jsonl"),
