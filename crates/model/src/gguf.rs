@@ -111,10 +111,23 @@ pub fn config_from_gguf(path: &Path, content: &Content) -> Result<ModelConfig> {
         .ok_or_else(|| gguf_err(path, "tensor `token_embd.weight` is missing"))?;
     let vocab = meta_u(md, "llama.vocab_size")
         .map(|x| x as usize)
-        .unwrap_or(embd.shape.dims()[0]);
+        .or_else(|| embd.shape.dims().first().copied())
+        .unwrap_or(0);
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || vocab == 0 {
+        return Err(gguf_err(
+            path,
+            format!("inconsistent metadata: {heads} heads, {kv_heads} kv heads, vocab {vocab}"),
+        ));
+    }
     let head_dim = meta_u(md, "llama.rope.dimension_count")
         .map(|x| x as usize)
         .unwrap_or(hidden / heads);
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        return Err(gguf_err(
+            path,
+            format!("head dimension {head_dim} must be even and positive"),
+        ));
+    }
     let rope_scaling = match meta_s(md, "llama.rope.scaling.type").as_deref() {
         None | Some("none") => RopeScaling::None,
         Some("linear") => RopeScaling::Linear {

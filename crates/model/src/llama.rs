@@ -288,6 +288,19 @@ impl CausalLm {
         let (b, t) = (batch.batch_size, batch.seq_len);
         let dev = self.device().clone();
         let dtype = self.dtype();
+        if let Some((i, id)) = batch
+            .input_ids
+            .iter()
+            .enumerate()
+            .find(|&(_, &id)| id as usize >= self.cfg.vocab_size)
+        {
+            return Err(crate::error::Error::Batch(format!(
+                "token id {id} at row {}, position {} is outside the vocabulary of {}",
+                i / t.max(1),
+                i % t.max(1),
+                self.cfg.vocab_size
+            )));
+        }
         let ids = Tensor::from_slice(&batch.input_ids, b * t, &dev)?;
         let mut x =
             self.embed_tokens

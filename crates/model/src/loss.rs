@@ -52,6 +52,12 @@ pub fn loss_from_hidden(
             n_tokens: 0,
         });
     }
+    let vocab = lm_head.out_features();
+    if let Some(&(_, l)) = targets.iter().find(|&&(_, l)| l as usize >= vocab) {
+        return Err(Error::Batch(format!(
+            "label {l} is outside the vocabulary of {vocab}"
+        )));
+    }
     let hsz = hidden.dim(D::Minus1)?;
     let rows: Vec<u32> = targets.iter().map(|&(r, _)| r).collect();
     let labels: Vec<u32> = targets.iter().map(|&(_, l)| l).collect();

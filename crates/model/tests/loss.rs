@@ -296,3 +296,21 @@ fn gradient_checkpointing_gives_the_same_gradients() {
         assert!(e < 1e-5, "{targets:?}: grad rel err {e}");
     }
 }
+
+#[test]
+fn out_of_vocabulary_ids_are_errors() {
+    let (m, _ad, _dir) = model_with(TargetModules::AllLinear);
+    let bad = Batch::from_attention_mask(1, 3, vec![1, 999, 2], &[1, 1, 1], vec![1, 2, 3]).unwrap();
+    let e = loss::causal_lm_loss(&m, &bad, false, 8)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("999") && e.contains("position 1"), "{e}");
+    let bad =
+        Batch::from_attention_mask(1, 3, vec![1, 2, 3], &[1, 1, 1], vec![1, 2, 5000]).unwrap();
+    let e = loss::causal_lm_loss(&m, &bad, false, 8)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("5000"), "{e}");
+}
