@@ -1,11 +1,34 @@
 //! Model stage: Llama-family architectures, checkpoint loading (safetensors, GGUF, hub cache)
-//! and LoRA adapter injection, all differentiable on candle.
+//! and LoRA/DoRA adapter injection, all differentiable on candle and checked against
+//! transformers + PEFT.
+//!
+//! ```no_run
+//! # fn demo(plan: &runner_recipe::plan::Plan, batch: &runner_model::Batch) -> runner_model::Result<()> {
+//! use candle_core::Device;
+//! // What `--dry-run` prints: reads only config.json / the GGUF header.
+//! println!("{}", runner_model::summarize(&plan.model, &plan.adapter)?);
+//! // Load the frozen base, put adapters where PEFT would, train.
+//! let mut loaded = runner_model::load(&plan.model, &Device::Cpu)?;
+//! let adapters = runner_model::inject(&mut loaded.model, &plan.adapter, plan.train.seed)?;
+//! loaded.model.gradient_checkpointing = plan.train.gradient_checkpointing;
+//! let out = runner_model::loss::causal_lm_loss(&loaded.model, batch, true, runner_model::loss::DEFAULT_CHUNK)?;
+//! let grads = runner_model::backward(&out.loss, &loaded.model)?;
+//! for (peft_name, var) in &adapters.params {
+//!     let _g = grads.get(var.as_tensor()); // optimizer step on `var`
+//!     let _ = peft_name; // `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`
+//! }
+//! println!("{}", runner_model::ParamCounts::of(&loaded.model, &adapters));
+//! # Ok(()) }
+//! ```
 
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod gguf;
+pub mod hub;
 pub mod llama;
+pub mod load;
 pub mod lora;
 pub mod loss;
 pub mod nn;
@@ -18,10 +41,6 @@ pub use checkpoint::backward;
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use llama::CausalLm;
-pub use lora::{Adapters, ParamCounts, inject};
-pub mod gguf;
-pub mod hub;
-pub mod load;
-
 pub use load::{LoadedModel, load, load_folder};
+pub use lora::{Adapters, ParamCounts, inject};
 pub use summary::{ModelSummary, summarize};
