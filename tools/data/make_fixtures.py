@@ -234,6 +234,56 @@ def make_columnar():
     print("wrote pyarrow_* columnar fixtures")
 
 
+MISTRAL_COMMON = ("mistral-common==1.13.1", "98b4d0755b8d90bf4691fa8f1b70cb3b4a8cd4dc1653c4ed08ef3d1c7d2c29af")
+
+
+def make_spm_gguf():
+    """crates/data/fixtures/mistral-v1-spm.gguf: a tokenizer-only GGUF (no tensors) holding
+    Mistral 7B v0.1's sentencepiece vocabulary (tokenizer.model.v1 from the Apache-2.0 wheel
+    mistral-common), written the way llama.cpp's converter writes `tokenizer.ggml.*`. It lets the
+    Rust tests check the sentencepiece GGUF path against transformers without a 4 GB model.
+    Needs: pip install gguf sentencepiece."""
+    import hashlib
+    import subprocess
+    import tempfile
+    import zipfile
+
+    import gguf
+    import sentencepiece as spm
+
+    out = OUT / "mistral-v1-spm.gguf"
+    with tempfile.TemporaryDirectory() as tmp:
+        spec, sha = MISTRAL_COMMON
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", spec, "-d", tmp], check=True)
+        whl = next(Path(tmp).glob("*.whl"))
+        assert hashlib.sha256(whl.read_bytes()).hexdigest() == sha, "mistral-common wheel hash mismatch"
+        model = Path(tmp) / "tokenizer.model.v1"
+        model.write_bytes(zipfile.ZipFile(whl).read("mistral_common/data/tokenizer.model.v1"))
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        toks, scores, types = [], [], []
+        for i in range(sp.get_piece_size()):
+            toks.append(sp.id_to_piece(i))
+            scores.append(sp.get_score(i))
+            types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 5 if sp.is_unused(i) else 6 if sp.is_byte(i) else 1)
+        w = gguf.GGUFWriter(str(out), "llama")
+        w.add_tokenizer_model("llama")
+        w.add_token_list(toks)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(sp.bos_id())
+        w.add_eos_token_id(sp.eos_id())
+        w.add_unk_token_id(sp.unk_id())
+        w.add_add_bos_token(True)
+        w.add_add_eos_token(False)
+        w.add_chat_template((TEMPLATES / "mistral_v1.jinja").read_text())
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    print(f"wrote {out.name}")
+    return out
+
+
 def named(n):
     return (TEMPLATES / f"{n}.jinja").read_text()
 
@@ -242,6 +292,9 @@ def main():
     smol = os.environ.get("RUNNER_SMOLLM2_GGUF", str(ROOT / ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     tokdir = ROOT / ".cache" / "tokenizers"
     make_columnar()
+    spm_tok = gguf_tokenizer(make_spm_gguf())
+    make("mistral_spm_default", spm_tok, {"tokenizer": "mistral-spm", "kind": "tokenizer_default"}, spm_tok.chat_template)
+    make_formats("mistral-spm", spm_tok)
     s = gguf_tokenizer(smol)
     make("smollm2_default", s, {"tokenizer": "smollm2", "kind": "tokenizer_default"}, s.chat_template)
     make("smollm2_chatml", s, {"tokenizer": "smollm2", "kind": "named", "name": "chatml"}, named("chatml"))

@@ -153,10 +153,16 @@ impl TextTokenizer {
             .get("tokenizer.ggml.model")
             .and_then(|v| v.as_str())
             .unwrap_or("");
-        if model != "gpt2" {
+        let arch = md
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let sentencepiece = model == "llama" && !arch.starts_with("gemma") && arch != "phi3";
+        if model != "gpt2" && !sentencepiece {
             return Err(bad(format!(
-                "GGUF tokenizer `{model}` is not supported yet (only byte-level BPE, `gpt2`); point \
-                 `tokenizer_config` at a folder with tokenizer.json instead"
+                "GGUF tokenizer `{model}` (architecture `{arch}`) is not supported yet (byte-level \
+                 BPE `gpt2` and sentencepiece `llama` are); point `tokenizer_config` at a folder \
+                 with tokenizer.json instead"
             )));
         }
         let strings = |key: &str| -> Result<Vec<String>> {
@@ -172,52 +178,34 @@ impl TextTokenizer {
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
         let types: Vec<u64> = md
             .get("tokenizer.ggml.token_type")
             .and_then(|v| v.as_array())
             .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
             .unwrap_or_default();
-        let spelling = bytes_to_unicode();
-        let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
-        let mut vocab = serde_json::Map::with_capacity(tokens.len());
-        for (i, t) in tokens.iter().enumerate() {
-            let spelled = if t.chars().all(|c| alphabet.contains(&c)) {
-                t.clone()
-            } else {
-                t.bytes().map(|b| spelling[b as usize]).collect()
-            };
-            vocab.insert(spelled, json!(i));
-        }
-        let mut added = Vec::new();
-        for (i, (t, ty)) in tokens.iter().zip(types.iter()).enumerate() {
-            let control = *ty == 3 && t.chars().all(|c| alphabet.contains(&c));
-            if control || *ty == 4 {
-                added.push(
-                    json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": control}),
-                );
-            }
-        }
-        let pre = md
-            .get("tokenizer.ggml.pre")
-            .and_then(|v| v.as_str())
-            .unwrap_or("");
-        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-        let pre_tokenizer = match split_regex(pre) {
-            Some(re) => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
-                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
-            None => byte_level.clone(),
+        let spec = if sentencepiece {
+            let scores: Vec<f64> = md
+                .get("tokenizer.ggml.scores")
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| bad("metadata `tokenizer.ggml.scores` missing".into()))?
+                .iter()
+                .map(|v| match v {
+                    gguf::Value::F64(f) => *f,
+                    _ => 0.0,
+                })
+                .collect();
+            let unk = md
+                .get("tokenizer.ggml.unknown_token_id")
+                .and_then(|v| v.as_u64());
+            spm_spec(&tokens, &scores, &types, unk)
+        } else {
+            let merges = strings("tokenizer.ggml.merges")?;
+            let pre = md
+                .get("tokenizer.ggml.pre")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            gpt2_spec(&tokens, &types, merges, pre)
         };
-        let spec = json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-            "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
-                "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                "vocab": vocab, "merges": merges}
-        });
         let spec_text = spec.to_string();
         let inner: Tokenizer = spec_text
             .parse()
@@ -229,10 +217,11 @@ impl TextTokenizer {
                 id,
             })
         };
+        // transformers: older sentencepiece files carry no flag, and llama.cpp adds BOS then.
         let add_bos = md
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+            .unwrap_or(sentencepiece);
         let mut chat_templates = Vec::new();
         if let Some(t) = md.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
             chat_templates.push(("default".to_string(), t.to_string()));
@@ -445,6 +434,110 @@ impl TextTokenizer {
             .find(|(n, _)| n == want)
             .map(|(_, t)| t.as_str())
     }
+}
+
+/// transformers' GGUF byte-level BPE (`GPT2Tokenizer` over the file's vocabulary and merges).
+fn gpt2_spec(tokens: &[String], types: &[u64], merges: Vec<String>, pre: &str) -> Json {
+    let spelling = bytes_to_unicode();
+    let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
+    let mut vocab = serde_json::Map::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        let spelled = if t.chars().all(|c| alphabet.contains(&c)) {
+            t.clone()
+        } else {
+            t.bytes().map(|b| spelling[b as usize]).collect()
+        };
+        vocab.insert(spelled, json!(i));
+    }
+    let mut added = Vec::new();
+    for (i, (t, ty)) in tokens.iter().zip(types.iter()).enumerate() {
+        let control = *ty == 3 && t.chars().all(|c| alphabet.contains(&c));
+        if control || *ty == 4 {
+            added.push(
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": control}),
+            );
+        }
+    }
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let pre_tokenizer = match split_regex(pre) {
+        Some(re) => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+        None => byte_level.clone(),
+    };
+    json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}
+    })
+}
+
+/// transformers' GGUF sentencepiece (`LlamaTokenizer`): BPE with byte fallback over the file's
+/// pieces, merges recovered from the scores exactly as `generate_merges` does, Metaspace with
+/// `prepend_scheme: first`, control tokens (and `<unk>`) special.
+fn spm_spec(tokens: &[String], scores: &[f64], types: &[u64], unk: Option<u64>) -> Json {
+    // Python dicts: a repeated piece keeps its first position and its last id and score.
+    let mut vocab = serde_json::Map::with_capacity(tokens.len());
+    let mut index = std::collections::HashMap::with_capacity(tokens.len());
+    let mut score_of = std::collections::HashMap::with_capacity(tokens.len());
+    for (i, (t, &sc)) in tokens.iter().zip(scores).enumerate() {
+        vocab.insert(t.clone(), json!(i));
+        index.insert(t.as_str(), i);
+        score_of.insert(t.as_str(), sc);
+    }
+    // generate_merges(vocab, vocab_scores): every split of every piece into two pieces that are
+    // both in the vocabulary, per piece ordered by the ids of its halves, then all ordered by
+    // score (high first), then by the lengths (in characters) of the halves, longest first.
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in tokens {
+        if !seen.insert(t.as_str()) {
+            continue;
+        }
+        let score = score_of.get(t.as_str()).copied().unwrap_or(0.0);
+        let mut local: Vec<(&str, &str, f64)> = t
+            .char_indices()
+            .skip(1)
+            .map(|(k, _)| (&t[..k], &t[k..], score))
+            .filter(|(l, r, _)| index.contains_key(l) && index.contains_key(r))
+            .collect();
+        local.sort_by_key(|(l, r, _)| (index[l], index[r]));
+        merges.extend(local);
+    }
+    merges.sort_by(|a, b| {
+        b.2.partial_cmp(&a.2)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| b.0.chars().count().cmp(&a.0.chars().count()))
+            .then_with(|| b.1.chars().count().cmp(&a.1.chars().count()))
+    });
+    let merges: Vec<Json> = merges.iter().map(|(l, r, _)| json!([l, r])).collect();
+    let mut added = Vec::new();
+    for (i, (t, ty)) in tokens.iter().zip(types).enumerate() {
+        let special = *ty == 3 || Some(i as u64) == unk;
+        if special || *ty == 4 {
+            added.push(
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": special}),
+            );
+        }
+    }
+    json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false},
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}
+    })
 }
 
 /// A byte-level BPE `tokenizer.json`: `specials` first (ids 0..), then the 256 byte tokens, then

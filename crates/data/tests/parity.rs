@@ -22,6 +22,9 @@ fn load_tokenizer(which: &str) -> TextTokenizer {
         "smollm2" => smollm2_gguf(),
         "llama-3.2" => real_tokenizer("llama-3.2"),
         "qwen3" => real_tokenizer("qwen3"),
+        "mistral-spm" => {
+            Ok(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/mistral-v1-spm.gguf"))
+        }
         other => panic!("unknown tokenizer {other}"),
     };
     let path = path.unwrap_or_else(|e| panic!("{e}"));
@@ -196,4 +199,14 @@ fn instruction_formats_match_axolotl_smollm2() {
 #[test]
 fn instruction_formats_match_axolotl_llama32() {
     check_formats("llama-3.2");
+}
+
+#[test]
+fn sentencepiece_gguf_mistral_matches_transformers() {
+    check("mistral_spm_default");
+}
+
+#[test]
+fn instruction_formats_match_axolotl_sentencepiece() {
+    check_formats("mistral-spm");
 }
