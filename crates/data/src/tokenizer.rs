@@ -1,11 +1,14 @@
 //! The text tokenizer: loaded from a `tokenizer.json` folder or rebuilt from GGUF metadata, with
 //! the special tokens and chat templates its config names.
 //!
-//! From a GGUF we build what transformers' `convert_gguf_tokenizer` builds for a byte-level BPE
-//! (`tokenizer.ggml.model = gpt2`): BPE over the file's vocabulary and merges, GPT-2 byte-level
-//! pre-tokenizer (or llama.cpp's split regex for the `tokenizer.ggml.pre` values transformers
-//! knows), control tokens (type 3) added as special tokens and user-defined ones (type 4) as
-//! plain added tokens.
+//! From a GGUF we build what transformers' `convert_gguf_tokenizer` (5.24) builds:
+//! - byte-level BPE (`tokenizer.ggml.model = gpt2`): BPE over the file's vocabulary and merges,
+//!   GPT-2 byte-level pre-tokenizer (or llama.cpp's split regex for the `tokenizer.ggml.pre`
+//!   values transformers knows), control tokens (type 3) special, user-defined ones (type 4)
+//!   plain added tokens;
+//! - sentencepiece (`llama`, except Gemma and Phi-3 which transformers special-cases): BPE with
+//!   byte fallback, merges recovered from the piece scores, Metaspace pre-tokenizer.
+//! Both are checked against transformers on real files (tests/parity.rs).
 
 use crate::error::{DataError, Result};
 use crate::gguf;
