@@ -8,6 +8,7 @@
 //!   plain added tokens;
 //! - sentencepiece (`llama`, except Gemma and Phi-3 which transformers special-cases): BPE with
 //!   byte fallback, merges recovered from the piece scores, Metaspace pre-tokenizer.
+//!
 //! Both are checked against transformers on real files (tests/parity.rs).
 
 use crate::error::{DataError, Result};
