@@ -120,10 +120,33 @@ impl<'a> ChatEncoder<'a> {
             let content = match m.get(&self.fmt.content_key) {
                 Some(Json::String(s)) => s.clone(),
                 Some(Json::Null) => String::new(),
+                // Content parts (`[{"type": "text", "text": ...}]`): their texts joined, as
+                // Axolotl does.
+                Some(Json::Array(parts)) => {
+                    let mut text = String::new();
+                    for (k, part) in parts.iter().enumerate() {
+                        let t = part.as_object().and_then(|p| {
+                            ["text", "content", "value"]
+                                .iter()
+                                .find_map(|key| p.get(*key)?.as_str())
+                        });
+                        match t {
+                            Some(t) => text.push_str(t),
+                            None => {
+                                return Err(DataError::WrongType {
+                                    at: path(&format!("{}[{k}]", self.fmt.content_key)),
+                                    expected: "a content part with a `text` string",
+                                    found: json_kind(part).into(),
+                                });
+                            }
+                        }
+                    }
+                    text
+                }
                 Some(other) => {
                     return Err(DataError::WrongType {
                         at: path(&self.fmt.content_key),
-                        expected: "a string",
+                        expected: "a string or a list of text parts",
                         found: json_kind(other).into(),
                     });
                 }
@@ -320,6 +343,23 @@ mod tests {
             .messages(&r, &Location::default())
             .unwrap();
         assert_eq!(ms[0].content, "s", "an existing system message wins");
+    }
+
+    #[test]
+    fn content_parts_are_joined() {
+        let tok = TextTokenizer::builtin("t").unwrap();
+        let r = row(
+            json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}),
+        );
+        let ms = encoder(&tok, &fmt(), None)
+            .messages(&r, &Location::default())
+            .unwrap();
+        assert_eq!(ms[0].content, "ab");
+        let bad = row(json!({"messages": [{"role": "user", "content": [{"type": "image"}]}]}));
+        let e = encoder(&tok, &fmt(), None)
+            .messages(&bad, &Location::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("messages[0].content[0]"), "{e}");
     }
 
     #[test]
