@@ -220,9 +220,12 @@ fn collect_files(dir: &Path, forced: Option<FileFormat>, depth: usize, out: &mut
     for e in entries.flatten() {
         let p = e.path();
         let name = e.file_name().to_string_lossy().to_string();
+        // Metadata that `datasets` and the hub keep beside the data.
         if name.starts_with('.')
-            || name == "dataset_info.json"
-            || name == "state.json"
+            || matches!(
+                name.as_str(),
+                "dataset_info.json" | "dataset_infos.json" | "dataset_dict.json" | "state.json"
+            )
             || name.starts_with("cache-")
         {
             continue;
