@@ -36,6 +36,7 @@ pub mod prepare;
 pub mod sample;
 pub mod source;
 pub mod template;
+#[doc(hidden)]
 pub mod testing;
 pub mod tokenizer;
 
