@@ -32,7 +32,6 @@ pub(super) fn resolve_data(r: &mut Resolver, raw: &RawRecipe) -> Option<DataPlan
     };
     let recipe_template = resolve_template(
         r,
-        "chat_template",
         raw.chat_template,
         raw.chat_template_jinja.as_deref(),
         None,
@@ -119,7 +118,6 @@ pub(super) fn resolve_data(r: &mut Resolver, raw: &RawRecipe) -> Option<DataPlan
 /// Resolves `chat_template` + `chat_template_jinja` at one level; None = not given here.
 fn resolve_template(
     r: &mut Resolver,
-    key: &str,
     name: Option<ChatTemplateName>,
     jinja: Option<&str>,
     prefix: Option<&str>,
@@ -128,7 +126,6 @@ fn resolve_template(
         Some(p) => format!("{p}.{s}"),
         None => s.to_string(),
     };
-    let _ = key;
     match (name, jinja) {
         (None, None) => None,
         (None, Some(j)) | (Some(ChatTemplateName::Jinja), Some(j)) => {
@@ -158,7 +155,8 @@ fn resolve_template(
             ChatTemplateName::TokenizerDefaultFallbackChatml => {
                 ChatTemplate::TokenizerDefaultFallbackChatml
             }
-            ChatTemplateName::Jinja => unreachable_jinja(),
+            // Handled by the arms above (with or without `chat_template_jinja`).
+            ChatTemplateName::Jinja => return None,
             ChatTemplateName::Chatml => ChatTemplate::Named(NamedTemplate::Chatml),
             ChatTemplateName::Llama3 => ChatTemplate::Named(NamedTemplate::Llama3),
             ChatTemplateName::MistralV1 => ChatTemplate::Named(NamedTemplate::MistralV1),
@@ -169,11 +167,6 @@ fn resolve_template(
             ChatTemplateName::Phi3 => ChatTemplate::Named(NamedTemplate::Phi3),
         }),
     }
-}
-
-/// `chat_template: jinja` is handled by the match arms above; this keeps the match total.
-fn unreachable_jinja() -> ChatTemplate {
-    ChatTemplate::TokenizerDefault
 }
 
 fn resolve_dataset(
@@ -476,7 +469,6 @@ fn chat_format(
     let key = |s: &str| format!("{at}.{s}");
     let template = resolve_template(
         r,
-        "chat_template",
         d.chat_template,
         d.chat_template_jinja.as_deref(),
         Some(at),
