@@ -78,6 +78,16 @@ MODELS = {
         lora=dict(target_modules=r"model\.layers\.1\.(self_attn\.(q|k)_proj|mlp\.up_proj)", r=4,
                   lora_alpha=8, use_rslora=False),
     ),
+    # Qwen2 with its sliding window switched on for layers >= max_window_layers.
+    "tiny-qwen2-window": dict(
+        model_type="qwen2",
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        use_sliding_window=True,
+        sliding_window=3,
+        max_window_layers=1,
+        lora=dict(target_modules=["q_proj", "k_proj"], r=2, lora_alpha=4, use_rslora=False),
+    ),
 }
 
 

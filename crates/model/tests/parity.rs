@@ -227,6 +227,16 @@ fn qwen2_bias_regex_targets_packed() {
     check("tiny-qwen2", "packed");
 }
 
+#[test]
+fn qwen2_sliding_window_layers_padded() {
+    check("tiny-qwen2-window", "padded");
+}
+
+#[test]
+fn qwen2_sliding_window_layers_packed() {
+    check("tiny-qwen2-window", "packed");
+}
+
 /// `peft_model.print_trainable_parameters()` for each fixture, written by the script.
 #[test]
 fn trainable_parameters_line_matches_peft() {
@@ -236,6 +246,7 @@ fn trainable_parameters_line_matches_peft() {
         "tiny-mistral",
         "tiny-llama-dora",
         "tiny-qwen2",
+        "tiny-qwen2-window",
     ] {
         let (model, adapters) = setup(name);
         let want = std::fs::read_to_string(fixture(name).join("trainable.txt")).unwrap();
