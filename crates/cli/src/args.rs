@@ -52,6 +52,36 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Prepare the recipe's datasets (through the cache) and print a summary: rows read,
+    /// dropped and truncated, tokens, trained fraction, packing efficiency, time.
+    Preprocess {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Prepare again even when the cache holds this exact data.
+        #[arg(long)]
+        force: bool,
+        /// Skip malformed rows (and count them) instead of stopping at the first.
+        #[arg(long)]
+        skip_bad_rows: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the first prepared samples with trained and masked tokens told apart (colour on a
+    /// terminal, ⟦ ⟧ around trained text otherwise), to check loss masks.
+    Inspect {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// How many samples to show.
+        #[arg(short = 'n', long, default_value_t = 3)]
+        samples: usize,
+        /// Also list every token as id:label:text.
+        #[arg(long)]
+        tokens: bool,
+        /// Show evaluation samples instead of training samples.
+        #[arg(long)]
+        eval: bool,
+    },
     /// Print the recipe JSON Schema (for editors; committed as schemas/recipe.schema.json).
     Schema {
         /// Write to this file (atomically) instead of standard output.

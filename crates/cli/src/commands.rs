@@ -52,6 +52,59 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Preprocess {
+            recipe,
+            force,
+            skip_bad_rows,
+            json,
+        } => {
+            let loaded = match load(&recipe) {
+                Ok(l) => l,
+                Err(e) => return Ok(report(&e, color)),
+            };
+            let options = runner_data::PrepareOptions {
+                force,
+                skip_bad_rows,
+                ..Default::default()
+            };
+            let tok = runner_data::load_tokenizer(&loaded.plan.model)?;
+            let prepared = runner_data::prepare_with(&loaded.plan.data, &tok, options)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&prepared.summary)?);
+            } else {
+                println!("{}", prepared.summary);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect {
+            recipe,
+            samples,
+            tokens,
+            eval,
+        } => {
+            let loaded = match load(&recipe) {
+                Ok(l) => l,
+                Err(e) => return Ok(report(&e, color)),
+            };
+            let tok = runner_data::load_tokenizer(&loaded.plan.model)?;
+            let options = runner_data::PrepareOptions {
+                no_write: true,
+                ..Default::default()
+            };
+            let prepared = runner_data::prepare_with(&loaded.plan.data, &tok, options)?;
+            let shown = if eval {
+                &prepared.eval
+            } else {
+                &prepared.train
+            };
+            let opts = runner_data::inspect::InspectOptions {
+                samples,
+                color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                tokens,
+            };
+            print!("{}", runner_data::inspect::render(&tok, shown, opts));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema { output } => {
             let text = runner_recipe::schema::recipe_schema_text();
             match output {

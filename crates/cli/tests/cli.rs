@@ -155,3 +155,38 @@ fn completions_and_version() {
     let out = runner(&["--version"]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("runner "));
 }
+
+#[test]
+fn preprocess_reports_and_reuses_its_cache_and_inspect_shows_masks() {
+    let tmp = std::env::temp_dir().join(format!("runner-cli-prep-{}", std::process::id()));
+    let set = format!("dataset_prepared_path={}", tmp.display());
+    let first = runner(&["preprocess", "recipes/tiny-smoke.yaml", "--set", &set]);
+    let (stdout, err) = text(&first);
+    assert_eq!(first.status.code(), Some(0), "{err}");
+    assert!(stdout.contains("rows read 240"), "{stdout}");
+    assert!(stdout.contains("packed into"), "{stdout}");
+    let second = runner(&[
+        "preprocess",
+        "recipes/tiny-smoke.yaml",
+        "--set",
+        &set,
+        "--json",
+    ]);
+    let (stdout, err) = text(&second);
+    assert_eq!(second.status.code(), Some(0), "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("json summary");
+    assert_eq!(summary["reused_cache"], true);
+
+    let out = runner(&[
+        "inspect",
+        "recipes/tiny-smoke.yaml",
+        "-n",
+        "1",
+        "--set",
+        &set,
+    ]);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(stdout.contains("⟦"), "{stdout}");
+    let _ = std::fs::remove_dir_all(tmp);
+}
