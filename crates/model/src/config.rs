@@ -449,10 +449,20 @@ impl ModelConfig {
             "mlp_bias": self.mlp_bias,
             "sliding_window": window,
             "torch_dtype": "float32",
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
         });
         if let (Some(obj), true) = (v.as_object_mut(), window.is_some()) {
             obj.insert("use_sliding_window".into(), serde_json::Value::Bool(true));
-            obj.insert("max_window_layers".into(), serde_json::json!(0));
+            let types: Vec<&str> = self
+                .sliding_window
+                .iter()
+                .map(|w| match w {
+                    Some(_) => "sliding_attention",
+                    None => "full_attention",
+                })
+                .collect();
+            obj.insert("layer_types".into(), serde_json::json!(types));
         }
         v
     }
@@ -563,6 +573,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("yarn"), "{e}");
+    }
+
+    #[test]
+    fn hf_json_round_trips() {
+        for arch in [Arch::Llama, Arch::Mistral, Arch::Qwen2, Arch::Qwen3] {
+            let mut cfg = crate::tiny::tiny_config(arch);
+            if arch != Arch::Llama {
+                cfg.sliding_window = vec![None, Some(3)];
+            }
+            if arch == Arch::Llama {
+                cfg.rope_scaling = RopeScaling::Llama3 {
+                    factor: 8.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 16.0,
+                };
+            }
+            let back = parse(&cfg.to_hf_json().to_string()).unwrap();
+            assert_eq!(back, cfg, "{arch:?}");
+        }
     }
 
     #[test]
