@@ -317,3 +317,32 @@ fn out_of_vocabulary_ids_are_errors() {
         .to_string();
     assert!(e.contains("5000"), "{e}");
 }
+
+/// Degenerate batches: a fully padded row, a batch with nothing to train, one-token rows.
+#[test]
+fn edge_batches_do_not_panic() {
+    let (m, _ad, _dir) = model_with(TargetModules::AllLinear);
+    let b = Batch::from_attention_mask(
+        2,
+        3,
+        vec![5, 6, 7, 0, 0, 0],
+        &[1, 1, 1, 0, 0, 0],
+        vec![5, 6, 7, -100, -100, -100],
+    )
+    .unwrap();
+    let out = loss::causal_lm_loss(&m, &b, true, 8).unwrap();
+    assert_eq!(out.n_tokens, 2);
+    assert!(out.loss.to_scalar::<f32>().unwrap().is_finite());
+    let g = runner_model::backward(&out.loss, &m).unwrap();
+    drop(g);
+    let none = Batch::from_attention_mask(1, 3, vec![5, 6, 7], &[1, 1, 1], vec![-100; 3]).unwrap();
+    let out = loss::causal_lm_loss(&m, &none, true, 8).unwrap();
+    assert_eq!(out.n_tokens, 0);
+    assert_eq!(out.loss.to_scalar::<f32>().unwrap(), 0.0);
+    assert!(runner_model::backward(&out.loss, &m).is_ok());
+    let one = Batch::from_attention_mask(2, 1, vec![5, 6], &[1, 1], vec![5, 6]).unwrap();
+    let logits = m.logits(&one, false).unwrap();
+    assert_eq!(logits.dims(), &[2, 1, 256]);
+    assert!(Batch::from_attention_mask(2, 3, vec![1, 2], &[1, 1], vec![1, 2]).is_err());
+    assert!(Batch::packed(1, 4, vec![1, 2, 3, 4], &[vec![0, 5]], vec![1, 2, 3, 4]).is_err());
+}
