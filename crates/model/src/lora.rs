@@ -299,26 +299,6 @@ fn thousands(n: usize) -> String {
     out
 }
 
-/// A short, human-readable placement summary: which leaf names in how many layers.
-pub fn placement_summary(adapters: &Adapters) -> String {
-    let mut leaves: Vec<(String, usize)> = Vec::new();
-    for m in &adapters.modules {
-        let leaf = m.rsplit('.').next().unwrap_or(m).to_string();
-        match leaves.iter_mut().find(|(l, _)| *l == leaf) {
-            Some((_, n)) => *n += 1,
-            None => leaves.push((leaf, 1)),
-        }
-    }
-    let parts: Vec<String> = leaves.iter().map(|(l, n)| format!("{l}×{n}")).collect();
-    format!(
-        "LoRA r={} scaling={} on {} modules: {}",
-        adapters.r,
-        adapters.scaling,
-        adapters.modules.len(),
-        parts.join(", ")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
