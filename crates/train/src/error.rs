@@ -4,6 +4,8 @@
 pub enum TrainError {
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
+    #[error("model: {0}")]
+    Model(String),
     #[error("optimizer: {0}")]
     Optimizer(String),
     #[error("{path}: {source}")]

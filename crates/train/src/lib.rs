@@ -5,5 +5,6 @@ pub mod error;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;
 
 pub use error::TrainError;

@@ -1,0 +1,601 @@
+//! The training loop, top to bottom: setup (schedule, optimizer, resume) → steps (accumulate,
+//! clip, update, log, evaluate, save) → final adapter, chart. Deterministic: the data order,
+//! dropout masks and adapter initialisation all derive from `seed`, and a resumed run replays
+//! the same schedule from the saved step.
+
+use crate::checkpoint;
+use crate::error::TrainError;
+use crate::metrics::{MetricsLog, Record};
+use crate::optim::{AdamW, Grads, ParamGroup, clip_coefficient};
+use crate::schedule::LrSchedule;
+use candle_core::Tensor;
+use rand_chacha::rand_core::SeedableRng;
+use runner_data::Prepared;
+use runner_data::pack::{Batch as DataBatch, pad_batch, pad_packs};
+use runner_model::{Adapters, Batch, CausalLm};
+use runner_recipe::plan::{EvalSchedule, Plan, Resume, SaveEvery};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// What the loop trains, on what.
+pub struct Inputs<'a> {
+    pub plan: &'a Plan,
+    /// The recipe as written, saved into every checkpoint beside the resolved plan.
+    pub recipe_text: &'a str,
+    pub model: &'a CausalLm,
+    pub adapters: &'a Adapters,
+    pub data: &'a Prepared,
+    pub pad_id: u32,
+}
+
+/// How the loop reports and when it stops early.
+#[derive(Clone, Default)]
+pub struct Control {
+    /// Set by SIGINT/SIGTERM: the current step finishes, a checkpoint is saved, the run stops.
+    pub stop: Arc<AtomicBool>,
+    /// Draw a progress bar (a terminal); otherwise plain log lines every `logging_steps`.
+    pub progress_bar: bool,
+    /// No output at all (tests).
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StopReason {
+    Finished,
+    EarlyStopping { best_eval_loss: f64 },
+    Interrupted,
+    Watchdog { loss: f64, threshold: f64 },
+    NonFinite { what: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub stop: StopReason,
+    /// Optimizer steps completed (including those of a resumed run).
+    pub steps: u64,
+    pub total_steps: u64,
+    /// Mean training loss per optimizer step run in this process, in order.
+    pub losses: Vec<(u64, f64)>,
+    pub eval_losses: Vec<(u64, f64)>,
+    /// The checkpoint saved when the run stopped early.
+    pub checkpoint: Option<PathBuf>,
+    pub tokens_per_second: f64,
+    pub seconds: f64,
+}
+
+/// A training unit: a packed row or a single sample.
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    Pack(usize),
+    Sample(usize),
+}
+
+/// One optimizer step's work: its micro-batches, as lists of units.
+struct StepWork {
+    epoch: f64,
+    micro_batches: Vec<Vec<Unit>>,
+}
+
+/// The whole run's schedule, fixed by the data and the seed: epoch `e` visits the units in the
+/// order `shuffle(units, seed + e)`, cut into micro-batches and then optimizer steps (the last
+/// step of an epoch may have fewer micro-batches).
+fn schedule(plan: &Plan, data: &Prepared) -> Vec<StepWork> {
+    let t = &plan.train;
+    let units: Vec<Unit> = match &data.train_packs {
+        Some(packs) => (0..packs.len()).map(Unit::Pack).collect(),
+        None => (0..data.train.len()).map(Unit::Sample).collect(),
+    };
+    if units.is_empty() {
+        return Vec::new();
+    }
+    let mbs = t.micro_batch_size.max(1);
+    let accum = t.gradient_accumulation_steps.max(1);
+    let batches_per_epoch = units.len().div_ceil(mbs);
+    let steps_per_epoch = batches_per_epoch.div_ceil(accum) as u64;
+    let total = match t.max_steps {
+        Some(s) => s,
+        None => ((t.num_epochs * steps_per_epoch as f64).ceil() as u64).max(1),
+    };
+    let mut out = Vec::with_capacity(total as usize);
+    let mut epoch = 0u64;
+    while (out.len() as u64) < total {
+        let mut order = units.clone();
+        if plan.data.shuffle_merged_datasets || epoch > 0 {
+            runner_data::prepare::shuffle(&mut order, plan.data.seed.wrapping_add(epoch));
+        }
+        let batches: Vec<Vec<Unit>> = order.chunks(mbs).map(<[Unit]>::to_vec).collect();
+        for (k, step) in batches.chunks(accum).enumerate() {
+            if out.len() as u64 >= total {
+                break;
+            }
+            out.push(StepWork {
+                epoch: epoch as f64 + (k + 1) as f64 / steps_per_epoch as f64,
+                micro_batches: step.to_vec(),
+            });
+        }
+        epoch += 1;
+    }
+    out
+}
+
+fn data_batch(units: &[Unit], data: &Prepared, plan: &Plan, pad_id: u32) -> DataBatch {
+    let seq = plan.data.sequence_len;
+    if let Some(packs) = &data.train_packs {
+        let chosen: Vec<_> = units
+            .iter()
+            .filter_map(|u| match u {
+                Unit::Pack(i) => packs.get(*i),
+                Unit::Sample(_) => None,
+            })
+            .collect();
+        return pad_packs(&chosen, &data.train, pad_id, Some(seq));
+    }
+    let chosen: Vec<_> = units
+        .iter()
+        .filter_map(|u| match u {
+            Unit::Sample(i) => data.train.get(*i),
+            Unit::Pack(_) => None,
+        })
+        .collect();
+    pad_batch(
+        &chosen,
+        pad_id,
+        plan.data.pad_to_sequence_len.then_some(seq),
+    )
+}
+
+/// The data stage's padded rows as the model's batch: sample boundaries from `seq_lens`.
+pub fn model_batch(b: &DataBatch) -> Result<Batch, TrainError> {
+    let rows = b.input_ids.len();
+    let width = b.input_ids.first().map_or(0, Vec::len);
+    let input_ids: Vec<u32> = b.input_ids.iter().flatten().copied().collect();
+    let labels: Vec<i64> = b.labels.iter().flatten().map(|&l| l as i64).collect();
+    let cu: Vec<Vec<usize>> = b
+        .seq_lens
+        .iter()
+        .map(|lens| {
+            let mut acc = vec![0usize];
+            for &l in lens {
+                acc.push(acc.last().copied().unwrap_or(0) + l as usize);
+            }
+            acc
+        })
+        .collect();
+    Batch::packed(rows, width, input_ids, &cu, labels).map_err(model_err)
+}
+
+fn model_err(e: runner_model::Error) -> TrainError {
+    TrainError::Model(e.to_string())
+}
+
+/// Optimizer groups as PEFT's `create_loraplus_optimizer` makes them when `loraplus_lr_ratio`
+/// is set (B matrices and 1-D adapter parameters at `lr · ratio`), else one group.
+pub fn param_groups(plan: &Plan, adapters: &Adapters) -> Vec<ParamGroup> {
+    let wd = plan.train.optimizer.weight_decay;
+    match plan.adapter.loraplus_lr_ratio {
+        None => vec![ParamGroup {
+            params: adapters.params.clone(),
+            lr_scale: 1.0,
+            weight_decay: wd,
+        }],
+        Some(ratio) => {
+            let (fast, slow): (Vec<_>, Vec<_>) = adapters
+                .params
+                .iter()
+                .cloned()
+                .partition(|(name, var)| name.contains(".lora_B.") || var.rank() == 1);
+            vec![
+                ParamGroup {
+                    params: slow,
+                    lr_scale: 1.0,
+                    weight_decay: wd,
+                },
+                ParamGroup {
+                    params: fast,
+                    lr_scale: ratio,
+                    weight_decay: wd,
+                },
+            ]
+        }
+    }
+}
+
+/// Mean token loss over the evaluation set (no gradients, no dropout).
+pub fn evaluate(inp: &Inputs) -> Result<Option<f64>, TrainError> {
+    if inp.data.eval.is_empty() {
+        return Ok(None);
+    }
+    let (mut sum, mut n) = (0f64, 0usize);
+    for b in inp
+        .data
+        .eval_batches(inp.plan.train.eval_batch_size, inp.pad_id, &inp.plan.data)
+    {
+        let batch = model_batch(&b)?;
+        let out = runner_model::loss::causal_lm_loss(
+            inp.model,
+            &batch,
+            false,
+            runner_model::loss::DEFAULT_CHUNK,
+        )
+        .map_err(model_err)?;
+        sum += out
+            .loss_sum
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        n += out.n_tokens;
+    }
+    Ok((n > 0).then(|| sum / n as f64))
+}
+
+/// Everything a checkpoint holds besides the adapter: optimizer moments, the position in the
+/// schedule, the evaluation history, the plan and the recipe.
+fn checkpoint_files(
+    inp: &Inputs,
+    opt: &AdamW,
+    state: &LoopState,
+) -> Result<Vec<(&'static str, Vec<u8>)>, TrainError> {
+    let mut files = runner_export::peft::adapter_files(
+        &inp.plan.adapter,
+        inp.adapters,
+        &inp.plan.model.base_model,
+    )
+    .map_err(|e| TrainError::Model(e.to_string()))?;
+    let (tensors, steps) = opt.state();
+    let mut sorted: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let optimizer = safetensors::serialize(sorted.iter().map(|(n, t)| (n.as_str(), t)), None)
+        .map_err(|e| TrainError::Optimizer(e.to_string()))?;
+    files.push(("optimizer.safetensors", optimizer));
+    let trainer_state = serde_json::json!({
+        "runner_version": runner_recipe::VERSION,
+        "global_step": state.step,
+        "epoch": state.epoch,
+        "seed": inp.plan.train.seed,
+        "optimizer_steps": steps,
+        "best_eval_loss": state.best_eval,
+        "evals_without_improvement": state.evals_without_improvement,
+        "watchdog_strikes": state.watchdog_strikes,
+    });
+    files.push((
+        "trainer_state.json",
+        serde_json::to_vec_pretty(&trainer_state).unwrap_or_default(),
+    ));
+    files.push((
+        "plan.json",
+        serde_json::to_vec_pretty(inp.plan).unwrap_or_default(),
+    ));
+    files.push(("recipe.yaml", inp.recipe_text.as_bytes().to_vec()));
+    Ok(files)
+}
+
+#[derive(Debug, Clone, Default)]
+struct LoopState {
+    step: u64,
+    epoch: f64,
+    best_eval: Option<f64>,
+    evals_without_improvement: u64,
+    watchdog_strikes: u64,
+}
+
+/// Restores adapter, optimizer and loop state from a checkpoint folder.
+fn resume_from(dir: &Path, inp: &Inputs, opt: &mut AdamW) -> Result<LoopState, TrainError> {
+    let bad = |message: String| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        message,
+    };
+    runner_model::lora::load_adapter_weights(inp.adapters, dir).map_err(|e| bad(e.to_string()))?;
+    let dev = inp.model.device();
+    let tensors = candle_core::safetensors::load(dir.join("optimizer.safetensors"), dev)
+        .map_err(|e| bad(format!("optimizer.safetensors: {e}")))?;
+    let text = std::fs::read_to_string(dir.join("trainer_state.json"))
+        .map_err(|e| bad(format!("trainer_state.json: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("trainer_state.json: {e}")))?;
+    let steps: std::collections::HashMap<String, u64> =
+        serde_json::from_value(v["optimizer_steps"].clone())
+            .map_err(|e| bad(format!("trainer_state.json optimizer_steps: {e}")))?;
+    opt.load_state(&tensors, &steps)?;
+    Ok(LoopState {
+        step: v["global_step"]
+            .as_u64()
+            .ok_or_else(|| bad("trainer_state.json has no global_step".into()))?,
+        epoch: v["epoch"].as_f64().unwrap_or(0.0),
+        best_eval: v["best_eval_loss"].as_f64(),
+        evals_without_improvement: v["evals_without_improvement"].as_u64().unwrap_or(0),
+        watchdog_strikes: v["watchdog_strikes"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Every adapter's dropout stream restarts per step from (seed, step), so a resumed run draws
+/// the same masks as an uninterrupted one.
+fn reseed_dropout(model: &CausalLm, seed: u64, step: u64) {
+    if let Some(rng) = model.layers.iter().find_map(|l| l.dropout_rng()) {
+        let mut g = rng.lock().unwrap_or_else(|e| e.into_inner());
+        *g =
+            rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
+}
+
+fn due(step: u64, total: u64, steps_per_epoch: u64, every: Option<EveryN>) -> bool {
+    match every {
+        None => false,
+        Some(EveryN::Steps(n)) => n > 0 && step.is_multiple_of(n),
+        Some(EveryN::PerEpoch(n)) => {
+            // n evenly spaced points per epoch, the last at the epoch's end.
+            let spe = steps_per_epoch.max(1);
+            let within = (step - 1) % spe + 1;
+            let n = n.min(spe).max(1);
+            (1..=n).any(|k| within == (k * spe).div_ceil(n)) || step == total
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum EveryN {
+    Steps(u64),
+    PerEpoch(u64),
+}
+
+/// Runs the loop. The final adapter is written to `output_dir` on every stop except a
+/// non-finite loss (whose last good state is the saved checkpoint instead).
+pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
+    let started = Instant::now();
+    let plan = inp.plan;
+    let t = &plan.train;
+    let out_dir = t.output_dir.clone();
+    let work = schedule(plan, inp.data);
+    let total = work.len() as u64;
+    if total == 0 {
+        return Err(TrainError::Optimizer(
+            "there is nothing to train: the prepared training set is empty".into(),
+        ));
+    }
+    let steps_per_epoch = {
+        let units = inp
+            .data
+            .train_packs
+            .as_ref()
+            .map_or(inp.data.train.len(), Vec::len);
+        (units.div_ceil(t.micro_batch_size.max(1))).div_ceil(t.gradient_accumulation_steps.max(1))
+            as u64
+    };
+    let sched = LrSchedule::new(t.learning_rate, &t.scheduler, total);
+    let mut opt = AdamW::new(param_groups(plan, inp.adapters), &t.optimizer)?;
+
+    // --- resume -------------------------------------------------------------------------
+    let resume_dir = match &t.resume {
+        Resume::Fresh => None,
+        Resume::From(dir) => Some(dir.clone()),
+        Resume::Latest => checkpoint::latest(&out_dir)?,
+    };
+    let mut state = match &resume_dir {
+        Some(dir) => resume_from(dir, inp, &mut opt)?,
+        None => LoopState::default(),
+    };
+    if let (false, Some(dir)) = (control.quiet, &resume_dir) {
+        eprintln!("resuming from {} at step {}", dir.display(), state.step);
+    }
+
+    let mut log = MetricsLog::open(&out_dir)?;
+    let eval_every = match t.eval {
+        EvalSchedule::Never => None,
+        EvalSchedule::Steps(n) => Some(EveryN::Steps(n)),
+        EvalSchedule::PerEpoch(n) => Some(EveryN::PerEpoch(n)),
+    };
+    let save_every = match t.save.every {
+        SaveEvery::End => None,
+        SaveEvery::Steps(n) => Some(EveryN::Steps(n)),
+        SaveEvery::PerEpoch(n) => Some(EveryN::PerEpoch(n)),
+    };
+    let bar = (control.progress_bar && !control.quiet).then(|| {
+        let pb = indicatif::ProgressBar::new(total);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb.set_position(state.step);
+        pb
+    });
+
+    let mut grads = Grads::new();
+    let mut losses = Vec::new();
+    let mut eval_losses = Vec::new();
+    let mut window = (0f64, 0u64); // loss sum and count since the last log line
+    let mut tokens_seen = 0u64;
+    let mut stop = StopReason::Finished;
+    let mut stop_checkpoint = None;
+    let loop_start = Instant::now();
+
+    while state.step < total {
+        let work_k = &work[state.step as usize];
+        let step_no = state.step + 1; // 1-based, as logged and saved
+        reseed_dropout(inp.model, t.seed, state.step);
+        let batches: Vec<Batch> = work_k
+            .micro_batches
+            .iter()
+            .map(|units| model_batch(&data_batch(units, inp.data, plan, inp.pad_id)))
+            .collect::<Result<_, _>>()?;
+        let mut n_tokens = 0usize;
+        for b in &batches {
+            n_tokens += b.targets().map_err(model_err)?.len();
+        }
+        // The step's loss is the mean over all its trained tokens: each micro-batch contributes
+        // its token-loss sum divided by the step's token count.
+        let mut loss_sum = 0f64;
+        grads.clear();
+        for b in &batches {
+            let out = runner_model::loss::causal_lm_loss(
+                inp.model,
+                b,
+                true,
+                runner_model::loss::DEFAULT_CHUNK,
+            )
+            .map_err(model_err)?;
+            if out.n_tokens == 0 {
+                continue;
+            }
+            let scaled = (&out.loss_sum / n_tokens.max(1) as f64)?;
+            let store =
+                runner_model::checkpoint::backward(&scaled, inp.model).map_err(model_err)?;
+            grads.accumulate(&store, opt.groups())?;
+            loss_sum += out
+                .loss_sum
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+        let step_loss = loss_sum / n_tokens.max(1) as f64;
+        let norm = grads.global_norm()?;
+        if !step_loss.is_finite() || !norm.is_finite() {
+            let what = if step_loss.is_finite() {
+                format!("gradient norm {norm} at step {step_no}")
+            } else {
+                format!("loss {step_loss} at step {step_no}")
+            };
+            // The parameters are still those of the last good step: save them.
+            let files = checkpoint_files(inp, &opt, &state)?;
+            stop_checkpoint = Some(checkpoint::save(&out_dir, state.step, &files)?);
+            stop = StopReason::NonFinite { what };
+            break;
+        }
+        let lr = sched.lr(state.step);
+        opt.step(&grads, lr, clip_coefficient(norm, t.max_grad_norm))?;
+        state.step = step_no;
+        state.epoch = work_k.epoch;
+        tokens_seen += batches
+            .iter()
+            .map(|b| (b.batch_size * b.seq_len) as u64)
+            .sum::<u64>();
+        losses.push((step_no, step_loss));
+        window.0 += step_loss;
+        window.1 += 1;
+        let tps = tokens_seen as f64 / loop_start.elapsed().as_secs_f64().max(1e-9);
+
+        if step_no == 1 || step_no.is_multiple_of(t.logging_steps.max(1)) || step_no == total {
+            let mean = window.0 / window.1.max(1) as f64;
+            window = (0.0, 0);
+            log.write(&Record {
+                step: step_no,
+                epoch: state.epoch,
+                loss: Some(mean),
+                learning_rate: Some(lr),
+                grad_norm: Some(norm),
+                tokens_per_second: Some(tps),
+                ..Default::default()
+            })?;
+            let line = format!(
+                "step {step_no}/{total} loss {mean:.4} lr {lr:.3e} grad_norm {norm:.3} {tps:.0} tok/s"
+            );
+            match &bar {
+                Some(pb) => pb.set_message(format!("loss {mean:.4} lr {lr:.2e} {tps:.0} tok/s")),
+                None if !control.quiet => eprintln!("{line}"),
+                None => {}
+            }
+        }
+        if let Some(pb) = &bar {
+            pb.set_position(step_no);
+        }
+
+        if let Some(w) = &t.loss_watchdog {
+            if step_loss > w.threshold {
+                state.watchdog_strikes += 1;
+            } else {
+                state.watchdog_strikes = 0;
+            }
+            if state.watchdog_strikes >= w.patience {
+                stop = StopReason::Watchdog {
+                    loss: step_loss,
+                    threshold: w.threshold,
+                };
+            }
+        }
+
+        if due(step_no, total, steps_per_epoch, eval_every)
+            && let Some(eval_loss) = evaluate(inp)?
+        {
+            eval_losses.push((step_no, eval_loss));
+            log.write(&Record {
+                step: step_no,
+                epoch: state.epoch,
+                eval_loss: Some(eval_loss),
+                eval_perplexity: Some(eval_loss.exp()),
+                ..Default::default()
+            })?;
+            if !control.quiet && bar.is_none() {
+                eprintln!(
+                    "step {step_no}: eval loss {eval_loss:.4} perplexity {:.3}",
+                    eval_loss.exp()
+                );
+            }
+            if state.best_eval.is_none_or(|b| eval_loss < b) {
+                state.best_eval = Some(eval_loss);
+                state.evals_without_improvement = 0;
+            } else {
+                state.evals_without_improvement += 1;
+                if let Some(p) = t.early_stopping_patience
+                    && state.evals_without_improvement >= p
+                {
+                    stop = StopReason::EarlyStopping {
+                        best_eval_loss: state.best_eval.unwrap_or(eval_loss),
+                    };
+                }
+            }
+        }
+
+        if control.stop.load(Ordering::SeqCst) && stop == StopReason::Finished {
+            stop = StopReason::Interrupted;
+        }
+        let early = stop != StopReason::Finished;
+        let scheduled = due(step_no, total, steps_per_epoch, save_every)
+            || (t.save.save_first_step && step_no == 1);
+        if scheduled || early {
+            let files = checkpoint_files(inp, &opt, &state)?;
+            let dir = checkpoint::save(&out_dir, step_no, &files)?;
+            checkpoint::rotate(&out_dir, t.save.total_limit)?;
+            if early {
+                stop_checkpoint = Some(dir);
+            }
+        }
+        if early {
+            break;
+        }
+    }
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
+
+    if !matches!(stop, StopReason::NonFinite { .. }) {
+        runner_export::peft::save_adapter(
+            &out_dir,
+            &plan.adapter,
+            inp.adapters,
+            &plan.model.base_model,
+        )
+        .map_err(|e| TrainError::Model(e.to_string()))?;
+    }
+    let records = crate::metrics::read(log.path())?;
+    let chart = crate::metrics::chart_svg(
+        &records,
+        &format!("{} — {}", plan.model.base_model, out_dir.display()),
+    );
+    runner_export::peft::write_atomically(&out_dir.join("loss.svg"), chart.as_bytes()).map_err(
+        |source| TrainError::Io {
+            path: out_dir.join("loss.svg"),
+            source,
+        },
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Outcome {
+        stop,
+        steps: state.step,
+        total_steps: total,
+        losses,
+        eval_losses,
+        checkpoint: stop_checkpoint,
+        tokens_per_second: tokens_seen as f64 / loop_start.elapsed().as_secs_f64().max(1e-9),
+        seconds,
+    })
+}
