@@ -66,6 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         use_dora: false,
     };
     let adapters = inject_settings(&mut model, &s, 0)?;
+    model.gradient_checkpointing = std::env::var("CKPT").is_ok_and(|v| v == "1");
     let ids: Vec<u32> = (0..b * t)
         .map(|i| ((i * 7919) % 49000) as u32 + 10)
         .collect();
@@ -130,7 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let out = loss::causal_lm_loss(&model, &batch, true, 512)?;
         let t1 = Instant::now();
         let c1 = cpu_s();
-        let grads = out.loss.backward()?;
+        let grads = runner_model::backward(&out.loss, &model)?;
         let t2 = Instant::now();
         let c2 = cpu_s();
         println!(

@@ -5,7 +5,7 @@
 use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::nn::{Linear, RmsNorm, Rope, apply_rope, attention_mask, softmax_last};
+use crate::nn::{Linear, RmsNorm, Rope, apply_rope, attention_mask, masked_softmax_last};
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -84,10 +84,8 @@ impl Attention {
         let v = repeat_kv(&v, self.n_heads / self.n_kv_heads)?;
         let scale = 1.0 / (d as f64).sqrt();
         // Scores, mask and softmax in f32 (transformers: softmax(..., dtype=float32)).
-        let scores = (q.matmul(&k.t()?)? * scale)?
-            .to_dtype(DType::F32)?
-            .broadcast_add(mask)?; // (B, H, T, T)
-        let probs = softmax_last(&scores)?.to_dtype(v.dtype())?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?; // (B, H, T, T)
+        let probs = masked_softmax_last(&scores, mask)?.to_dtype(v.dtype())?;
         let o = probs.matmul(&v)?; // (B, H, T, D)
         let o = o.transpose(1, 2)?.reshape((b, t, self.n_heads * d))?;
         self.o_proj.forward(&o, train)

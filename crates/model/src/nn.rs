@@ -225,6 +225,56 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     Ok(e.broadcast_div(&s)?)
 }
 
+/// `softmax(x + mask)` over the last dimension as one recorded op: the graph keeps only `x` and
+/// the result (the plain composition keeps six `(B, H, T, T)` tensors per layer), and the
+/// backward is `dx = y·(dy − Σ dy·y)`. `mask` broadcasts against `x` and gets no gradient.
+pub fn masked_softmax_last(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() || !x.track_op() {
+        return softmax_last(&x.broadcast_add(mask)?);
+    }
+    let y = softmax_last(&x.detach().broadcast_add(mask)?)?.contiguous()?;
+    Ok(x.apply_op1(MaskedSoftmax {
+        y: std::sync::Mutex::new(Some(y)),
+    })?)
+}
+
+struct MaskedSoftmax {
+    /// The forward result, computed with tensor ops before the op is recorded.
+    y: std::sync::Mutex<Option<Tensor>>,
+}
+
+impl candle_core::CustomOp1 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s: &candle_core::CpuStorage,
+        _l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let y = self
+            .y
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("masked-softmax: output taken".into()))?;
+        let shape = y.shape().clone();
+        let (st, l) = y.storage_and_layout();
+        match (&*st, l.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(c), Some((0, n))) if n == shape.elem_count() => {
+                Ok((c.clone(), shape))
+            }
+            _ => candle_core::bail!("masked-softmax: unexpected layout"),
+        }
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let s = (dy * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((dy.broadcast_sub(&s)? * y)?))
+    }
+}
+
 /// RoPE inverse frequencies, computed in f32 exactly as transformers does.
 #[derive(Debug, Clone)]
 pub struct Rope {

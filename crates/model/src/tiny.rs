@@ -95,6 +95,48 @@ pub fn write_tiny_qwen3(dir: &Path, seed: u64) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
+/// The built-in models a recipe names as `base_model: builtin:NAME`.
+pub const BUILTIN: &[&str] = &["tiny-llama", "tiny-qwen3"];
+
+/// The folder holding built-in model `name`, generated on first use (seed 0, so every machine
+/// gets the same weights) under `$RUNNER_MODEL_CACHE/builtin/` or `.cache/models/builtin/`.
+/// Written to a temporary folder and renamed, so a crash never leaves half a model.
+pub fn builtin(name: &str) -> Result<std::path::PathBuf> {
+    let arch = match name {
+        "tiny-llama" => Arch::Llama,
+        "tiny-qwen3" => Arch::Qwen3,
+        other => {
+            return Err(Error::Config {
+                path: other.into(),
+                message: format!(
+                    "unknown built-in model; built-in models: {}",
+                    BUILTIN.join(", ")
+                ),
+            });
+        }
+    };
+    let root = std::env::var_os("RUNNER_MODEL_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(".cache/models"))
+        .join("builtin");
+    let dir = root.join(name);
+    if dir.join("model.safetensors").is_file() {
+        return Ok(dir);
+    }
+    let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    write_tiny(&tmp, &tiny_config(arch), 0)?;
+    match std::fs::rename(&tmp, &dir) {
+        Ok(()) => Ok(dir),
+        // Another process generated it first: the same bytes, keep theirs.
+        Err(_) if dir.join("model.safetensors").is_file() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(dir)
+        }
+        Err(e) => Err(crate::error::io_err(&dir)(e)),
+    }
+}
+
 /// llama.cpp's row permutation of Q and K (the inverse of [`crate::gguf::unpermute_qk`]):
 /// `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2).reshape(rows, cols)`.
 pub fn permute_qk_llama_cpp(w: &Tensor, n_head: usize) -> Result<Tensor> {
