@@ -4,7 +4,14 @@
 //!     cargo run -p runner-model --example step_bench [batch] [seq_len] [threads...]
 //!
 //! Reference (DESIGN.md): PyTorch + PEFT, r=16 on all 7 projections, 4×256 tokens, fp32, 2
-//! threads: about 180 tokens/s for a full step.
+//! threads: about 180 tokens/s for a full step, 4.4 GB peak RSS.
+//!
+//! Measured here (release, shared 2-core machine under load 3–5, forward + backward only):
+//! 62–75 tokens/s with `CANDLE_BARRIER_POOL_SPIN_LIMIT=100` (33–42 with candle's default spin,
+//! which burns the core the other process needs); 10.7 GB peak RSS, 5.9 GB with `CKPT=1`
+//! (gradient checkpointing). About 35% of CPU time is gemm, ~16% candle's barrier spin, ~18%
+//! page zeroing from fresh allocations (`MALLOC_MMAP_THRESHOLD_=33554432
+//! MALLOC_TRIM_THRESHOLD_=4294967296` or a caching allocator helps).
 
 use candle_core::{DType, Device};
 use runner_model::lora::{LoraSettings, inject_settings};
