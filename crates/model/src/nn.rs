@@ -87,11 +87,12 @@ impl Linear {
         if let Some(l) = &self.lora {
             let dropping = train && l.dropout > 0.0;
             let xd = dropout(&x2, l.dropout, train, &l.rng)?;
+            // s·B(A x'), with s folded into the small B: one fewer (N, out) tensor kept.
             let z = xd
                 .matmul(&l.a.as_tensor().t()?)?
-                .matmul(&l.b.as_tensor().t()?)?;
+                .matmul(&(l.b.as_tensor() * l.scale)?.t()?)?;
             match &l.magnitude {
-                None => y = (y + (z * l.scale)?)?,
+                None => y = (y + z)?,
                 Some(m) => {
                     // PEFT's DoRA: with g = m / ||W + s·BA||_row (the norm detached),
                     // y += (g - 1)·(W x') + g·s·B(A x'), x' = dropout(x).
@@ -104,8 +105,7 @@ impl Linear {
                     } else {
                         base
                     };
-                    let extra = (base_d.broadcast_mul(&(&g - 1.0)?)?
-                        + (z * l.scale)?.broadcast_mul(&g)?)?;
+                    let extra = (base_d.broadcast_mul(&(&g - 1.0)?)? + z.broadcast_mul(&g)?)?;
                     y = (y + extra)?;
                 }
             }
