@@ -113,6 +113,26 @@ pub struct Adapters {
     pub scaling: f64,
 }
 
+impl Adapters {
+    /// LoRA+ learning-rate multiplier of a parameter: B matrices and 1-D adapter parameters
+    /// (DoRA magnitudes) train at `lr · ratio`, A matrices at `lr`.
+    pub fn loraplus_multiplier(name: &str, ratio: Option<f64>) -> f64 {
+        match ratio {
+            Some(r)
+                if name.ends_with(".lora_B.weight") || name.ends_with(".lora_magnitude_vector") =>
+            {
+                r
+            }
+            _ => 1.0,
+        }
+    }
+
+    /// Total number of adapter parameters.
+    pub fn num_params(&self) -> usize {
+        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+}
+
 /// Puts a fresh adapter on every targeted linear layer. The seed fixes A's initialisation and
 /// the dropout masks.
 pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Result<Adapters> {
@@ -333,6 +353,24 @@ mod tests {
         // suffix must be a whole component
         let e = select_targets(&n, &TargetModules::Names(vec!["proj".into()])).unwrap_err();
         assert!(e.to_string().contains("`proj`"), "{e}");
+    }
+
+    #[test]
+    fn loraplus_groups() {
+        let m = |n: &str| Adapters::loraplus_multiplier(n, Some(16.0));
+        assert_eq!(
+            m("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"),
+            1.0
+        );
+        assert_eq!(
+            m("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"),
+            16.0
+        );
+        assert_eq!(
+            m("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"),
+            16.0
+        );
+        assert_eq!(Adapters::loraplus_multiplier("x.lora_B.weight", None), 1.0);
     }
 
     #[test]
