@@ -84,6 +84,12 @@ pub enum Error {
         looked: Vec<PathBuf>,
     },
 
+    #[error("unknown built-in model `{name}`; built-in models: {}", known.join(", "))]
+    UnknownBuiltin {
+        name: String,
+        known: Vec<&'static str>,
+    },
+
     #[error("lora target module `{target}` matches no linear layer of the model{hint}")]
     TargetNotFound { target: String, hint: String },
 

@@ -95,48 +95,6 @@ pub fn write_tiny_qwen3(dir: &Path, seed: u64) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
-/// The built-in models a recipe names as `base_model: builtin:NAME`.
-pub const BUILTIN: &[&str] = &["tiny-llama", "tiny-qwen3"];
-
-/// The folder holding built-in model `name`, generated on first use (seed 0, so every machine
-/// gets the same weights) under `$RUNNER_MODEL_CACHE/builtin/` or `.cache/models/builtin/`.
-/// Written to a temporary folder and renamed, so a crash never leaves half a model.
-pub fn builtin(name: &str) -> Result<std::path::PathBuf> {
-    let arch = match name {
-        "tiny-llama" => Arch::Llama,
-        "tiny-qwen3" => Arch::Qwen3,
-        other => {
-            return Err(Error::Config {
-                path: other.into(),
-                message: format!(
-                    "unknown built-in model; built-in models: {}",
-                    BUILTIN.join(", ")
-                ),
-            });
-        }
-    };
-    let root = std::env::var_os("RUNNER_MODEL_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(".cache/models"))
-        .join("builtin");
-    let dir = root.join(name);
-    if dir.join("model.safetensors").is_file() {
-        return Ok(dir);
-    }
-    let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    write_tiny(&tmp, &tiny_config(arch), 0)?;
-    match std::fs::rename(&tmp, &dir) {
-        Ok(()) => Ok(dir),
-        // Another process generated it first: the same bytes, keep theirs.
-        Err(_) if dir.join("model.safetensors").is_file() => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Ok(dir)
-        }
-        Err(e) => Err(crate::error::io_err(&dir)(e)),
-    }
-}
-
 /// llama.cpp's row permutation of Q and K (the inverse of [`crate::gguf::unpermute_qk`]):
 /// `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2).reshape(rows, cols)`.
 pub fn permute_qk_llama_cpp(w: &Tensor, n_head: usize) -> Result<Tensor> {
@@ -231,4 +189,64 @@ pub fn write_gguf(
         }
     })?;
     Ok(())
+}
+
+/// The built-in models runner generates itself (`base_model: builtin:NAME`), sized for the
+/// data stage's built-in byte-level tokenizer (259 ids; BOS 1, EOS 2).
+pub const BUILTIN: &[&str] = &["tiny-llama", "tiny-qwen3"];
+
+/// The configuration of a built-in model.
+pub fn builtin_config(name: &str) -> Result<ModelConfig> {
+    let arch = match name {
+        "tiny-llama" => Arch::Llama,
+        "tiny-qwen3" => Arch::Qwen3,
+        _ => {
+            return Err(Error::UnknownBuiltin {
+                name: name.to_string(),
+                known: BUILTIN.to_vec(),
+            });
+        }
+    };
+    let mut cfg = tiny_config(arch);
+    cfg.vocab_size = 259;
+    cfg.max_position_embeddings = 4096;
+    cfg.bos_token_id = Some(1);
+    cfg.eos_token_id = Some(2);
+    Ok(cfg)
+}
+
+/// The folder holding built-in model `name` (config.json + model.safetensors), written on first
+/// use under `$RUNNER_MODEL_CACHE/builtin/` (else `.cache/models/builtin/`), always with the
+/// same weights (fixed seed, so every machine gets the same model). Written to a temporary
+/// folder and renamed, so a crash never leaves half a model; a folder whose config differs
+/// (an older runner's) is rewritten.
+pub fn builtin(name: &str) -> Result<std::path::PathBuf> {
+    let cfg = builtin_config(name)?;
+    let root = std::env::var_os("RUNNER_MODEL_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(".cache/models"));
+    let dir = root.join("builtin").join(name);
+    let config_path = dir.join("config.json");
+    let up_to_date = std::fs::read_to_string(&config_path)
+        .ok()
+        .and_then(|text| ModelConfig::from_json_str(&text, &config_path).ok())
+        .is_some_and(|c| c == cfg)
+        && dir.join("model.safetensors").is_file();
+    if !up_to_date {
+        // Write beside, then rename: a concurrent or interrupted run never sees half a model.
+        let tmp = root
+            .join("builtin")
+            .join(format!(".{name}.tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        write_tiny(&tmp, &cfg, 0x7153_5eed)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::rename(&tmp, &dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            // Another process generated it first: the same bytes, keep theirs.
+            if !dir.join("model.safetensors").is_file() {
+                return Err(crate::error::io_err(&dir)(e));
+            }
+        }
+    }
+    Ok(dir)
 }
