@@ -45,12 +45,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             print_substitutions(&loaded);
             print!("{}", stages(&loaded.plan));
-            if !dry_run {
-                println!(
-                    "\nThis build validates and plans; the data, model, train and export stages are not wired in yet."
-                );
+            if dry_run {
+                println!("{}", crate::run::model_summary(&loaded.plan)?);
+                return Ok(ExitCode::SUCCESS);
             }
-            Ok(ExitCode::SUCCESS)
+            let label = match &recipe.recipe {
+                Some(p) => p.display().to_string(),
+                None => String::new(),
+            };
+            crate::run::run(&loaded, &label)
         }
         Command::Preprocess {
             recipe,

@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod run;
 
 use clap::{CommandFactory, Parser};
 use std::process::ExitCode;
@@ -12,6 +13,12 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // candle's CPU worker threads spin while idle; with the default limit they take the
+        // cores other work needs (measured in crates/model's step_bench: 33–42 vs 62–75 tok/s).
+        // SAFETY: set before any other thread exists.
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100") };
+    }
     let argv = args::axolotl_overrides(std::env::args_os().collect(), &args::Cli::command());
     let cli = match args::Cli::try_parse_from(argv) {
         Ok(cli) => cli,

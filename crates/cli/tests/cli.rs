@@ -132,7 +132,7 @@ fn validate_lists_substitutions() {
 
 #[test]
 fn run_without_a_recipe_plans_the_built_in_smoke_recipe() {
-    let out = runner(&["run"]);
+    let out = runner(&["run", "--dry-run"]);
     let (stdout, err) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(stdout.contains("1. data"), "{stdout}");
@@ -189,4 +189,46 @@ fn preprocess_reports_and_reuses_its_cache_and_inspect_shows_masks() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(stdout.contains("⟦"), "{stdout}");
     let _ = std::fs::remove_dir_all(tmp);
+}
+
+#[test]
+fn issue_5_run_trains_the_built_in_smoke_recipe_end_to_end() {
+    let tmp = std::env::temp_dir().join(format!("runner-cli-run-{}", std::process::id()));
+    let out_dir = format!("output_dir={}", tmp.display());
+    let prep = format!("dataset_prepared_path={}", tmp.join("prepared").display());
+    let out = runner(&[
+        "run",
+        "--set",
+        &out_dir,
+        "--set",
+        &prep,
+        "--set",
+        "max_steps=4",
+        "--set",
+        "eval_steps=2",
+    ]);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("trainable params: "), "{err}");
+    assert!(err.contains("step 4/4 loss"), "{err}");
+    assert!(stdout.contains("adapter: "), "{stdout}");
+    for f in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "metrics.jsonl",
+        "loss.svg",
+    ] {
+        assert!(tmp.join(f).exists(), "{f} missing");
+    }
+    let _ = std::fs::remove_dir_all(tmp);
+}
+
+#[test]
+fn issue_4_dry_run_prints_the_model_summary_with_peft_counts() {
+    let out = runner(&["run", "--dry-run"]);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(stdout.contains("model: LlamaForCausalLM"), "{stdout}");
+    assert!(stdout.contains("trainable params: "), "{stdout}");
+    assert!(stdout.contains("|| trainable%: "), "{stdout}");
 }

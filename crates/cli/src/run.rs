@@ -1,0 +1,126 @@
+//! `runner run`: validate → data → model → train → export, wiring the stage crates in order.
+
+use anyhow::Context;
+use candle_core::Device;
+use runner_recipe::Loaded;
+use runner_recipe::plan::{ModelPlan, Plan};
+use runner_train::trainer::{Control, Inputs, StopReason};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The model plan with `builtin:NAME` replaced by the folder runner generates it into.
+fn materialized(model: &ModelPlan) -> anyhow::Result<ModelPlan> {
+    let Some(name) = model.base_model.strip_prefix("builtin:") else {
+        return Ok(model.clone());
+    };
+    let dir = runner_model::tiny::builtin(name)
+        .with_context(|| format!("generating the built-in model `{name}`"))?;
+    Ok(ModelPlan {
+        base_model: dir.display().to_string(),
+        // The tokenizer of a built-in model is built in too.
+        tokenizer: model.tokenizer.clone().or(Some(model.base_model.clone())),
+        ..model.clone()
+    })
+}
+
+/// `runner run --dry-run`: the model stage's summary, from the configuration only.
+pub fn model_summary(plan: &Plan) -> anyhow::Result<String> {
+    let model = materialized(&plan.model)?;
+    let summary = runner_model::summarize(&model, &plan.adapter)?;
+    Ok(summary.to_string())
+}
+
+pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
+    let plan = &loaded.plan;
+
+    // 1. data
+    let tok = runner_data::load_tokenizer(&plan.model)?;
+    let data = runner_data::prepare(&plan.data, &tok)?;
+    eprintln!("{}", data.summary);
+
+    // 2. model + adapters
+    let model_plan = materialized(&plan.model)?;
+    let loaded_model = runner_model::load(&model_plan, &Device::Cpu)?;
+    let mut model = loaded_model.model;
+    model.gradient_checkpointing = plan.train.gradient_checkpointing;
+    let adapters = runner_model::inject(&mut model, &plan.adapter, plan.train.seed)?;
+    eprintln!("{}", runner_model::lora::ParamCounts::of(&model, &adapters));
+
+    // 3. train (SIGINT/SIGTERM finish the step, save, and stop)
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                // A second signal: the user insists.
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\nstopping after this step (saving a checkpoint); press Ctrl-C again to abort"
+            );
+        });
+    }
+    let inputs = Inputs {
+        plan,
+        recipe_text: &loaded.sources.text,
+        model: &model,
+        adapters: &adapters,
+        data: &data,
+        pad_id: tok.pad_id(),
+    };
+    let control = Control {
+        stop,
+        progress_bar: std::io::stderr().is_terminal(),
+        quiet: false,
+    };
+    let outcome = runner_train::trainer::train(&inputs, &control)?;
+
+    // 4. export: the trainer wrote the PEFT adapter, metrics.jsonl and loss.svg.
+    let out = &plan.train.output_dir;
+    let resume_hint = |ckpt: &Option<PathBuf>| match ckpt {
+        Some(c) => format!(
+            "resume with: runner run {recipe_label} --set resume_from_checkpoint={}",
+            c.display()
+        ),
+        None => String::new(),
+    };
+    eprintln!(
+        "{} steps in {:.1} s ({:.0} tokens/s)",
+        outcome.steps, outcome.seconds, outcome.tokens_per_second
+    );
+    match &outcome.stop {
+        StopReason::Finished | StopReason::EarlyStopping { .. } => {
+            if let StopReason::EarlyStopping { best_eval_loss } = outcome.stop {
+                eprintln!("early stopping: best eval loss {best_eval_loss:.4}");
+            }
+            println!(
+                "adapter: {}\nmetrics: {}\nchart:   {}",
+                out.display(),
+                out.join("metrics.jsonl").display(),
+                out.join("loss.svg").display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        StopReason::Interrupted => {
+            eprintln!("interrupted; {}", resume_hint(&outcome.checkpoint));
+            Ok(ExitCode::from(130))
+        }
+        StopReason::Watchdog { loss, threshold } => {
+            eprintln!(
+                "stopped by the loss watchdog: loss {loss:.4} stayed above loss_watchdog_threshold {threshold}; checkpoint saved. {}",
+                resume_hint(&outcome.checkpoint)
+            );
+            Ok(ExitCode::from(1))
+        }
+        StopReason::NonFinite { what } => {
+            eprintln!(
+                "stopped: non-finite {what}; the last good state is saved. Lower learning_rate or set max_grad_norm, then {}",
+                resume_hint(&outcome.checkpoint)
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
