@@ -232,3 +232,58 @@ fn issue_4_dry_run_prints_the_model_summary_with_peft_counts() {
     assert!(stdout.contains("trainable params: "), "{stdout}");
     assert!(stdout.contains("|| trainable%: "), "{stdout}");
 }
+
+#[test]
+fn issue_5_sigint_finishes_the_step_saves_and_prints_the_resume_command() {
+    use std::io::{BufRead, BufReader};
+    let tmp = std::env::temp_dir().join(format!("runner-cli-sigint-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "run",
+            "recipes/tiny-smoke.yaml",
+            "--set",
+            &format!("output_dir={}", tmp.display()),
+            "--set",
+            &format!("dataset_prepared_path={}", tmp.join("prepared").display()),
+            "--set",
+            "max_steps=100000",
+            "--set",
+            "logging_steps=1",
+        ])
+        .current_dir(root())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("runner starts");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+        seen.push_str(&line);
+        if line.starts_with("step 2/") {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            break;
+        }
+        line.clear();
+    }
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    seen.push_str(&rest);
+    let status = child.wait().expect("runner exits");
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(
+        seen.contains(
+            "resume with: runner run recipes/tiny-smoke.yaml --set resume_from_checkpoint="
+        ),
+        "{seen}"
+    );
+    let ckpts: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(ckpts.len(), 1, "{seen}");
+    let _ = std::fs::remove_dir_all(tmp);
+}

@@ -211,3 +211,51 @@ fn issue_5_watchdog_and_early_stopping_stop_with_a_checkpoint() {
     );
     assert_eq!(out.steps, 2);
 }
+
+#[test]
+fn issue_5_a_non_finite_loss_stops_with_the_last_good_state_saved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = tiny_model(tmp.path());
+    let (p, text) = plan(&tmp.path().join("nan"), &[]);
+    let tok = runner_data::load_tokenizer(&p.model).expect("tokenizer");
+    let data = runner_data::prepare(&p.data, &tok).expect("data");
+    let mut model = runner_model::load_folder(&model_dir, DType::F32, &Device::Cpu).unwrap();
+    let adapters = runner_model::inject(&mut model, &p.adapter, p.train.seed).unwrap();
+    // Poison one B matrix: the very first loss is NaN.
+    let (_, b) = adapters
+        .params
+        .iter()
+        .find(|(n, _)| n.contains("lora_B"))
+        .unwrap();
+    b.set(&(b.as_tensor().ones_like().unwrap() * f64::NAN).unwrap())
+        .unwrap();
+    let inputs = Inputs {
+        plan: &p,
+        recipe_text: &text,
+        model: &model,
+        adapters: &adapters,
+        data: &data,
+        pad_id: tok.pad_id(),
+    };
+    let control = Control {
+        quiet: true,
+        ..Default::default()
+    };
+    let out = train(&inputs, &control).unwrap();
+    assert!(
+        matches!(out.stop, StopReason::NonFinite { .. }),
+        "{:?}",
+        out.stop
+    );
+    assert_eq!(out.steps, 0);
+    let ckpt = out.checkpoint.unwrap();
+    assert!(ckpt.ends_with("checkpoint-0"));
+    assert!(ckpt.join("adapter_model.safetensors").exists());
+    // No final adapter is written from a poisoned state.
+    assert!(
+        !p.train
+            .output_dir
+            .join("adapter_model.safetensors")
+            .exists()
+    );
+}
