@@ -88,8 +88,13 @@ pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
         None => String::new(),
     };
     eprintln!(
-        "{} steps in {:.1} s ({:.0} tokens/s)",
-        outcome.steps, outcome.seconds, outcome.tokens_per_second
+        "{} steps in {:.1} s ({:.0} tokens/s{})",
+        outcome.steps,
+        outcome.seconds,
+        outcome.tokens_per_second,
+        peak_rss_gb()
+            .map(|g| format!(", peak RSS {g:.2} GB"))
+            .unwrap_or_default()
     );
     match &outcome.stop {
         StopReason::Finished | StopReason::EarlyStopping { .. } => {
@@ -123,4 +128,12 @@ pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), for the figures `runner run` prints.
+fn peak_rss_gb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0 / 1024.0)
 }
