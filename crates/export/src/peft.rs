@@ -140,3 +140,199 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     result
 }
+
+/// What an `adapter_config.json` written by PEFT (or by us) says, reduced to what the model
+/// stage needs to rebuild the adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeftConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: TargetModules,
+    pub use_rslora: bool,
+    pub use_dora: bool,
+    /// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+    pub scaling: f64,
+    pub init: LoraInit,
+    pub base_model: Option<String>,
+}
+
+impl PeftConfig {
+    /// The adapter plan that rebuilds this adapter; `init_from` is the adapter folder whose
+    /// weights `runner_model::inject` then loads.
+    pub fn adapter_plan(&self, init_from: Option<std::path::PathBuf>) -> AdapterPlan {
+        AdapterPlan {
+            kind: runner_recipe::plan::AdapterKind::Lora,
+            base_quant: runner_recipe::plan::BaseQuant::None,
+            init_from,
+            r: self.r,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            scaling: self.scaling,
+            targets: self.targets.clone(),
+            modules_to_save: Vec::new(),
+            use_dora: self.use_dora,
+            use_rslora: self.use_rslora,
+            init: self.init,
+            loraplus_lr_ratio: None,
+            loraplus_lr_embedding: 1e-6,
+        }
+    }
+}
+
+/// Reads `adapter_config.json` (a folder holding it, or the file itself). Fields PEFT writes
+/// that change what the adapter computes and that we do not implement are refused by name.
+pub fn read_config(path: &Path) -> Result<PeftConfig, ExportError> {
+    let file = if path.is_dir() {
+        path.join(CONFIG_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|source| ExportError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let err = |message: String| ExportError::AdapterConfig {
+        path: file.clone(),
+        message,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err("expected a JSON object".into()))?;
+    let get = |k: &str| obj.get(k).unwrap_or(&serde_json::Value::Null);
+
+    match get("peft_type").as_str() {
+        Some("LORA") => {}
+        Some(other) => {
+            return Err(err(format!(
+                "peft_type {other:?} is not supported (only \"LORA\")"
+            )));
+        }
+        None => return Err(err("no `peft_type` (is this a PEFT adapter?)".into())),
+    }
+    match get("task_type") {
+        serde_json::Value::Null => {}
+        serde_json::Value::String(s) if s == "CAUSAL_LM" => {}
+        other => {
+            return Err(err(format!(
+                "task_type {other} is not supported (only \"CAUSAL_LM\")"
+            )));
+        }
+    }
+    // Fields whose non-default value changes the adapter's maths or the base weights.
+    let is_default = |v: &serde_json::Value| match v {
+        serde_json::Value::Null | serde_json::Value::Bool(false) => true,
+        serde_json::Value::Object(m) => m.is_empty(),
+        serde_json::Value::Array(a) => a.is_empty(),
+        _ => false,
+    };
+    for key in [
+        "fan_in_fan_out",
+        "rank_pattern",
+        "alpha_pattern",
+        "layers_to_transform",
+        "layers_pattern",
+        "modules_to_save",
+        "exclude_modules",
+        "layer_replication",
+        "use_qalora",
+        "lora_bias",
+        "target_parameters",
+        "trainable_token_indices",
+        "use_bdlora",
+        "alora_invocation_tokens",
+        "megatron_config",
+        "loftq_config",
+        "eva_config",
+        "corda_config",
+        "arrow_config",
+        "kasa_config",
+        "lora_ga_config",
+        "monteclora_config",
+        "velora_config",
+    ] {
+        let value = get(key);
+        if !is_default(value) {
+            return Err(err(format!(
+                "`{key}: {value}` is not supported; re-train without it or merge the adapter \
+                 with PEFT first"
+            )));
+        }
+    }
+    match get("bias") {
+        serde_json::Value::Null => {}
+        serde_json::Value::String(s) if s == "none" => {}
+        other => {
+            return Err(err(format!(
+                "`bias: {other}` is not supported (only \"none\")"
+            )));
+        }
+    }
+    let init = match get("init_lora_weights") {
+        serde_json::Value::Null | serde_json::Value::Bool(_) => LoraInit::Kaiming,
+        serde_json::Value::String(s) if s == "gaussian" => LoraInit::Gaussian,
+        // PiSSA, OLoRA, LoftQ, ... change the base weights as well as the adapter.
+        other => {
+            return Err(err(format!(
+                "`init_lora_weights: {other}` changes the base weights and is not supported; \
+                 convert the adapter to plain LoRA with PEFT first"
+            )));
+        }
+    };
+    let r = get("r").as_u64().filter(|&r| r > 0).ok_or_else(|| {
+        err(format!(
+            "`r` must be a positive integer, found {}",
+            get("r")
+        ))
+    })? as usize;
+    let alpha = get("lora_alpha").as_f64().ok_or_else(|| {
+        err(format!(
+            "`lora_alpha` must be a number, found {}",
+            get("lora_alpha")
+        ))
+    })?;
+    let dropout = get("lora_dropout").as_f64().unwrap_or(0.0);
+    let use_rslora = get("use_rslora").as_bool().unwrap_or(false);
+    let use_dora = get("use_dora").as_bool().unwrap_or(false);
+    let targets = match get("target_modules") {
+        serde_json::Value::String(s) if s == "all-linear" => TargetModules::AllLinear,
+        serde_json::Value::String(s) => TargetModules::Regex(s.clone()),
+        serde_json::Value::Array(a) => {
+            let mut names = Vec::with_capacity(a.len());
+            for x in a {
+                names.push(
+                    x.as_str()
+                        .ok_or_else(|| err(format!("`target_modules` entry {x} is not a string")))?
+                        .to_string(),
+                );
+            }
+            if names.is_empty() {
+                return Err(err("`target_modules` is empty".into()));
+            }
+            TargetModules::Names(names)
+        }
+        other => {
+            return Err(err(format!(
+                "`target_modules` must be a list or a regex string, found {other}"
+            )));
+        }
+    };
+    let scaling = if use_rslora {
+        alpha / (r as f64).sqrt()
+    } else {
+        alpha / r as f64
+    };
+    Ok(PeftConfig {
+        r,
+        alpha,
+        dropout,
+        targets,
+        use_rslora,
+        use_dora,
+        scaling,
+        init,
+        base_model: get("base_model_name_or_path").as_str().map(str::to_string),
+    })
+}

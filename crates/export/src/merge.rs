@@ -1,0 +1,436 @@
+//! Merging a PEFT LoRA/DoRA adapter into its base model, shard by shard:
+//! `W' = W + s·B·A`, DoRA `W' = m · (W + s·B·A) / ||W + s·B·A||_row`.
+//!
+//! Only one base shard (plus the small adapter) is in memory at a time. Everything is checked
+//! (adapter config, tensor names and shapes, shard headers) before the first byte is written,
+//! and every output file goes to a temporary name that is renamed only when all are written.
+
+use crate::ExportError;
+use crate::peft::{self, PeftConfig};
+use crate::st::{self, Staged};
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+const PEFT_PREFIX: &str = "base_model.model.";
+const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Files copied unchanged from the base folder (besides `config.json`, which gets the new dtype).
+const COPIED: &[&str] = &[
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
+/// What [`merge_folder`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergeReport {
+    pub out_dir: PathBuf,
+    pub dtype: DType,
+    /// Adapted modules merged, in name order (e.g. `model.layers.0.self_attn.q_proj`).
+    pub merged_modules: Vec<String>,
+    pub use_dora: bool,
+    pub scaling: f64,
+    /// Weight files written (shards), and the other files copied.
+    pub shards: Vec<String>,
+    pub copied: Vec<String>,
+    pub tensors: usize,
+    pub bytes_written: u64,
+    /// The largest base shard read: the merge's memory is about this plus the adapter.
+    pub largest_shard_bytes: u64,
+}
+
+/// One adapted linear layer of the adapter file.
+struct ModuleAdapter {
+    a: Tensor,
+    b: Tensor,
+    magnitude: Option<Tensor>,
+}
+
+/// Merges the PEFT adapter in `adapter_dir` into the Hugging Face model folder `base_dir`
+/// and writes the merged model to `out_dir` in `dtype` (f32, bf16 or f16), keeping the base's
+/// sharding and index. Refuses an `out_dir` that already holds a model unless `force`.
+pub fn merge_folder(
+    base_dir: &Path,
+    adapter_dir: &Path,
+    out_dir: &Path,
+    dtype: DType,
+    force: bool,
+) -> Result<MergeReport, ExportError> {
+    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(ExportError::Invalid(format!(
+            "merged dtype {dtype:?} is not supported; use f32, bf16 or f16"
+        )));
+    }
+    check_out_dir(base_dir, out_dir, force)?;
+    let cfg = peft::read_config(adapter_dir)?;
+    let adapter = read_adapter(adapter_dir, &cfg)?;
+
+    // Every base shard's header, checked; then every adapter tensor against the base.
+    let files = runner_model::load::safetensors_files(base_dir)?;
+    let mut where_is: HashMap<String, (usize, st::TensorInfo)> = HashMap::new();
+    let mut largest = 0u64;
+    for (i, f) in files.iter().enumerate() {
+        for (name, info) in st::read_header(f)? {
+            where_is.insert(name, (i, info));
+        }
+        largest = largest.max(std::fs::metadata(f).map(|m| m.len()).unwrap_or(0));
+    }
+    for (module, m) in &adapter {
+        let tensor = |suffix: &str| format!("{PEFT_PREFIX}{module}.{suffix}");
+        let weight = format!("{module}.weight");
+        let Some((_, info)) = where_is.get(&weight) else {
+            return Err(ExportError::Mismatch {
+                tensor: tensor("lora_A.weight"),
+                message: format!("the base model has no tensor `{weight}`"),
+            });
+        };
+        let [out, inp] = info.shape[..] else {
+            return Err(ExportError::Mismatch {
+                tensor: tensor("lora_A.weight"),
+                message: format!("`{weight}` has shape {:?}, not a matrix", info.shape),
+            });
+        };
+        if m.a.dims() != [cfg.r, inp] {
+            return Err(ExportError::Mismatch {
+                tensor: tensor("lora_A.weight"),
+                message: format!(
+                    "shape {:?}, expected [{}, {inp}] (r, in_features of `{weight}` {:?})",
+                    m.a.dims(),
+                    cfg.r,
+                    info.shape
+                ),
+            });
+        }
+        if m.b.dims() != [out, cfg.r] {
+            return Err(ExportError::Mismatch {
+                tensor: tensor("lora_B.weight"),
+                message: format!(
+                    "shape {:?}, expected [{out}, {}] (out_features of `{weight}` {:?}, r)",
+                    m.b.dims(),
+                    cfg.r,
+                    info.shape
+                ),
+            });
+        }
+        if let Some(mag) = &m.magnitude
+            && mag.dims() != [out]
+        {
+            return Err(ExportError::Mismatch {
+                tensor: tensor("lora_magnitude_vector"),
+                message: format!("shape {:?}, expected [{out}]", mag.dims()),
+            });
+        }
+    }
+
+    std::fs::create_dir_all(out_dir).map_err(|source| ExportError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let mut staged = Staged::default();
+    let mut report = MergeReport {
+        out_dir: out_dir.to_path_buf(),
+        dtype,
+        merged_modules: adapter.keys().cloned().collect(),
+        use_dora: cfg.use_dora,
+        scaling: cfg.scaling,
+        shards: Vec::new(),
+        copied: Vec::new(),
+        tensors: 0,
+        bytes_written: 0,
+        largest_shard_bytes: largest,
+    };
+    let mut total_size = 0u64;
+    for f in &files {
+        let shard = st::load(f)?;
+        let mut names: Vec<&String> = shard.keys().collect();
+        names.sort();
+        let mut merged = Vec::with_capacity(names.len());
+        for name in names {
+            let w = &shard[name];
+            let module = name.strip_suffix(".weight");
+            let t = match module.and_then(|m| adapter.get(m)) {
+                Some(m) => merge_weight(w, m, cfg.scaling)?,
+                None => w.clone(),
+            };
+            let t = t.to_dtype(dtype)?;
+            total_size += (t.elem_count() * dtype.size_in_bytes()) as u64;
+            merged.push((name.clone(), t));
+        }
+        report.tensors += merged.len();
+        drop(shard);
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        let bytes =
+            safetensors::serialize(merged.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))?;
+        let file_name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        staged.write(&out_dir.join(&file_name), &bytes)?;
+        report.bytes_written += bytes.len() as u64;
+        report.shards.push(file_name);
+    }
+
+    let index = base_dir.join(INDEX_FILE);
+    if index.exists() {
+        let mut v = read_json(&index)?;
+        if let Some(obj) = v.as_object_mut() {
+            let meta = obj
+                .entry("metadata")
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(meta) = meta.as_object_mut() {
+                meta.insert("total_size".into(), serde_json::json!(total_size));
+            }
+        }
+        stage_json(&mut staged, &out_dir.join(INDEX_FILE), &v)?;
+        report.copied.push(INDEX_FILE.into());
+    }
+    let config = base_dir.join("config.json");
+    if config.exists() {
+        let mut v = read_json(&config)?;
+        if let Some(obj) = v.as_object_mut() {
+            let name = match dtype {
+                DType::BF16 => "bfloat16",
+                DType::F16 => "float16",
+                _ => "float32",
+            };
+            for key in ["dtype", "torch_dtype"] {
+                if obj.contains_key(key) {
+                    obj.insert(key.into(), serde_json::json!(name));
+                }
+            }
+        }
+        stage_json(&mut staged, &out_dir.join("config.json"), &v)?;
+        report.copied.push("config.json".into());
+    }
+    for name in COPIED {
+        let src = base_dir.join(name);
+        if src.exists() {
+            let bytes = std::fs::read(&src).map_err(|source| ExportError::Io {
+                path: src.clone(),
+                source,
+            })?;
+            staged.write(&out_dir.join(name), &bytes)?;
+            report.copied.push((*name).into());
+        }
+    }
+
+    // With `force`, weight files of an earlier model that this one does not overwrite would
+    // be picked up beside it: remove them first.
+    let finals: Vec<PathBuf> = staged.finals().map(Path::to_path_buf).collect();
+    if let Ok(entries) = std::fs::read_dir(out_dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let weights = name.ends_with(".safetensors") || name == INDEX_FILE;
+            if weights && !name.starts_with('.') && !finals.contains(&p) {
+                std::fs::remove_file(&p).map_err(|source| ExportError::Io { path: p, source })?;
+            }
+        }
+    }
+    staged.commit()?;
+    Ok(report)
+}
+
+/// `W + s·B·A`, or DoRA's `m · (W + s·B·A) / ||W + s·B·A||_row`, computed in f32.
+fn merge_weight(w: &Tensor, m: &ModuleAdapter, scaling: f64) -> Result<Tensor, ExportError> {
+    let w = w.to_dtype(DType::F32)?;
+    let delta = (m.b.matmul(&m.a)? * scaling)?;
+    let merged = (w + delta)?;
+    Ok(match &m.magnitude {
+        None => merged,
+        Some(mag) => {
+            // (out, in) → per-row L2 norm (out, 1)
+            let norm = merged.sqr()?.sum_keepdim(1)?.sqrt()?;
+            let factor = mag.unsqueeze(1)?.broadcast_div(&norm)?;
+            merged.broadcast_mul(&factor)?
+        }
+    })
+}
+
+/// The adapter's tensors grouped by module, in f32; names that are not LoRA/DoRA tensors are
+/// refused (e.g. `modules_to_save` copies).
+fn read_adapter(
+    dir: &Path,
+    cfg: &PeftConfig,
+) -> Result<BTreeMap<String, ModuleAdapter>, ExportError> {
+    let file = dir.join(peft::WEIGHTS_FILE);
+    if !file.exists() {
+        return Err(ExportError::AdapterConfig {
+            path: file,
+            message: "missing (a PEFT adapter folder holds adapter_model.safetensors)".into(),
+        });
+    }
+    let tensors = st::load(&file)?;
+    let mut parts: BTreeMap<String, [Option<Tensor>; 3]> = BTreeMap::new();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = tensors[name].to_dtype(DType::F32)?;
+        let rest = name.strip_prefix(PEFT_PREFIX);
+        let (module, slot) = match rest {
+            Some(r) => {
+                if let Some(m) = r.strip_suffix(".lora_A.weight") {
+                    (m, 0)
+                } else if let Some(m) = r.strip_suffix(".lora_B.weight") {
+                    (m, 1)
+                } else if let Some(m) = r.strip_suffix(".lora_magnitude_vector") {
+                    (m, 2)
+                } else {
+                    (r, 3)
+                }
+            }
+            None => ("", 3),
+        };
+        if slot == 3 {
+            return Err(ExportError::Mismatch {
+                tensor: name.clone(),
+                message: "not a LoRA tensor (`lora_A.weight`, `lora_B.weight` or \
+                          `lora_magnitude_vector` under `base_model.model.`); full-module \
+                          copies (modules_to_save) cannot be merged yet"
+                    .into(),
+            });
+        }
+        parts.entry(module.to_string()).or_default()[slot] = Some(t);
+    }
+    let mut out = BTreeMap::new();
+    for (module, [a, b, mag]) in parts {
+        let missing = |what: &str| ExportError::Mismatch {
+            tensor: format!("{PEFT_PREFIX}{module}.{what}"),
+            message: "missing from the adapter file".into(),
+        };
+        let a = a.ok_or_else(|| missing("lora_A.weight"))?;
+        let b = b.ok_or_else(|| missing("lora_B.weight"))?;
+        if cfg.use_dora && mag.is_none() {
+            return Err(missing("lora_magnitude_vector"));
+        }
+        if !cfg.use_dora && mag.is_some() {
+            return Err(ExportError::Mismatch {
+                tensor: format!("{PEFT_PREFIX}{module}.lora_magnitude_vector"),
+                message: "a DoRA magnitude, but adapter_config.json has use_dora: false".into(),
+            });
+        }
+        out.insert(
+            module,
+            ModuleAdapter {
+                a,
+                b,
+                magnitude: mag,
+            },
+        );
+    }
+    if out.is_empty() {
+        return Err(ExportError::AdapterConfig {
+            path: file,
+            message: "holds no LoRA tensors".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Refuses to merge into the base folder itself, or over a model unless `force`.
+fn check_out_dir(base_dir: &Path, out_dir: &Path, force: bool) -> Result<(), ExportError> {
+    if !out_dir.exists() {
+        return Ok(());
+    }
+    let same = match (base_dir.canonicalize(), out_dir.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(ExportError::Invalid(format!(
+            "the output folder {} is the base model's folder; choose another",
+            out_dir.display()
+        )));
+    }
+    let entries = std::fs::read_dir(out_dir).map_err(|source| ExportError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let holds_model = entries.flatten().any(|e| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        n == "config.json" || n == INDEX_FILE || n.ends_with(".safetensors")
+    });
+    if holds_model && !force {
+        return Err(ExportError::OutputExists {
+            path: out_dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, ExportError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ExportError::Corrupt {
+        path: path.to_path_buf(),
+        message: format!("invalid JSON: {e}"),
+    })
+}
+
+fn stage_json(staged: &mut Staged, path: &Path, v: &serde_json::Value) -> Result<(), ExportError> {
+    let mut bytes = serde_json::to_vec_pretty(v).unwrap_or_default();
+    bytes.push(b'\n');
+    staged.write(path, &bytes)
+}
+
+/// Loads the base model of `base_dir` with the PEFT adapter of `adapter_dir` applied, in f32.
+pub fn load_with_adapter(
+    base_dir: &Path,
+    adapter_dir: &Path,
+) -> Result<(runner_model::CausalLm, runner_model::Adapters), ExportError> {
+    let cfg = peft::read_config(adapter_dir)?;
+    let mut model = runner_model::load_folder(base_dir, DType::F32, &Device::Cpu)?;
+    let plan = cfg.adapter_plan(Some(adapter_dir.to_path_buf()));
+    let adapters = runner_model::inject(&mut model, &plan, 0)?;
+    Ok((model, adapters))
+}
+
+/// After a merge: the largest |difference| between the logits of base + adapter and those of
+/// the merged model on `rows` of token ids (all the same length), relative to the largest
+/// |logit|.
+pub fn max_logit_difference(
+    base_dir: &Path,
+    adapter_dir: &Path,
+    merged_dir: &Path,
+    rows: &[Vec<u32>],
+) -> Result<f32, ExportError> {
+    let (with_adapter, _) = load_with_adapter(base_dir, adapter_dir)?;
+    let merged = runner_model::load_folder(merged_dir, DType::F32, &Device::Cpu)?;
+    let batch = fixed_batch(rows)?;
+    let a = with_adapter.logits(&batch, false)?;
+    let b = merged.logits(&batch, false)?.to_dtype(DType::F32)?;
+    let diff = (&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = a.abs()?.max_all()?.to_scalar::<f32>()?;
+    Ok(diff / scale.max(1e-30))
+}
+
+/// A batch of unpadded rows of equal length, all tokens attended to.
+pub fn fixed_batch(rows: &[Vec<u32>]) -> Result<runner_model::Batch, ExportError> {
+    let t = rows.first().map(Vec::len).unwrap_or(0);
+    if t == 0 || rows.iter().any(|r| r.len() != t) {
+        return Err(ExportError::Invalid(
+            "token rows must be non-empty and of equal length".into(),
+        ));
+    }
+    let ids: Vec<u32> = rows.concat();
+    let mask = vec![1u8; ids.len()];
+    let labels = ids.iter().map(|&i| i64::from(i)).collect();
+    Ok(runner_model::Batch::from_attention_mask(
+        rows.len(),
+        t,
+        ids,
+        &mask,
+        labels,
+    )?)
+}

@@ -1,0 +1,165 @@
+//! Safetensors headers read and checked without loading the data, so that a truncated or
+//! corrupt file is refused before anything is written.
+
+use crate::ExportError;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// One tensor entry of a safetensors header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+/// Reads and checks the header of `path`: sizes agree with dtypes and shapes, and the file is
+/// as long as the header says. Returns the tensors in header order (by name).
+pub fn read_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, ExportError> {
+    let corrupt = |message: String| ExportError::Corrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    let io = |source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let file_len = f.metadata().map_err(io)?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| corrupt("shorter than a safetensors header".into()))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100_000_000 || 8 + n > file_len {
+        return Err(corrupt(format!(
+            "header claims {n} bytes but the file has {file_len}"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(io)?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| corrupt(format!("header is not valid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| corrupt("header is not a JSON object".into()))?;
+    let data_len = file_len - 8 - n;
+    let mut out = BTreeMap::new();
+    let mut end_max = 0u64;
+    for (name, t) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = t["dtype"].as_str().unwrap_or_default().to_string();
+        let shape: Vec<usize> = t["shape"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as usize)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let offsets: Vec<u64> = t["data_offsets"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+            .unwrap_or_default();
+        let width = match dtype.as_str() {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "U8" | "I8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            other => return Err(corrupt(format!("tensor `{name}`: unknown dtype {other:?}"))),
+        };
+        if offsets.len() != 2 || offsets[1] < offsets[0] {
+            return Err(corrupt(format!("tensor `{name}`: bad data_offsets")));
+        }
+        let want = shape.iter().product::<usize>() as u64 * width;
+        if offsets[1] - offsets[0] != want {
+            return Err(corrupt(format!(
+                "tensor `{name}`: {} bytes for a {dtype} tensor of shape {shape:?}",
+                offsets[1] - offsets[0]
+            )));
+        }
+        end_max = end_max.max(offsets[1]);
+        out.insert(name.clone(), TensorInfo { dtype, shape });
+    }
+    if end_max > data_len {
+        return Err(corrupt(format!(
+            "tensor data needs {end_max} bytes after the header, the file has {data_len}"
+        )));
+    }
+    Ok(out)
+}
+
+/// Loads every tensor of a (checked) safetensors file on the CPU.
+pub fn load(
+    path: &Path,
+) -> Result<std::collections::HashMap<String, candle_core::Tensor>, ExportError> {
+    read_header(path)?;
+    let bytes = std::fs::read(path).map_err(|source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).map_err(|e| {
+        ExportError::Corrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })
+}
+
+/// Temporary files written beside their final names, renamed together at the end and removed
+/// if anything fails first: no half-written file is ever left under a final name.
+#[derive(Default)]
+pub struct Staged {
+    files: Vec<(PathBuf, PathBuf)>,
+    committed: bool,
+}
+
+impl Staged {
+    /// Writes `bytes` to a temporary name for `path` (synced to disk).
+    pub fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+        use std::io::Write;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        self.files.push((tmp.clone(), path.to_path_buf()));
+        let io = |source| ExportError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        Ok(())
+    }
+
+    /// The final names, in the order written.
+    pub fn finals(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(_, f)| f.as_path())
+    }
+
+    /// Renames every temporary file to its final name.
+    pub fn commit(mut self) -> Result<(), ExportError> {
+        for (tmp, path) in &self.files {
+            std::fs::rename(tmp, path).map_err(|source| ExportError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            for (tmp, _) in &self.files {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+    }
+}
