@@ -250,6 +250,7 @@ impl CausalLm {
                 weight: embed_tokens.clone(),
                 bias: None,
                 lora: None,
+                quant: None,
             }
         } else {
             Linear::load(w, "lm_head", cfg.hidden_size, cfg.vocab_size, false)?

@@ -6,7 +6,7 @@ use crate::llama::CausalLm;
 use crate::nn::{LoraAdapter, shared_rng};
 use candle_core::{Tensor, Var};
 use rand::{Rng, SeedableRng};
-use runner_recipe::plan::{AdapterPlan, BaseQuant, LoraInit, TargetModules};
+use runner_recipe::plan::{AdapterPlan, LoraInit, TargetModules};
 use std::path::Path;
 
 /// The prefix PEFT's `PeftModelForCausalLM` puts before module names.
@@ -78,9 +78,6 @@ impl LoraSettings {
     /// Checks that the plan asks only for what this stage implements.
     pub fn from_plan(plan: &AdapterPlan) -> Result<Self> {
         let no = |what: &str| Err(Error::Adapter(format!("{what} is not implemented yet")));
-        if plan.base_quant != BaseQuant::None {
-            return no("a quantized frozen base (load_in_4bit / load_in_8bit)");
-        }
         if !plan.modules_to_save.is_empty() {
             return no("lora_modules_to_save");
         }
@@ -190,7 +187,12 @@ pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Res
         ));
         let magnitude = if s.use_dora {
             // PEFT: m = ||W + s·BA||_row at initialisation (= ||W||_row, B being zero).
-            let m = crate::nn::dora_row_norm(&lin.weight, a.as_tensor(), b.as_tensor(), s.scaling)?;
+            let m = crate::nn::dora_row_norm(
+                &lin.dense_weight()?,
+                a.as_tensor(),
+                b.as_tensor(),
+                s.scaling,
+            )?;
             let m = Var::from_tensor(&m)?;
             // PEFT saves it as `...lora_magnitude_vector` (no `.weight`).
             params.push((
@@ -220,9 +222,11 @@ pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Res
 }
 
 /// Injects the adapters the plan describes; with `lora_model_dir` the weights come from that
-/// PEFT adapter.
+/// PEFT adapter. With `load_in_4bit` / `load_in_8bit` (`plan.base_quant`) the frozen decoder
+/// weights are quantized first ([`crate::quant::quantize_frozen`]).
 pub fn inject(model: &mut CausalLm, plan: &AdapterPlan, seed: u64) -> Result<Adapters> {
     let s = LoraSettings::from_plan(plan)?;
+    crate::quant::quantize_frozen(model, plan.base_quant)?;
     let adapters = inject_settings(model, &s, seed)?;
     if let Some(dir) = &plan.init_from {
         load_adapter_weights(&adapters, dir)?;

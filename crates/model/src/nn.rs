@@ -36,10 +36,15 @@ pub struct LoraAdapter {
 pub struct Linear {
     /// The module name as transformers names it (`model.layers.0.self_attn.q_proj`).
     pub name: String,
-    /// `[out, in]`, a constant: no gradient is ever stored for it.
+    /// `[out, in]`, a constant: no gradient is ever stored for it. For a quantized layer
+    /// (`quant` set) only a shape-carrying NaN placeholder: read values with
+    /// [`Linear::dense_weight`].
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraAdapter>,
+    /// The frozen weight held in NF4 / int8 (`load_in_4bit` / `load_in_8bit`), dequantized on
+    /// the fly; see [`crate::quant::quantize_frozen`].
+    pub quant: Option<Arc<crate::quant::QuantWeight>>,
 }
 
 impl Linear {
@@ -62,7 +67,25 @@ impl Linear {
             weight,
             bias,
             lora: None,
+            quant: None,
         })
+    }
+
+    /// The weight's values `[out, in]`: the tensor itself, or the dequantized copy of a
+    /// quantized one.
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        match &self.quant {
+            Some(q) => q.to_tensor(self.weight.dtype(), self.weight.device()),
+            None => Ok(self.weight.clone()),
+        }
+    }
+
+    /// `x Wᵀ` with the frozen weight, `x: (rows, in)`.
+    fn base_matmul(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.quant {
+            Some(q) => crate::quant::quant_matmul(x, q),
+            None => frozen_matmul(x, &self.weight),
+        }
     }
 
     pub fn in_features(&self) -> usize {
@@ -79,7 +102,7 @@ impl Linear {
         let in_dim = self.in_features();
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let base = frozen_matmul(&x2, &self.weight)?;
+        let base = self.base_matmul(&x2)?;
         let mut y = match &self.bias {
             Some(b) => base.broadcast_add(b)?,
             None => base.clone(),
@@ -96,12 +119,16 @@ impl Linear {
                 Some(m) => {
                     // PEFT's DoRA: with g = m / ||W + s·BA||_row (the norm detached),
                     // y += (g - 1)·(W x') + g·s·B(A x'), x' = dropout(x).
-                    let wn =
-                        dora_row_norm(&self.weight, l.a.as_tensor(), l.b.as_tensor(), l.scale)?
-                            .detach();
+                    let wn = dora_row_norm(
+                        &self.dense_weight()?,
+                        l.a.as_tensor(),
+                        l.b.as_tensor(),
+                        l.scale,
+                    )?
+                    .detach();
                     let g = m.as_tensor().div(&wn)?.unsqueeze(0)?; // (1, out)
                     let base_d = if dropping {
-                        frozen_matmul(&xd, &self.weight)?
+                        self.base_matmul(&xd)?
                     } else {
                         base
                     };

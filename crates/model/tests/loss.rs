@@ -180,6 +180,7 @@ fn chunked_op_gives_weight_gradient_when_trainable() {
         weight: w.as_tensor().clone(),
         bias: None,
         lora: None,
+        quant: None,
     };
     let ids: Vec<u32> = vec![1, 5, 9, 33, 2, 17, 8];
     let labels = ids.iter().map(|&i| i as i64).collect();
