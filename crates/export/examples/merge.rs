@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = merge_folder(&base, &adapter, &out, dtype, force)?;
     println!(
         "merged {} modules (scaling {}, DoRA {}) into {}: {} shard(s), {} tensors, {} bytes \
-         ({:?}); largest base shard {} bytes; copied {:?}",
+         ({:?}); largest tensor {} bytes; copied {:?}",
         report.merged_modules.len(),
         report.scaling,
         report.use_dora,
@@ -45,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.tensors,
         report.bytes_written,
         report.dtype,
-        report.largest_shard_bytes,
+        report.largest_tensor_bytes,
         report.copied,
     );
     let rows = vec![(0..12).map(|i| (i * 7 + 3) % 50).collect::<Vec<u32>>(); 2];

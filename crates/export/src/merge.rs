@@ -1,7 +1,9 @@
 //! Merging a PEFT LoRA/DoRA adapter into its base model, shard by shard:
 //! `W' = W + s·B·A`, DoRA `W' = m · (W + s·B·A) / ||W + s·B·A||_row`.
 //!
-//! Only one base shard (plus the small adapter) is in memory at a time. Everything is checked
+//! Streaming: one base tensor at a time is read, merged, converted and appended to its output
+//! shard (whose header is known up front), so memory is a few times the largest tensor plus
+//! the adapter, whatever the model's size. Everything is checked
 //! (adapter config, tensor names and shapes, shard headers) before the first byte is written,
 //! and every output file goes to a temporary name that is renamed only when all are written.
 
@@ -10,6 +12,7 @@ use crate::peft::{self, PeftConfig};
 use crate::st::{self, Staged};
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const PEFT_PREFIX: &str = "base_model.model.";
@@ -43,8 +46,9 @@ pub struct MergeReport {
     pub copied: Vec<String>,
     pub tensors: usize,
     pub bytes_written: u64,
-    /// The largest base shard read: the merge's memory is about this plus the adapter.
-    pub largest_shard_bytes: u64,
+    /// The largest output tensor: the merge holds about three of these (read, merged,
+    /// converted) plus the adapter in memory, whatever the model's size.
+    pub largest_tensor_bytes: u64,
 }
 
 /// One adapted linear layer of the adapter file.
@@ -76,12 +80,10 @@ pub fn merge_folder(
     // Every base shard's header, checked; then every adapter tensor against the base.
     let files = runner_model::load::safetensors_files(base_dir)?;
     let mut where_is: HashMap<String, (usize, st::TensorInfo)> = HashMap::new();
-    let mut largest = 0u64;
     for (i, f) in files.iter().enumerate() {
         for (name, info) in st::read_header(f)? {
             where_is.insert(name, (i, info));
         }
-        largest = largest.max(std::fs::metadata(f).map(|m| m.len()).unwrap_or(0));
     }
     for (module, m) in &adapter {
         let tensor = |suffix: &str| format!("{PEFT_PREFIX}{module}.{suffix}");
@@ -145,37 +147,65 @@ pub fn merge_folder(
         copied: Vec::new(),
         tensors: 0,
         bytes_written: 0,
-        largest_shard_bytes: largest,
+        largest_tensor_bytes: 0,
     };
+    // One tensor at a time: read it, merge it, convert it, append it to the output shard,
+    // whose header is known up front from the base shard's header.
     let mut total_size = 0u64;
     for f in &files {
-        let shard = st::load(f)?;
-        let mut names: Vec<&String> = shard.keys().collect();
-        names.sort();
-        let mut merged = Vec::with_capacity(names.len());
-        for name in names {
-            let w = &shard[name];
-            let module = name.strip_suffix(".weight");
-            let t = match module.and_then(|m| adapter.get(m)) {
-                Some(m) => merge_weight(w, m, cfg.scaling)?,
-                None => w.clone(),
-            };
-            let t = t.to_dtype(dtype)?;
-            total_size += (t.elem_count() * dtype.size_in_bytes()) as u64;
-            merged.push((name.clone(), t));
-        }
-        report.tensors += merged.len();
-        drop(shard);
-        let mut meta = HashMap::new();
-        meta.insert("format".to_string(), "pt".to_string());
-        let bytes =
-            safetensors::serialize(merged.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))?;
+        let header = st::read_header(f)?;
+        let entries: Vec<(String, String, Vec<usize>, u64)> = header
+            .iter()
+            .map(|(name, info)| {
+                let (dt, bytes) = match float_dtype(&info.dtype) {
+                    Some(_) => (
+                        safetensors_dtype(dtype).to_string(),
+                        (info.shape.iter().product::<usize>() * dtype.size_in_bytes()) as u64,
+                    ),
+                    None => (info.dtype.clone(), info.end - info.start),
+                };
+                (name.clone(), dt, info.shape.clone(), bytes)
+            })
+            .collect();
         let file_name = f
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        staged.write(&out_dir.join(&file_name), &bytes)?;
-        report.bytes_written += bytes.len() as u64;
+        let (mut w, tmp) = staged.create(&out_dir.join(&file_name))?;
+        let io = |source| ExportError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        let head = st::header(&entries);
+        w.write_all(&head).map_err(io)?;
+        let mut written = head.len() as u64;
+        let mut input = std::fs::File::open(f).map_err(|source| ExportError::Io {
+            path: f.clone(),
+            source,
+        })?;
+        for (name, info) in &header {
+            let raw = st::read_bytes(&mut input, f, info)?;
+            let bytes = match float_dtype(&info.dtype) {
+                None => raw,
+                Some(src_dtype) => {
+                    let t = Tensor::from_raw_buffer(&raw, src_dtype, &info.shape, &Device::Cpu)?;
+                    drop(raw);
+                    let module = name.strip_suffix(".weight");
+                    let t = match module.and_then(|m| adapter.get(m)) {
+                        Some(m) => merge_weight(&t, m, cfg.scaling)?,
+                        None => t,
+                    };
+                    safetensors::View::data(&t.to_dtype(dtype)?).into_owned()
+                }
+            };
+            w.write_all(&bytes).map_err(io)?;
+            written += bytes.len() as u64;
+            total_size += bytes.len() as u64;
+            report.largest_tensor_bytes = report.largest_tensor_bytes.max(bytes.len() as u64);
+        }
+        w.sync_all().map_err(io)?;
+        report.tensors += header.len();
+        report.bytes_written += written;
         report.shards.push(file_name);
     }
 
@@ -238,6 +268,24 @@ pub fn merge_folder(
     }
     staged.commit()?;
     Ok(report)
+}
+
+/// The candle dtype of a float safetensors dtype; other tensors are copied byte for byte.
+fn float_dtype(st_dtype: &str) -> Option<DType> {
+    match st_dtype {
+        "F32" => Some(DType::F32),
+        "F16" => Some(DType::F16),
+        "BF16" => Some(DType::BF16),
+        _ => None,
+    }
+}
+
+fn safetensors_dtype(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        _ => "F32",
+    }
 }
 
 /// `W + s·B·A`, or DoRA's `m · (W + s·B·A) / ||W + s·B·A||_row`, computed in f32.

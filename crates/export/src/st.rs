@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 pub struct TensorInfo {
     pub dtype: String,
     pub shape: Vec<usize>,
+    /// Byte range of the data, from the start of the file.
+    pub start: u64,
+    pub end: u64,
 }
 
 /// Reads and checks the header of `path`: sizes agree with dtypes and shapes, and the file is
@@ -81,7 +84,15 @@ pub fn read_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, ExportEr
             )));
         }
         end_max = end_max.max(offsets[1]);
-        out.insert(name.clone(), TensorInfo { dtype, shape });
+        out.insert(
+            name.clone(),
+            TensorInfo {
+                dtype,
+                shape,
+                start: 8 + n + offsets[0],
+                end: 8 + n + offsets[1],
+            },
+        );
     }
     if end_max > data_len {
         return Err(corrupt(format!(
@@ -89,6 +100,45 @@ pub fn read_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, ExportEr
         )));
     }
     Ok(out)
+}
+
+/// Reads one tensor's bytes from `file` (whose header gave `info`).
+pub fn read_bytes(
+    file: &mut std::fs::File,
+    path: &Path,
+    info: &TensorInfo,
+) -> Result<Vec<u8>, ExportError> {
+    use std::io::{Seek, SeekFrom};
+    let mut buf = vec![0u8; (info.end - info.start) as usize];
+    file.seek(SeekFrom::Start(info.start))
+        .and_then(|_| file.read_exact(&mut buf))
+        .map_err(|source| ExportError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(buf)
+}
+
+/// The safetensors header for tensors written in the given order: `(name, dtype, shape, bytes)`.
+/// Padded with spaces to a multiple of 8 bytes, as the reference writer does.
+pub fn header(entries: &[(String, String, Vec<usize>, u64)]) -> Vec<u8> {
+    let mut map = serde_json::Map::new();
+    map.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0u64;
+    for (name, dtype, shape, bytes) in entries {
+        map.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_default();
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out
 }
 
 /// Loads every tensor of a (checked) safetensors file on the CPU.
@@ -134,6 +184,22 @@ impl Staged {
         f.write_all(bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         Ok(())
+    }
+
+    /// Creates the temporary file for `path`, for writing in pieces; call `std::fs::File::sync_all`
+    /// before [`Staged::commit`].
+    pub fn create(&mut self, path: &Path) -> Result<(std::fs::File, PathBuf), ExportError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        self.files.push((tmp.clone(), path.to_path_buf()));
+        let f = std::fs::File::create(&tmp).map_err(|source| ExportError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        Ok((f, tmp))
     }
 
     /// The final names, in the order written.
