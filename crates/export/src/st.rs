@@ -133,7 +133,7 @@ pub fn header(entries: &[(String, String, Vec<usize>, u64)]) -> Vec<u8> {
         offset += bytes;
     }
     let mut json = serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_default();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
