@@ -229,3 +229,42 @@ impl Drop for Staged {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_files_vanish_unless_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        {
+            let mut s = Staged::default();
+            s.write(&path, b"abc").unwrap();
+            let (mut f, _) = s.create(&dir.path().join("b.json")).unwrap();
+            std::io::Write::write_all(&mut f, b"x").unwrap();
+            // dropped: a failure before commit
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut s = Staged::default();
+        s.write(&path, b"abc").unwrap();
+        assert!(!path.exists(), "nothing under the final name before commit");
+        s.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"abc");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn header_round_trips_through_the_safetensors_reader() {
+        let entries = vec![
+            ("a".to_string(), "F32".to_string(), vec![2, 3], 24),
+            ("b".to_string(), "BF16".to_string(), vec![3], 6),
+        ];
+        let mut bytes = header(&entries);
+        assert_eq!((bytes.len() - 8) % 8, 0);
+        bytes.extend(std::iter::repeat_n(0u8, 30));
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("a").unwrap().shape(), [2, 3]);
+        assert_eq!(st.tensor("b").unwrap().shape(), [3]);
+    }
+}
