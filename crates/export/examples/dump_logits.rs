@@ -12,7 +12,14 @@ use candle_core::{DType, Device, Tensor};
 use runner_export::merge::{fixed_batch, load_with_adapter};
 use std::path::PathBuf;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [base, adapter, out] = &args[..] else {
         return Err("usage: dump_logits BASE_DIR ADAPTER_DIR OUT.safetensors".into());

@@ -9,7 +9,14 @@ use candle_core::DType;
 use runner_export::merge::{max_logit_difference, merge_folder};
 use std::path::PathBuf;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let force = args.iter().any(|a| a == "--force");
     let pos: Vec<&String> = args.iter().filter(|a| *a != "--force").collect();
