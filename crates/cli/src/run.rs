@@ -33,8 +33,44 @@ pub fn model_summary(plan: &Plan) -> anyhow::Result<String> {
     Ok(summary.to_string())
 }
 
+/// Recipe values that validate (they are part of the recipe language) but that this build's
+/// engine cannot run yet: refused before any work starts, each named.
+pub fn not_runnable_yet(plan: &Plan) -> Vec<String> {
+    use runner_recipe::plan::{BaseQuant, LoraInit};
+    let mut out = Vec::new();
+    match plan.adapter.base_quant {
+        BaseQuant::None => {}
+        BaseQuant::Nf4 => out.push(
+            "`load_in_4bit: true` / `adapter: qlora`: the NF4 base is not implemented in this build yet; use `adapter: lora` without load_in_4bit".to_string(),
+        ),
+        BaseQuant::Int8 => out.push(
+            "`load_in_8bit: true`: the int8 base is not implemented in this build yet; remove it".to_string(),
+        ),
+    }
+    if !plan.adapter.modules_to_save.is_empty() {
+        out.push(
+            "`lora_modules_to_save`: training whole modules is not implemented yet; remove it"
+                .into(),
+        );
+    }
+    if matches!(plan.adapter.init, LoraInit::Pissa { .. }) {
+        out.push("`peft_init_lora_weights: pissa`: PiSSA initialisation is not implemented yet; use true or gaussian".into());
+    }
+    out
+}
+
 pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
     let plan = &loaded.plan;
+    let missing = not_runnable_yet(plan);
+    if !missing.is_empty() {
+        for m in &missing {
+            eprintln!("error: {m}");
+        }
+        anyhow::bail!(
+            "{} recipe setting(s) cannot run in this build (nothing was started)",
+            missing.len()
+        );
+    }
 
     // 1. data
     let tok = runner_data::load_tokenizer(&plan.model)?;

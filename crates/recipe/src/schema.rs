@@ -16,6 +16,14 @@ pub fn recipe_schema() -> serde_json::Value {
             serde_json::json!({ "^x-": { "description": "Extension key holding YAML anchors; not read by runner." } }),
         );
         if let Some(props) = obj.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            for (key, what) in keys::INERT {
+                props.insert(
+                    (*key).to_string(),
+                    serde_json::json!({
+                        "description": format!("Axolotl key accepted with no effect: {what}."),
+                    }),
+                );
+            }
             for (key, why) in keys::REFUSED {
                 props.insert(
                     (*key).to_string(),
