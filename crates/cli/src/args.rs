@@ -82,6 +82,26 @@ pub enum Command {
         #[arg(long)]
         eval: bool,
     },
+    /// Merge a PEFT adapter into its base model (W' = W + s·BA; DoRA rescaled per row),
+    /// shard by shard, then print the largest logit difference between base + adapter and the
+    /// merged model on a few sequences.
+    Merge {
+        /// The base model: a Hugging Face folder (safetensors) or `builtin:NAME`.
+        #[arg(long)]
+        base: String,
+        /// The adapter folder (adapter_config.json + adapter_model.safetensors).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Where the merged model goes; refused if it already holds a model, unless --force.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Weight dtype of the merged model.
+        #[arg(long, value_enum, default_value_t = MergedDtype::F32)]
+        dtype: MergedDtype,
+        /// Replace a model already in the output folder.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the recipe JSON Schema (for editors; committed as schemas/recipe.schema.json).
     Schema {
         /// Write to this file (atomically) instead of standard output.
@@ -93,6 +113,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MergedDtype {
+    F32,
+    Bf16,
+    F16,
 }
 
 #[derive(Debug, Args)]

@@ -108,6 +108,45 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", runner_data::inspect::render(&tok, shown, opts));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Merge {
+            base,
+            adapter,
+            out,
+            dtype,
+            force,
+        } => {
+            let base_dir = match base.strip_prefix("builtin:") {
+                Some(name) => runner_model::tiny::builtin(name)?,
+                None => std::path::PathBuf::from(&base),
+            };
+            let dtype = match dtype {
+                crate::args::MergedDtype::F32 => candle_core::DType::F32,
+                crate::args::MergedDtype::Bf16 => candle_core::DType::BF16,
+                crate::args::MergedDtype::F16 => candle_core::DType::F16,
+            };
+            let report = runner_export::merge_folder(&base_dir, &adapter, &out, dtype, force)?;
+            println!(
+                "merged {} module(s) (scaling {}, DoRA {}) into {}: {} shard(s), {} tensors, {} bytes as {:?}",
+                report.merged_modules.len(),
+                report.scaling,
+                report.use_dora,
+                out.display(),
+                report.shards.len(),
+                report.tensors,
+                report.bytes_written,
+                report.dtype
+            );
+            // A few fixed sequences of ids inside every vocabulary.
+            let rows: Vec<Vec<u32>> = (0..3u32)
+                .map(|r| (0..16u32).map(|i| 3 + (r * 37 + i * 11) % 200).collect())
+                .collect();
+            let diff =
+                runner_export::merge::max_logit_difference(&base_dir, &adapter, &out, &rows)?;
+            println!(
+                "largest logit difference, base + adapter vs merged: {diff:.3e} (relative to the largest logit)"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema { output } => {
             let text = runner_recipe::schema::recipe_schema_text();
             match output {

@@ -53,6 +53,36 @@ pub fn not_runnable_yet(plan: &Plan) -> Vec<String> {
                 .into(),
         );
     }
+    if let Some(dir) = &plan.adapter.init_from {
+        // `lora_model_dir`: the recipe's adapter shape must be the saved adapter's.
+        match runner_export::peft::read_config(dir) {
+            Err(e) => out.push(format!("`lora_model_dir`: {e}")),
+            Ok(saved) => {
+                let a = &plan.adapter;
+                for (what, recipe, adapter) in [
+                    ("lora_r", a.r.to_string(), saved.r.to_string()),
+                    ("lora_alpha", a.alpha.to_string(), saved.alpha.to_string()),
+                    (
+                        "peft_use_dora",
+                        a.use_dora.to_string(),
+                        saved.use_dora.to_string(),
+                    ),
+                    (
+                        "peft_use_rslora",
+                        a.use_rslora.to_string(),
+                        saved.use_rslora.to_string(),
+                    ),
+                ] {
+                    if recipe != adapter {
+                        out.push(format!(
+                            "`{what}` is {recipe} in the recipe but {adapter} in {}/adapter_config.json; make them equal",
+                            dir.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
     if matches!(plan.adapter.init, LoraInit::Pissa { .. }) {
         out.push("`peft_init_lora_weights: pissa`: PiSSA initialisation is not implemented yet; use true or gaussian".into());
     }

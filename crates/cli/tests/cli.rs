@@ -287,3 +287,46 @@ fn issue_5_sigint_finishes_the_step_saves_and_prints_the_resume_command() {
     assert_eq!(ckpts.len(), 1, "{seen}");
     let _ = std::fs::remove_dir_all(tmp);
 }
+
+#[test]
+fn issue_6_merge_writes_a_model_matching_base_plus_adapter_and_refuses_to_overwrite() {
+    let tmp = std::env::temp_dir().join(format!("runner-cli-merge-{}", std::process::id()));
+    let out_dir = format!("output_dir={}", tmp.join("run").display());
+    let prep = format!("dataset_prepared_path={}", tmp.join("prepared").display());
+    let out = runner(&[
+        "run",
+        "--set",
+        &out_dir,
+        "--set",
+        &prep,
+        "--set",
+        "max_steps=2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let adapter = tmp.join("run").display().to_string();
+    let merged = tmp.join("merged").display().to_string();
+    let args = [
+        "merge",
+        "--base",
+        "builtin:tiny-llama",
+        "--adapter",
+        &adapter,
+        "--out",
+        &merged,
+    ];
+    let out = runner(&args);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(stdout.contains("merged 14 module(s)"), "{stdout}");
+    let diff: f64 = stdout
+        .rsplit("merged: ")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("a difference");
+    assert!(diff < 1e-5, "{stdout}");
+    let again = runner(&args);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again).1.contains("--force"), "{}", text(&again).1);
+    let _ = std::fs::remove_dir_all(tmp);
+}
