@@ -4,8 +4,7 @@ use crate::args::{Cli, Color, Command, RecipeArgs};
 use anyhow::Context;
 use runner_recipe::plan::*;
 use runner_recipe::{LoadError, Loaded};
-use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// The smoke recipe compiled into the binary: `runner run` with no recipe runs it.
@@ -150,7 +149,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schema { output } => {
             let text = runner_recipe::schema::recipe_schema_text();
             match output {
-                Some(path) => write_atomically(&path, text.as_bytes())
+                Some(path) => runner_export::peft::write_atomically(&path, text.as_bytes())
                     .with_context(|| format!("writing the schema to {}", path.display()))?,
                 None => print!("{text}"),
             }
@@ -263,27 +262,4 @@ fn format_name(f: &DatasetFormat) -> String {
         DatasetFormat::InputOutput => "input_output".into(),
         DatasetFormat::Pretokenized => "pre-tokenized".into(),
     }
-}
-
-/// Writes to a temporary file beside the target, syncs it, then renames it into place.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp = match dir {
-        Some(d) => d.join(format!(".{file_name}.tmp-{}", std::process::id())),
-        None => std::path::PathBuf::from(format!(".{file_name}.tmp-{}", std::process::id())),
-    };
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
