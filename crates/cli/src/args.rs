@@ -82,6 +82,19 @@ pub enum Command {
         #[arg(long)]
         eval: bool,
     },
+    /// Loss and perplexity of the recipe's model (+ an adapter) on its evaluation set, or on
+    /// its training set with --train.
+    Eval {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// A PEFT adapter folder to evaluate with (default: the recipe's lora_model_dir, else
+        /// none: the base model alone).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Evaluate on the training samples instead of the evaluation set.
+        #[arg(long)]
+        train: bool,
+    },
     /// Merge a PEFT adapter into its base model (W' = W + s·BA; DoRA rescaled per row),
     /// shard by shard, then print the largest logit difference between base + adapter and the
     /// merged model on a few sequences.

@@ -107,6 +107,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", runner_data::inspect::render(&tok, shown, opts));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Eval {
+            recipe,
+            adapter,
+            train,
+        } => {
+            let loaded = match load(&recipe) {
+                Ok(l) => l,
+                Err(e) => return Ok(report(&e, color)),
+            };
+            crate::run::eval(&loaded, adapter, train)
+        }
         Command::Merge {
             base,
             adapter,

@@ -203,3 +203,54 @@ fn peak_rss_gb() -> Option<f64> {
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0 / 1024.0)
 }
+
+/// `runner eval`: mean token loss and perplexity of base (+ adapter) on the prepared data.
+pub fn eval(loaded: &Loaded, adapter: Option<PathBuf>, on_train: bool) -> anyhow::Result<ExitCode> {
+    let mut plan = loaded.plan.clone();
+    if let Some(dir) = adapter {
+        let saved = runner_export::peft::read_config(&dir)?;
+        plan.adapter = saved.adapter_plan(Some(dir));
+    }
+    let tok = runner_data::load_tokenizer(&plan.model)?;
+    let mut data = runner_data::prepare(&plan.data, &tok)?;
+    if on_train {
+        data.eval = std::mem::take(&mut data.train);
+        data.eval_packs = data.train_packs.take();
+    }
+    if data.eval.is_empty() {
+        anyhow::bail!(
+            "there is nothing to evaluate: the recipe has no evaluation set (set val_set_size or test_datasets, or pass --train)"
+        );
+    }
+    let model_plan = materialized(&plan.model)?;
+    let mut model = runner_model::load(&model_plan, &Device::Cpu)?.model;
+    let adapters = match &plan.adapter.init_from {
+        Some(_) => runner_model::inject(&mut model, &plan.adapter, plan.train.seed)?,
+        None => runner_model::Adapters {
+            modules: Vec::new(),
+            params: Vec::new(),
+            r: 0,
+            scaling: 0.0,
+        },
+    };
+    let inputs = Inputs {
+        plan: &plan,
+        recipe_text: &loaded.sources.text,
+        model: &model,
+        adapters: &adapters,
+        data: &data,
+        pad_id: tok.pad_id(),
+    };
+    let loss = runner_train::trainer::evaluate(&inputs)?
+        .ok_or_else(|| anyhow::anyhow!("the evaluation set has no trained tokens"))?;
+    println!(
+        "{} samples, loss {loss:.4}, perplexity {:.3}{}",
+        data.eval.len(),
+        loss.exp(),
+        match &plan.adapter.init_from {
+            Some(d) => format!(" (adapter {})", d.display()),
+            None => " (base model, no adapter)".into(),
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

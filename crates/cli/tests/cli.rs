@@ -325,6 +325,21 @@ fn issue_6_merge_writes_a_model_matching_base_plus_adapter_and_refuses_to_overwr
         .and_then(|s| s.parse().ok())
         .expect("a difference");
     assert!(diff < 1e-5, "{stdout}");
+    // runner eval with the trained adapter reports a lower loss than the base alone.
+    let loss_of = |out: &Output| -> f64 {
+        let (stdout, err) = text(out);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        stdout
+            .split("loss ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no loss in {stdout}"))
+    };
+    let base = loss_of(&runner(&["eval", "--set", &prep]));
+    let tuned = loss_of(&runner(&["eval", "--set", &prep, "--adapter", &adapter]));
+    assert!(tuned < base, "adapter {tuned} vs base {base}");
+
     let again = runner(&args);
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again).1.contains("--force"), "{}", text(&again).1);
