@@ -34,19 +34,11 @@ pub fn model_summary(plan: &Plan) -> anyhow::Result<String> {
 }
 
 /// Recipe values that validate (they are part of the recipe language) but that this build's
-/// engine cannot run yet: refused before any work starts, each named.
+/// engine cannot run yet: refused before any work starts, each named. (The NF4 and int8 bases
+/// are quantized by `runner_model::inject`.)
 pub fn not_runnable_yet(plan: &Plan) -> Vec<String> {
-    use runner_recipe::plan::{BaseQuant, LoraInit};
+    use runner_recipe::plan::LoraInit;
     let mut out = Vec::new();
-    match plan.adapter.base_quant {
-        BaseQuant::None => {}
-        BaseQuant::Nf4 => out.push(
-            "`load_in_4bit: true` / `adapter: qlora`: the NF4 base is not implemented in this build yet; use `adapter: lora` without load_in_4bit".to_string(),
-        ),
-        BaseQuant::Int8 => out.push(
-            "`load_in_8bit: true`: the int8 base is not implemented in this build yet; remove it".to_string(),
-        ),
-    }
     if !plan.adapter.modules_to_save.is_empty() {
         out.push(
             "`lora_modules_to_save`: training whole modules is not implemented yet; remove it"
@@ -146,9 +138,17 @@ pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
 
     // 4. export: the trainer wrote the PEFT adapter, metrics.jsonl and loss.svg.
     let out = &plan.train.output_dir;
+    // The same recipe and overrides, plus the checkpoint to continue from.
+    let overrides: String = loaded
+        .sources
+        .overrides
+        .iter()
+        .filter(|o| !o.starts_with("resume_from_checkpoint="))
+        .map(|o| format!(" --set '{o}'"))
+        .collect();
     let resume_hint = |ckpt: &Option<PathBuf>| match ckpt {
         Some(c) => format!(
-            "resume with: runner run {recipe_label} --set resume_from_checkpoint={}",
+            "resume with: runner run {recipe_label}{overrides} --set resume_from_checkpoint={}",
             c.display()
         ),
         None => String::new(),

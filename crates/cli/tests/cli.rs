@@ -345,3 +345,36 @@ fn issue_6_merge_writes_a_model_matching_base_plus_adapter_and_refuses_to_overwr
     assert!(text(&again).1.contains("--force"), "{}", text(&again).1);
     let _ = std::fs::remove_dir_all(tmp);
 }
+
+#[test]
+fn issue_7_mistral_qlora_recipe_scaled_down_to_the_tiny_model_trains_with_an_nf4_base() {
+    let tmp = std::env::temp_dir().join(format!("runner-cli-qlora-{}", std::process::id()));
+    let sets = [
+        "base_model=builtin:tiny-llama".to_string(),
+        "model_type=".into(),
+        "datasets[0].path=recipes/data/smoke-chat.jsonl".into(),
+        "datasets[0].type=chat_template".into(),
+        "datasets[0].chat_template=chatml".into(),
+        "special_tokens=".into(),
+        "sequence_len=256".into(),
+        "max_steps=3".into(),
+        "evals_per_epoch=".into(),
+        // The recipe's watchdog (5.0) would stop a random tiny model at once.
+        "loss_watchdog_threshold=".into(),
+        "loss_watchdog_patience=".into(),
+        format!("output_dir={}", tmp.display()),
+        format!("dataset_prepared_path={}", tmp.join("prepared").display()),
+    ];
+    let mut args = vec!["run", "recipes/mistral-qlora.yaml"];
+    for s in &sets {
+        args.push("--set");
+        args.push(s);
+    }
+    let out = runner(&args);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("step 3/3 loss"), "{err}");
+    let cfg = std::fs::read_to_string(tmp.join("adapter_config.json")).expect("adapter written");
+    assert!(cfg.contains("\"r\": 32"), "{cfg}");
+    let _ = std::fs::remove_dir_all(tmp);
+}
