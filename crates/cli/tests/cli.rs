@@ -274,9 +274,10 @@ fn issue_5_sigint_finishes_the_step_saves_and_prints_the_resume_command() {
     let status = child.wait().expect("runner exits");
     assert_eq!(status.code(), Some(130), "{seen}");
     assert!(
-        seen.contains(
-            "resume with: runner run recipes/tiny-smoke.yaml --set resume_from_checkpoint="
-        ),
+        seen.contains("resume with: runner run recipes/tiny-smoke.yaml --set 'output_dir=")
+            && seen.contains(
+                "--set 'max_steps=100000' --set 'logging_steps=1' --set resume_from_checkpoint="
+            ),
         "{seen}"
     );
     let ckpts: Vec<_> = std::fs::read_dir(&tmp)
