@@ -173,10 +173,9 @@ impl DecoderLayer {
 }
 
 impl DecoderLayer {
-    /// The adapter parameters of this layer (A, B and DoRA magnitudes).
-    pub fn adapter_vars(&self) -> Vec<candle_core::Var> {
-        let a = &self.self_attn;
-        let m = &self.mlp;
+    /// The seven linear projections, in model order (q, k, v, o, gate, up, down).
+    pub fn projections(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
         [
             &a.q_proj,
             &a.k_proj,
@@ -186,33 +185,28 @@ impl DecoderLayer {
             &m.up_proj,
             &m.down_proj,
         ]
-        .into_iter()
-        .filter_map(|l| l.lora.as_ref())
-        .flat_map(|l| {
-            let mut v = vec![l.a.clone(), l.b.clone()];
-            v.extend(l.magnitude.clone());
-            v
-        })
-        .collect()
+    }
+
+    /// The adapter parameters of this layer (A, B and DoRA magnitudes).
+    pub fn adapter_vars(&self) -> Vec<candle_core::Var> {
+        self.projections()
+            .into_iter()
+            .filter_map(|l| l.lora.as_ref())
+            .flat_map(|l| {
+                let mut v = vec![l.a.clone(), l.b.clone()];
+                v.extend(l.magnitude.clone());
+                v
+            })
+            .collect()
     }
 
     /// The dropout stream of this layer's adapters, if any adapter drops.
     pub fn dropout_rng(&self) -> Option<&crate::nn::SharedRng> {
-        let a = &self.self_attn;
-        let m = &self.mlp;
-        [
-            &a.q_proj,
-            &a.k_proj,
-            &a.v_proj,
-            &a.o_proj,
-            &m.gate_proj,
-            &m.up_proj,
-            &m.down_proj,
-        ]
-        .into_iter()
-        .filter_map(|l| l.lora.as_ref())
-        .find(|l| l.dropout > 0.0)
-        .map(|l| &l.rng)
+        self.projections()
+            .into_iter()
+            .filter_map(|l| l.lora.as_ref())
+            .find(|l| l.dropout > 0.0)
+            .map(|l| &l.rng)
     }
 }
 
@@ -385,10 +379,7 @@ impl CausalLm {
     pub fn linears(&self) -> Vec<&Linear> {
         let mut v = Vec::new();
         for l in &self.layers {
-            let a = &l.self_attn;
-            v.extend([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]);
-            let m = &l.mlp;
-            v.extend([&m.gate_proj, &m.up_proj, &m.down_proj]);
+            v.extend(l.projections());
         }
         v.push(&self.lm_head);
         v
