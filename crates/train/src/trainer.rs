@@ -78,9 +78,9 @@ struct StepWork {
     micro_batches: Vec<Vec<Unit>>,
 }
 
-/// The whole run's schedule, fixed by the data and the seed: epoch `e` visits the units in the
-/// order `shuffle(units, seed + e)`, cut into micro-batches and then optimizer steps (the last
-/// step of an epoch may have fewer micro-batches).
+/// The whole run's schedule, fixed by the data and the seed: epoch 0 visits the units in the
+/// prepared order, epoch `e > 0` in the order `shuffle(units, seed + e)`; each epoch is cut
+/// into micro-batches and then optimizer steps (its last step may have fewer micro-batches).
 fn schedule(plan: &Plan, data: &Prepared) -> Vec<StepWork> {
     let t = &plan.train;
     let units: Vec<Unit> = match &data.train_packs {
@@ -102,7 +102,9 @@ fn schedule(plan: &Plan, data: &Prepared) -> Vec<StepWork> {
     let mut epoch = 0u64;
     while (out.len() as u64) < total {
         let mut order = units.clone();
-        if plan.data.shuffle_merged_datasets || epoch > 0 {
+        // Epoch 0 keeps the prepared order (the data stage already shuffled it with `seed`
+        // when `shuffle_merged_datasets`); later epochs visit the units in a new order.
+        if epoch > 0 {
             runner_data::prepare::shuffle(&mut order, plan.data.seed.wrapping_add(epoch));
         }
         let batches: Vec<Vec<Unit>> = order.chunks(mbs).map(<[Unit]>::to_vec).collect();
