@@ -117,20 +117,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(n.reshape((b * t, 576))?
                 .matmul(&l.self_attn.q_proj.weight.t()?)?)
         })?;
-        let (cos, sin) = model
-            .rope
-            .cos_sin(&batch.position_ids, b, t, &Device::Cpu, DType::F32)?;
-        let mask =
-            runner_model::nn::attention_mask(&batch.seq_ids, b, t, None, &Device::Cpu, DType::F32)?;
-        let _ = time("attention", &|| {
-            l.self_attn.forward(&n, &cos, &sin, &mask, false)
-        })?;
+        let inputs = runner_model::llama::LayerInputs::new(
+            &model.rope,
+            &batch,
+            &[None],
+            &Device::Cpu,
+            DType::F32,
+        )?;
+        let _ = time("attention", &|| l.self_attn.forward(&n, &inputs, false))?;
         let _ = time("mlp", &|| l.mlp.forward(&n, false))?;
-        let q = Tensor::randn(0f32, 1.0, (b, 9, t, 64), &Device::Cpu)?;
-        let _ = time("rope", &|| runner_model::nn::apply_rope(&q, &cos, &sin))?;
-        let s = Tensor::randn(0f32, 1.0, (b, 9, t, t), &Device::Cpu)?;
-        let _ = time("softmax", &|| runner_model::nn::softmax_last(&s))?;
-        let _ = time("mask add", &|| Ok(s.broadcast_add(&mask)?))?;
     }
     for step in 0..3 {
         let t0 = Instant::now();

@@ -4,7 +4,7 @@
 //! a custom op, so the recomputation deposits them in a [`GradSink`] and [`backward`] merges them.
 
 use crate::error::Result;
-use crate::llama::{CausalLm, DecoderLayer};
+use crate::llama::{CausalLm, DecoderLayer, LayerInputs};
 use crate::nn::SharedRng;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, TensorId, Var};
@@ -48,9 +48,7 @@ pub fn backward(loss: &Tensor, model: &CausalLm) -> Result<GradStore> {
 /// Everything a layer's recomputation needs.
 struct Recompute {
     layer: DecoderLayer,
-    cos: Tensor,
-    sin: Tensor,
-    mask: Tensor,
+    inputs: LayerInputs,
     train: bool,
     /// Dropout stream as it was when the forward ran, replayed in the backward.
     rng: Option<(SharedRng, rand_chacha::ChaCha8Rng)>,
@@ -90,7 +88,7 @@ impl Recompute {
         let xv = Var::from_tensor(&x.detach())?;
         let y = self
             .layer
-            .forward(xv.as_tensor(), &self.cos, &self.sin, &self.mask, self.train)
+            .forward(xv.as_tensor(), &self.inputs, self.train)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         if let Some((rng, after)) = saved {
             replay(&after, rng);
@@ -152,15 +150,13 @@ impl CustomOp2 for CheckpointOp2 {
 pub(crate) fn checkpointed_layer(
     layer: &DecoderLayer,
     x: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    mask: &Tensor,
+    inputs: &LayerInputs,
     train: bool,
     sink: &GradSink,
 ) -> Result<Tensor> {
     let vars = layer.adapter_vars();
     if (vars.is_empty() && !x.track_op()) || !x.device().is_cpu() {
-        return layer.forward(x, cos, sin, mask, train);
+        return layer.forward(x, inputs, train);
     }
     let rng = layer.dropout_rng().map(|r| {
         (
@@ -169,14 +165,12 @@ pub(crate) fn checkpointed_layer(
         )
     });
     let y = layer
-        .forward(&x.detach(), cos, sin, mask, train)?
+        .forward(&x.detach(), inputs, train)?
         .contiguous()?
         .detach();
     let op = Recompute {
         layer: layer.clone(),
-        cos: cos.clone(),
-        sin: sin.clone(),
-        mask: mask.clone(),
+        inputs: inputs.clone(),
         train,
         rng,
         sink: sink.clone(),

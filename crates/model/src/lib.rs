@@ -25,6 +25,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod fused;
 pub mod gguf;
 pub mod hub;
 pub mod llama;

@@ -5,10 +5,12 @@
 use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::fused::{RopeTable, Spans};
 use crate::nn::{Linear, RmsNorm, Rope, apply_rope, attention_mask, masked_softmax_last};
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// `self_attn`: grouped-query attention with RoPE.
 #[derive(Clone)]
@@ -24,6 +26,58 @@ pub struct Attention {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub window: Option<usize>,
+}
+
+/// What every decoder layer of one forward pass shares: the positions (RoPE) and which keys each
+/// query may see. f32 on the CPU uses the fused ops ([`crate::fused`]); other dtypes and devices
+/// the composed tensors.
+#[derive(Clone)]
+pub enum LayerInputs {
+    Fused {
+        rope: Arc<RopeTable>,
+        /// Per sliding window (`None`: full causal).
+        spans: HashMap<Option<usize>, Arc<Spans>>,
+    },
+    Composed {
+        /// `(B, 1, T, D)` each.
+        cos: Tensor,
+        sin: Tensor,
+        /// Additive masks `(B, 1, T, T)` per sliding window.
+        masks: HashMap<Option<usize>, Tensor>,
+    },
+}
+
+impl LayerInputs {
+    /// For a batch of `b` rows of `t` tokens, with the windows the layers use.
+    pub fn new(
+        rope: &Rope,
+        batch: &Batch,
+        windows: &[Option<usize>],
+        dev: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let (b, t) = (batch.batch_size, batch.seq_len);
+        if dev.is_cpu() && dtype == DType::F32 {
+            let spans: Option<HashMap<_, _>> = windows
+                .iter()
+                .map(|&w| Spans::new(&batch.seq_ids, b, t, w).map(|s| (w, Arc::new(s))))
+                .collect();
+            if let Some(spans) = spans {
+                return Ok(Self::Fused {
+                    rope: Arc::new(RopeTable::new(&rope.inv_freq, &batch.position_ids)),
+                    spans,
+                });
+            }
+        }
+        let (cos, sin) = rope.cos_sin(&batch.position_ids, b, t, dev, dtype)?;
+        let mut masks = HashMap::new();
+        for &w in windows {
+            if let std::collections::hash_map::Entry::Vacant(e) = masks.entry(w) {
+                e.insert(attention_mask(&batch.seq_ids, b, t, w, dev, DType::F32)?);
+            }
+        }
+        Ok(Self::Composed { cos, sin, masks })
+    }
 }
 
 impl Attention {
@@ -52,43 +106,65 @@ impl Attention {
         })
     }
 
-    /// `x: (B, T, hidden)`, `cos/sin: (B, 1, T, D)`, `mask: (B, 1, T, T)` → `(B, T, hidden)`.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        train: bool,
-    ) -> Result<Tensor> {
+    /// `x: (B, T, hidden)` → `(B, T, hidden)`.
+    pub fn forward(&self, x: &Tensor, inputs: &LayerInputs, train: bool) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
-        let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
-            let y = y.reshape((b, t, n, d))?;
-            let y = match norm {
-                Some(nrm) => nrm.forward(&y)?,
-                None => y,
-            };
-            Ok(y.transpose(1, 2)?.contiguous()?) // (B, n, T, D)
-        };
-        let q = heads(self.q_proj.forward(x, train)?, self.n_heads, &self.q_norm)?;
-        let k = heads(
-            self.k_proj.forward(x, train)?,
-            self.n_kv_heads,
-            &self.k_norm,
-        )?;
-        let v = heads(self.v_proj.forward(x, train)?, self.n_kv_heads, &None)?;
-        let q = apply_rope(&q, cos, sin)?;
-        let k = apply_rope(&k, cos, sin)?;
-        let k = repeat_kv(&k, self.n_heads / self.n_kv_heads)?;
-        let v = repeat_kv(&v, self.n_heads / self.n_kv_heads)?;
-        let scale = 1.0 / (d as f64).sqrt();
-        // Scores, mask and softmax in f32 (transformers: softmax(..., dtype=float32)).
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?; // (B, H, T, T)
-        let probs = masked_softmax_last(&scores, mask)?.to_dtype(v.dtype())?;
-        let o = probs.matmul(&v)?; // (B, H, T, D)
-        let o = o.transpose(1, 2)?.reshape((b, t, self.n_heads * d))?;
-        self.o_proj.forward(&o, train)
+        let missing =
+            || crate::error::Error::Batch(format!("no mask for window {:?}", self.window));
+        match inputs {
+            LayerInputs::Fused { rope, spans } => {
+                // (B, T, n, D) throughout: no transposes.
+                let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
+                    let y = y.reshape((b, t, n, d))?;
+                    match norm {
+                        Some(nrm) => nrm.forward(&y),
+                        None => Ok(y),
+                    }
+                };
+                let q = heads(self.q_proj.forward(x, train)?, self.n_heads, &self.q_norm)?;
+                let k = heads(
+                    self.k_proj.forward(x, train)?,
+                    self.n_kv_heads,
+                    &self.k_norm,
+                )?;
+                let v = heads(self.v_proj.forward(x, train)?, self.n_kv_heads, &None)?;
+                let q = crate::fused::rope(&q, rope)?;
+                let k = crate::fused::rope(&k, rope)?;
+                let spans = spans.get(&self.window).ok_or_else(missing)?;
+                let o = crate::fused::attention(&q, &k, &v, spans)?; // (B, T, H·D)
+                self.o_proj.forward(&o, train)
+            }
+            LayerInputs::Composed { cos, sin, masks } => {
+                let mask = masks.get(&self.window).ok_or_else(missing)?;
+                let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
+                    let y = y.reshape((b, t, n, d))?;
+                    let y = match norm {
+                        Some(nrm) => nrm.forward(&y)?,
+                        None => y,
+                    };
+                    Ok(y.transpose(1, 2)?.contiguous()?) // (B, n, T, D)
+                };
+                let q = heads(self.q_proj.forward(x, train)?, self.n_heads, &self.q_norm)?;
+                let k = heads(
+                    self.k_proj.forward(x, train)?,
+                    self.n_kv_heads,
+                    &self.k_norm,
+                )?;
+                let v = heads(self.v_proj.forward(x, train)?, self.n_kv_heads, &None)?;
+                let q = apply_rope(&q, cos, sin)?;
+                let k = apply_rope(&k, cos, sin)?;
+                let k = repeat_kv(&k, self.n_heads / self.n_kv_heads)?;
+                let v = repeat_kv(&v, self.n_heads / self.n_kv_heads)?;
+                let scale = 1.0 / (d as f64).sqrt();
+                // Scores, mask and softmax in f32 (transformers: softmax(..., dtype=float32)).
+                let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?; // (B, H, T, T)
+                let probs = masked_softmax_last(&scores, mask)?.to_dtype(v.dtype())?;
+                let o = probs.matmul(&v)?; // (B, H, T, D)
+                let o = o.transpose(1, 2)?.reshape((b, t, self.n_heads * d))?;
+                self.o_proj.forward(&o, train)
+            }
+        }
     }
 }
 
@@ -122,9 +198,14 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x, train)?.silu()?;
+        let g = self.gate_proj.forward(x, train)?;
         let u = self.up_proj.forward(x, train)?;
-        self.down_proj.forward(&(g * u)?, train)
+        let h = if crate::fused::applies(&g) {
+            crate::fused::swiglu(&g, &u)?
+        } else {
+            (g.silu()? * u)?
+        };
+        self.down_proj.forward(&h, train)
     }
 }
 
@@ -153,17 +234,10 @@ impl DecoderLayer {
         })
     }
 
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        train: bool,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, inputs: &LayerInputs, train: bool) -> Result<Tensor> {
         let h = self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, cos, sin, mask, train)?;
+            .forward(&self.input_layernorm.forward(x)?, inputs, train)?;
         let x = (x + h)?;
         let h = self
             .mlp
@@ -299,33 +373,13 @@ impl CausalLm {
             self.embed_tokens
                 .index_select(&ids, 0)?
                 .reshape((b, t, self.cfg.hidden_size))?;
-        let (cos, sin) = self.rope.cos_sin(&batch.position_ids, b, t, &dev, dtype)?;
-        let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
+        let windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.self_attn.window).collect();
+        let inputs = LayerInputs::new(&self.rope, batch, &windows, &dev, dtype)?;
         for layer in &self.layers {
-            let window = layer.self_attn.window;
-            let mask = match masks.entry(window) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(attention_mask(
-                    &batch.seq_ids,
-                    b,
-                    t,
-                    window,
-                    &dev,
-                    DType::F32,
-                )?),
-            };
             x = if self.gradient_checkpointing && train {
-                crate::checkpoint::checkpointed_layer(
-                    layer,
-                    &x,
-                    &cos,
-                    &sin,
-                    mask,
-                    train,
-                    &self.grad_sink,
-                )?
+                crate::checkpoint::checkpointed_layer(layer, &x, &inputs, train, &self.grad_sink)?
             } else {
-                layer.forward(&x, &cos, &sin, mask, train)?
+                layer.forward(&x, &inputs, train)?
             };
         }
         self.norm.forward(&x)

@@ -150,6 +150,9 @@ fn ce_chunks(
     want_dh: bool,
     want_dw: bool,
 ) -> candle_core::Result<CeGrads> {
+    if crate::fused::applies(h) && crate::fused::applies(w) {
+        return crate::fused::cross_entropy(h, w, labels, chunk, want_dh, want_dw);
+    }
     let n = labels.len();
     let dev = h.device();
     let mut total = 0f64;

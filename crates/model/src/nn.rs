@@ -211,8 +211,12 @@ pub fn dropout(x: &Tensor, p: f64, train: bool, rng: &SharedRng) -> Result<Tenso
         .unwrap_or_else(|e| e.into_inner())
         .fill(&mut bits[..]);
     let threshold = (p * 4_294_967_296.0).min(u32::MAX as f64) as u32;
-    let bits = Tensor::from_vec(bits, x.shape(), x.device())?;
-    let mask = (bits.ge(threshold)?.to_dtype(x.dtype())? * (1.0 / (1.0 - p)))?;
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = bits
+        .iter()
+        .map(|&u| if u >= threshold { scale } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     Ok((x * mask)?)
 }
 
@@ -234,6 +238,15 @@ impl RmsNorm {
     /// Computed in f32 whatever the input dtype, then cast back before the weight, as
     /// transformers does.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::fused::applies(x) && self.weight.dtype() == DType::F32 {
+            return crate::fused::rms_norm(x, &self.weight, self.eps);
+        }
+        self.forward_composed(x)
+    }
+
+    /// The same from candle ops: the reference for the fused op, and the path for other
+    /// dtypes and devices.
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
