@@ -154,13 +154,14 @@ pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
         None => String::new(),
     };
     eprintln!(
-        "{} steps in {:.1} s ({:.0} tokens/s{})",
+        "{} steps in {:.1} s ({:.0} tokens/s{}; trained tokens: {:.1}% of positions)",
         outcome.steps,
         outcome.seconds,
         outcome.tokens_per_second,
         peak_rss_gb()
             .map(|g| format!(", peak RSS {g:.2} GB"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        100.0 * outcome.tokens_labelled as f64 / outcome.tokens_seen.max(1) as f64
     );
     match &outcome.stop {
         StopReason::Finished | StopReason::EarlyStopping { .. } => {

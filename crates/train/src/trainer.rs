@@ -62,6 +62,10 @@ pub struct Outcome {
     /// The checkpoint saved when the run stopped early.
     pub checkpoint: Option<PathBuf>,
     pub tokens_per_second: f64,
+    /// Positions trained in this process (every position of every batch) and how many of them
+    /// had a label (the positions whose logits were computed).
+    pub tokens_seen: u64,
+    pub tokens_labelled: u64,
     pub seconds: f64,
 }
 
@@ -408,6 +412,7 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
     let mut eval_losses = Vec::new();
     let mut window = (0f64, 0u64); // loss sum and count since the last log line
     let mut tokens_seen = 0u64;
+    let mut tokens_labelled = 0u64;
     let mut stop = StopReason::Finished;
     let mut stop_checkpoint = None;
     let loop_start = Instant::now();
@@ -467,6 +472,7 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
         opt.step(&grads, lr, clip_coefficient(norm, t.max_grad_norm))?;
         state.step = step_no;
         state.epoch = work_k.epoch;
+        tokens_labelled += n_tokens as u64;
         tokens_seen += batches
             .iter()
             .map(|b| (b.batch_size * b.seq_len) as u64)
@@ -598,6 +604,8 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
         eval_losses,
         checkpoint: stop_checkpoint,
         tokens_per_second: tokens_seen as f64 / loop_start.elapsed().as_secs_f64().max(1e-9),
+        tokens_seen,
+        tokens_labelled,
         seconds,
     })
 }
