@@ -45,6 +45,9 @@ ADAPTERS = {
                    lora_alpha=6, use_rslora=True),
     "dora": dict(target_modules=["k_proj", "o_proj", "up_proj"], r=4, lora_alpha=8,
                  use_dora=True),
+    # lora_modules_to_save: whole trained copies of the embeddings and the LM head.
+    "save": dict(target_modules=["q_proj", "v_proj"], r=4, lora_alpha=8,
+                 modules_to_save=["embed_tokens", "lm_head"]),
 }
 
 
@@ -92,6 +95,8 @@ def main():
                     p.normal_(0.0, 0.1)
                 elif "lora_magnitude_vector" in n:
                     p.mul_(1.0 + 0.1 * torch.randn_like(p))
+                elif "modules_to_save" in n and p.requires_grad:
+                    p.add_(0.05 * torch.randn_like(p))
         peft_model.eval()
         adir = os.path.join(OUT, f"adapter-{name}")
         peft_model.save_pretrained(adir)

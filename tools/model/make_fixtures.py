@@ -88,6 +88,23 @@ MODELS = {
         max_window_layers=1,
         lora=dict(target_modules=["q_proj", "k_proj"], r=2, lora_alpha=4, use_rslora=False),
     ),
+    # lora_modules_to_save: trainable copies of both ends of an untied model ...
+    "tiny-llama-save": dict(
+        model_type="llama",
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        lora=dict(target_modules=["q_proj", "v_proj"], r=4, lora_alpha=8, use_rslora=False,
+                  modules_to_save=["embed_tokens", "lm_head"]),
+    ),
+    # ... and of the input embeddings of a tied one (PEFT's default breaks the tie: the LM head
+    # keeps the frozen original).
+    "tiny-llama-tied-save": dict(
+        model_type="llama",
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        lora=dict(target_modules="all-linear", r=4, lora_alpha=8, use_rslora=False,
+                  modules_to_save=["embed_tokens"]),
+    ),
 }
 
 
@@ -119,15 +136,36 @@ def build(name, spec, seed):
                 p.normal_(0.0, 0.1)
             elif "lora_magnitude_vector" in n:
                 p.mul_(1.0 + 0.1 * torch.randn_like(p))
-    # PEFT's saved names: no `.default`; the DoRA magnitude has no `.weight`.
+            elif "modules_to_save" in n and p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))  # the copy differs from the frozen original
+    # PEFT's saved names: no `.default`; the DoRA magnitude has no `.weight`; a module-to-save
+    # copy is saved under the module's own name.
     lora_params = {
-        n.replace(".default", "").replace("lora_magnitude_vector.weight", "lora_magnitude_vector"): p
+        n.replace(".modules_to_save.default", "").replace(".default", "")
+        .replace("lora_magnitude_vector.weight", "lora_magnitude_vector"): p
         for n, p in peft_model.named_parameters() if p.requires_grad
     }
     save_file({n: p.detach().contiguous() for n, p in lora_params.items()},
               os.path.join(out, "lora.safetensors"))
+    if lora.get("modules_to_save"):
+        # The names above are the ones save_pretrained writes, and LoRA+ groups as PEFT's
+        # create_loraplus_optimizer makes them (lr multiplier per parameter).
+        import tempfile
+        from safetensors import safe_open
+        from peft.optimizers import create_loraplus_optimizer
+        with tempfile.TemporaryDirectory() as tmp:
+            peft_model.save_pretrained(tmp)
+            with safe_open(os.path.join(tmp, "adapter_model.safetensors"), "pt") as f:
+                assert set(f.keys()) == set(lora_params), (set(f.keys()), set(lora_params))
+        opt = create_loraplus_optimizer(peft_model, torch.optim.AdamW, lr=1.0,
+                                        loraplus_lr_ratio=16.0)
+        by_id = {id(p): n for n, p in lora_params.items()}
+        groups = {by_id[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+        with open(os.path.join(out, "loraplus.json"), "w") as f:
+            json.dump(groups, f, indent=1, sort_keys=True)
     with open(os.path.join(out, "lora.json"), "w") as f:
-        json.dump(dict(dict(use_dora=False), **lora, lora_dropout=0.0), f, indent=1)
+        json.dump(dict(dict(use_dora=False, modules_to_save=[]), **lora, lora_dropout=0.0), f,
+                  indent=1)
     # print_trainable_parameters() line, for the summary test
     trainable, total = peft_model.get_nb_trainable_parameters()
     line = (f"trainable params: {trainable:,d} || all params: {total:,d} || "

@@ -39,12 +39,6 @@ pub fn model_summary(plan: &Plan) -> anyhow::Result<String> {
 pub fn not_runnable_yet(plan: &Plan) -> Vec<String> {
     use runner_recipe::plan::LoraInit;
     let mut out = Vec::new();
-    if !plan.adapter.modules_to_save.is_empty() {
-        out.push(
-            "`lora_modules_to_save`: training whole modules is not implemented yet; remove it"
-                .into(),
-        );
-    }
     if let Some(dir) = &plan.adapter.init_from {
         // `lora_model_dir`: the recipe's adapter shape must be the saved adapter's.
         match runner_export::peft::read_config(dir) {
@@ -63,6 +57,11 @@ pub fn not_runnable_yet(plan: &Plan) -> Vec<String> {
                         "peft_use_rslora",
                         a.use_rslora.to_string(),
                         saved.use_rslora.to_string(),
+                    ),
+                    (
+                        "lora_modules_to_save",
+                        format!("{:?}", a.modules_to_save),
+                        format!("{:?}", saved.modules_to_save),
                     ),
                 ] {
                     if recipe != adapter {
@@ -232,6 +231,7 @@ pub fn eval(loaded: &Loaded, adapter: Option<PathBuf>, on_train: bool) -> anyhow
             params: Vec::new(),
             r: 0,
             scaling: 0.0,
+            modules_to_save: Vec::new(),
         },
     };
     let inputs = Inputs {

@@ -1,5 +1,6 @@
 //! Merging a PEFT LoRA/DoRA adapter into its base model, shard by shard:
-//! `W' = W + s·B·A`, DoRA `W' = m · (W + s·B·A) / ||W + s·B·A||_row`.
+//! `W' = W + s·B·A`, DoRA `W' = m · (W + s·B·A) / ||W + s·B·A||_row`; a `modules_to_save`
+//! copy (embeddings, LM head) replaces the base tensor, as PEFT's `merge_and_unload` does.
 //!
 //! Streaming: one base tensor at a time is read, merged, converted and appended to its output
 //! shard (whose header is known up front), so memory is a few times the largest tensor plus
@@ -75,7 +76,7 @@ pub fn merge_folder(
     }
     check_out_dir(base_dir, out_dir, force)?;
     let cfg = peft::read_config(adapter_dir)?;
-    let adapter = read_adapter(adapter_dir, &cfg)?;
+    let (adapter, copies) = read_adapter(adapter_dir, &cfg)?;
 
     // Every base shard's header, checked; then every adapter tensor against the base.
     let files = runner_model::load::safetensors_files(base_dir)?;
@@ -132,6 +133,8 @@ pub fn merge_folder(
         }
     }
 
+    let new_vocab = check_copies(base_dir, &copies, &where_is)?;
+
     std::fs::create_dir_all(out_dir).map_err(|source| ExportError::Io {
         path: out_dir.to_path_buf(),
         source,
@@ -157,14 +160,17 @@ pub fn merge_folder(
         let entries: Vec<(String, String, Vec<usize>, u64)> = header
             .iter()
             .map(|(name, info)| {
+                let shape = copies
+                    .get(name)
+                    .map_or_else(|| info.shape.clone(), |c| c.dims().to_vec());
                 let (dt, bytes) = match float_dtype(&info.dtype) {
                     Some(_) => (
                         safetensors_dtype(dtype).to_string(),
-                        (info.shape.iter().product::<usize>() * dtype.size_in_bytes()) as u64,
+                        (shape.iter().product::<usize>() * dtype.size_in_bytes()) as u64,
                     ),
                     None => (info.dtype.clone(), info.end - info.start),
                 };
-                (name.clone(), dt, info.shape.clone(), bytes)
+                (name.clone(), dt, shape, bytes)
             })
             .collect();
         let file_name = f
@@ -191,9 +197,10 @@ pub fn merge_folder(
                     let t = Tensor::from_raw_buffer(&raw, src_dtype, &info.shape, &Device::Cpu)?;
                     drop(raw);
                     let module = name.strip_suffix(".weight");
-                    let t = match module.and_then(|m| adapter.get(m)) {
-                        Some(m) => merge_weight(&t, m, cfg.scaling)?,
-                        None => t,
+                    let t = match (copies.get(name), module.and_then(|m| adapter.get(m))) {
+                        (Some(copy), _) => copy.clone(),
+                        (None, Some(m)) => merge_weight(&t, m, cfg.scaling)?,
+                        (None, None) => t,
                     };
                     safetensors::View::data(&t.to_dtype(dtype)?).into_owned()
                 }
@@ -236,6 +243,10 @@ pub fn merge_folder(
                 if obj.contains_key(key) {
                     obj.insert(key.into(), serde_json::json!(name));
                 }
+            }
+            if let Some(v) = new_vocab {
+                // Tokens were added when the adapter was trained (its copies have more rows).
+                obj.insert("vocab_size".into(), serde_json::json!(v));
             }
         }
         stage_json(&mut staged, &out_dir.join("config.json"), &v)?;
@@ -304,12 +315,81 @@ fn merge_weight(w: &Tensor, m: &ModuleAdapter, scaling: f64) -> Result<Tensor, E
     })
 }
 
-/// The adapter's tensors grouped by module, in f32; names that are not LoRA/DoRA tensors are
-/// refused (e.g. `modules_to_save` copies).
-fn read_adapter(
-    dir: &Path,
-    cfg: &PeftConfig,
-) -> Result<BTreeMap<String, ModuleAdapter>, ExportError> {
+/// Checks the `modules_to_save` copies (keyed by the base tensor they replace) against the
+/// base: the base must hold the tensor under that name (a tied LM head has none: the merged
+/// model would have to untie it, which we refuse rather than change the architecture), with
+/// the same columns; more rows mean tokens were added, and then every vocabulary-sized tensor
+/// must be replaced with the same row count. Returns the new vocabulary size, if it changed.
+fn check_copies(
+    base_dir: &Path,
+    copies: &BTreeMap<String, Tensor>,
+    where_is: &HashMap<String, (usize, st::TensorInfo)>,
+) -> Result<Option<usize>, ExportError> {
+    if copies.is_empty() {
+        return Ok(None);
+    }
+    let tied = read_json(&base_dir.join("config.json"))
+        .ok()
+        .and_then(|v| v["tie_word_embeddings"].as_bool())
+        .unwrap_or(false);
+    let mut rows = BTreeMap::new();
+    for (name, copy) in copies {
+        let peft_name = format!("{PEFT_PREFIX}{name}");
+        if tied {
+            return Err(ExportError::Mismatch {
+                tensor: peft_name,
+                message: "the base model ties lm_head to embed_tokens, and a trained copy of one \
+                          of them cannot be merged without untying them (PEFT warns of the same, \
+                          huggingface/peft#2777); use the adapter with its base model instead"
+                    .into(),
+            });
+        }
+        let Some((_, info)) = where_is.get(name) else {
+            return Err(ExportError::Mismatch {
+                tensor: peft_name,
+                message: format!("the base model has no tensor `{name}`"),
+            });
+        };
+        let (r, c) = copy.dims2()?;
+        if info.shape.len() != 2 || info.shape[1] != c || info.shape[0] > r {
+            return Err(ExportError::Mismatch {
+                tensor: peft_name,
+                message: format!(
+                    "shape {:?}, expected [{}, {}] (or more rows, for added tokens) as `{name}`",
+                    copy.dims(),
+                    info.shape.first().copied().unwrap_or(0),
+                    info.shape.get(1).copied().unwrap_or(0),
+                ),
+            });
+        }
+        rows.insert(name.clone(), (info.shape[0], r));
+    }
+    let grown: Vec<&(usize, usize)> = rows.values().filter(|(b, r)| b != r).collect();
+    let Some(&&(_, new_rows)) = grown.first() else {
+        return Ok(None);
+    };
+    for name in ["model.embed_tokens.weight", "lm_head.weight"] {
+        if where_is.contains_key(name) && rows.get(name).map(|&(_, r)| r) != Some(new_rows) {
+            return Err(ExportError::Mismatch {
+                tensor: format!("{PEFT_PREFIX}{name}"),
+                message: format!(
+                    "the adapter grows the vocabulary to {new_rows} tokens but does not hold \
+                     `{name}` with {new_rows} rows (train with lora_modules_to_save: \
+                     [embed_tokens, lm_head])"
+                ),
+            });
+        }
+    }
+    Ok(Some(new_rows))
+}
+
+/// LoRA/DoRA tensors by module, and `modules_to_save` copies by the base tensor they
+/// replace; all f32.
+type AdapterTensors = (BTreeMap<String, ModuleAdapter>, BTreeMap<String, Tensor>);
+
+/// The adapter's tensors grouped by module, in f32; names that are neither LoRA/DoRA tensors
+/// nor copies of a module the config lists in `modules_to_save` are refused.
+fn read_adapter(dir: &Path, cfg: &PeftConfig) -> Result<AdapterTensors, ExportError> {
     let file = dir.join(peft::WEIGHTS_FILE);
     if !file.exists() {
         return Err(ExportError::AdapterConfig {
@@ -319,6 +399,12 @@ fn read_adapter(
     }
     let tensors = st::load(&file)?;
     let mut parts: BTreeMap<String, [Option<Tensor>; 3]> = BTreeMap::new();
+    let mut copies = BTreeMap::new();
+    let saved_module = |m: &str| {
+        cfg.modules_to_save
+            .iter()
+            .any(|w| m == w || m.ends_with(&format!(".{w}")))
+    };
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     for name in names {
@@ -339,11 +425,17 @@ fn read_adapter(
             None => ("", 3),
         };
         if slot == 3 {
+            if let Some(m) = module.strip_suffix(".weight")
+                && saved_module(m)
+            {
+                copies.insert(module.to_string(), t);
+                continue;
+            }
             return Err(ExportError::Mismatch {
                 tensor: name.clone(),
                 message: "not a LoRA tensor (`lora_A.weight`, `lora_B.weight` or \
-                          `lora_magnitude_vector` under `base_model.model.`); full-module \
-                          copies (modules_to_save) cannot be merged yet"
+                          `lora_magnitude_vector` under `base_model.model.`) nor the copy of \
+                          a module adapter_config.json lists in `modules_to_save`"
                     .into(),
             });
         }
@@ -375,13 +467,13 @@ fn read_adapter(
             },
         );
     }
-    if out.is_empty() {
+    if out.is_empty() && copies.is_empty() {
         return Err(ExportError::AdapterConfig {
             path: file,
             message: "holds no LoRA tensors".into(),
         });
     }
-    Ok(out)
+    Ok((out, copies))
 }
 
 /// Refuses to merge into the base folder itself, or over a model unless `force`.

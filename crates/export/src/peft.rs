@@ -155,6 +155,8 @@ pub struct PeftConfig {
     pub scaling: f64,
     pub init: LoraInit,
     pub base_model: Option<String>,
+    /// `modules_to_save`: modules whose whole weight the adapter file holds.
+    pub modules_to_save: Vec<String>,
 }
 
 impl PeftConfig {
@@ -170,7 +172,7 @@ impl PeftConfig {
             dropout: self.dropout,
             scaling: self.scaling,
             targets: self.targets.clone(),
-            modules_to_save: Vec::new(),
+            modules_to_save: self.modules_to_save.clone(),
             use_dora: self.use_dora,
             use_rslora: self.use_rslora,
             init: self.init,
@@ -234,7 +236,6 @@ pub fn read_config(path: &Path) -> Result<PeftConfig, ExportError> {
         "alpha_pattern",
         "layers_to_transform",
         "layers_pattern",
-        "modules_to_save",
         "exclude_modules",
         "layer_replication",
         "use_qalora",
@@ -319,6 +320,33 @@ pub fn read_config(path: &Path) -> Result<PeftConfig, ExportError> {
             )));
         }
     };
+    let modules_to_save = match get("modules_to_save") {
+        serde_json::Value::Null => Vec::new(),
+        serde_json::Value::Array(a) => {
+            let mut names = Vec::with_capacity(a.len());
+            for x in a {
+                let name = x
+                    .as_str()
+                    .ok_or_else(|| err(format!("`modules_to_save` entry {x} is not a string")))?;
+                if !runner_model::lora::MODULES_TO_SAVE
+                    .iter()
+                    .any(|m| *m == name || m.ends_with(&format!(".{name}")))
+                {
+                    return Err(err(format!(
+                        "`modules_to_save` entry `{name}` is not supported (only embed_tokens \
+                         and lm_head can be trained fully)"
+                    )));
+                }
+                names.push(name.to_string());
+            }
+            names
+        }
+        other => {
+            return Err(err(format!(
+                "`modules_to_save` must be a list of module names, found {other}"
+            )));
+        }
+    };
     let scaling = if use_rslora {
         alpha / (r as f64).sqrt()
     } else {
@@ -334,5 +362,6 @@ pub fn read_config(path: &Path) -> Result<PeftConfig, ExportError> {
         scaling,
         init,
         base_model: get("base_model_name_or_path").as_str().map(str::to_string),
+        modules_to_save,
     })
 }

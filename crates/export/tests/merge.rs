@@ -61,8 +61,35 @@ fn merge_dora_equals_peft_merge_and_unload() {
 }
 
 #[test]
+fn merge_modules_to_save_equals_peft_merge_and_unload() {
+    check_against_peft("adapter-save");
+}
+
+/// A trained copy of a tied embedding cannot be merged without untying: refused, named.
+#[test]
+fn merge_refuses_modules_to_save_on_a_tied_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    copy_base(&base);
+    let cfg = base.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "\"tie_word_embeddings\": false",
+            "\"tie_word_embeddings\": true",
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("m");
+    let e = merge_folder(&base, &fixture("adapter-save"), &out, DType::F32, false).unwrap_err();
+    assert!(e.to_string().contains("ties lm_head"), "{e}");
+    assert!(!out.exists(), "nothing written");
+}
+
+#[test]
 fn merged_logits_equal_base_plus_adapter() {
-    for adapter in ["adapter-lora", "adapter-dora"] {
+    for adapter in ["adapter-lora", "adapter-dora", "adapter-save"] {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("m");
         merge_folder(&fixture("base"), &fixture(adapter), &out, DType::F32, false).unwrap();

@@ -84,6 +84,45 @@ fn peft_dora_adapter_gives_peft_logits() {
     check_logits("adapter-dora");
 }
 
+/// `modules_to_save: [embed_tokens, lm_head]`: PEFT's saved copies replace the base modules.
+#[test]
+fn peft_modules_to_save_adapter_gives_peft_logits() {
+    check_logits("adapter-save");
+    let c = read_config(&fixture("adapter-save")).unwrap();
+    assert_eq!(c.modules_to_save, ["embed_tokens", "lm_head"]);
+    let (_, adapters) = load_with_adapter(&fixture("base"), &fixture("adapter-save")).unwrap();
+    assert_eq!(adapters.modules_to_save, ["model.embed_tokens", "lm_head"]);
+}
+
+/// What runner writes for modules_to_save is what PEFT wrote: the same tensor names and the
+/// same `modules_to_save` entry in adapter_config.json.
+#[test]
+fn runner_writes_modules_to_save_as_peft() {
+    let (_, adapters) = load_with_adapter(&fixture("base"), &fixture("adapter-save")).unwrap();
+    let c = read_config(&fixture("adapter-save")).unwrap();
+    let plan = c.adapter_plan(None);
+    let dir = tempfile::tempdir().unwrap();
+    runner_export::peft::save_adapter(dir.path(), &plan, &adapters, "../base").unwrap();
+    let ours = tensors(&dir.path().join("adapter_model.safetensors"));
+    let peft = tensors(&fixture("adapter-save").join("adapter_model.safetensors"));
+    let mut a: Vec<_> = ours.keys().collect();
+    let mut b: Vec<_> = peft.keys().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    for (n, t) in &peft {
+        assert!(rel_err(&ours[n], t) == 0.0, "{n}");
+    }
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        v["modules_to_save"],
+        serde_json::json!(["embed_tokens", "lm_head"])
+    );
+}
+
 /// runner's own writer round-trips through the reader and the loader.
 #[test]
 fn runner_adapter_files_read_back() {
@@ -125,7 +164,7 @@ fn unsupported_peft_fields_are_named() {
         ),
         (
             "modules_to_save",
-            serde_json::json!(["lm_head"]),
+            serde_json::json!(["norm"]),
             "modules_to_save",
         ),
         ("fan_in_fan_out", serde_json::json!(true), "fan_in_fan_out"),

@@ -78,9 +78,6 @@ impl LoraSettings {
     /// Checks that the plan asks only for what this stage implements.
     pub fn from_plan(plan: &AdapterPlan) -> Result<Self> {
         let no = |what: &str| Err(Error::Adapter(format!("{what} is not implemented yet")));
-        if !plan.modules_to_save.is_empty() {
-            return no("lora_modules_to_save");
-        }
         if matches!(plan.init, LoraInit::Pissa { .. }) {
             return no("PiSSA initialisation");
         }
@@ -104,10 +101,13 @@ impl LoraSettings {
 pub struct Adapters {
     /// Targeted module names, in model order.
     pub modules: Vec<String>,
-    /// `(PEFT name, parameter)`: `lora_A` then `lora_B` for each module.
+    /// `(PEFT name, parameter)`: `lora_A` then `lora_B` (and the DoRA magnitude) for each
+    /// module, then the trainable copies of `lora_modules_to_save` (`....weight`).
     pub params: Vec<(String, Var)>,
     pub r: usize,
     pub scaling: f64,
+    /// Modules trained fully (`lora_modules_to_save`), e.g. `model.embed_tokens`, `lm_head`.
+    pub modules_to_save: Vec<String>,
 }
 
 impl Adapters {
@@ -218,20 +218,108 @@ pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Res
         params,
         r: s.r,
         scaling: s.scaling,
+        modules_to_save: Vec::new(),
     })
 }
 
 /// Injects the adapters the plan describes; with `lora_model_dir` the weights come from that
 /// PEFT adapter. With `load_in_4bit` / `load_in_8bit` (`plan.base_quant`) the frozen decoder
-/// weights are quantized first ([`crate::quant::quantize_frozen`]).
+/// weights are quantized first ([`crate::quant::quantize_frozen`]). `lora_modules_to_save`
+/// become trainable copies ([`add_modules_to_save`]); a saved adapter whose embedding copy has
+/// more rows than the model (tokens added when it was trained) grows the vocabulary first.
 pub fn inject(model: &mut CausalLm, plan: &AdapterPlan, seed: u64) -> Result<Adapters> {
     let s = LoraSettings::from_plan(plan)?;
+    if let Some(dir) = &plan.init_from {
+        let rows = saved_vocab_rows(&dir.join("adapter_model.safetensors"))?;
+        if let Some(rows) = rows.filter(|&r| r > model.cfg.vocab_size) {
+            model.resize_token_embeddings(rows)?;
+        }
+    }
     crate::quant::quantize_frozen(model, plan.base_quant)?;
-    let adapters = inject_settings(model, &s, seed)?;
+    let mut adapters = inject_settings(model, &s, seed)?;
+    add_modules_to_save(model, &mut adapters, &plan.modules_to_save)?;
     if let Some(dir) = &plan.init_from {
         load_adapter_weights(&adapters, dir)?;
     }
     Ok(adapters)
+}
+
+/// The vocabulary rows of the embedding / LM-head copies in a saved adapter file, if any.
+fn saved_vocab_rows(file: &Path) -> Result<Option<usize>> {
+    if !file.exists() {
+        return Ok(None); // reported by `load_adapter_weights`
+    }
+    use crate::weights::TensorSource;
+    let src = crate::weights::SafetensorsSource::open(&[file.to_path_buf()])?;
+    Ok(MODULES_TO_SAVE
+        .iter()
+        .filter_map(|m| src.shape_of(&format!("{PEFT_PREFIX}{m}.weight")))
+        .filter_map(|shape| shape.first().copied())
+        .max())
+}
+
+/// The modules `lora_modules_to_save` can name: the token embeddings and the LM head.
+pub const MODULES_TO_SAVE: [&str; 2] = ["model.embed_tokens", "lm_head"];
+
+/// `lora_modules_to_save` as PEFT's `ModulesToSaveWrapper`: each named module gets a trainable
+/// copy of its weight (saved as `base_model.model.<module>.weight`), which the forward pass
+/// uses instead of the frozen original. Names match as PEFT matches them, by the end of the
+/// module name (`embed_tokens` selects `model.embed_tokens`).
+///
+/// Tied embeddings (SmolLM2, Qwen3 small models): PEFT's default (`ensure_weight_tying:
+/// false`, the only behaviour Axolotl exposes) wraps each named module separately, so the tie
+/// is broken: `embed_tokens` alone trains the input embeddings while the LM head keeps the
+/// frozen original; both names give two independent copies, both saved. We do the same, so
+/// an adapter trained here behaves identically under `PeftModel.from_pretrained`.
+pub fn add_modules_to_save(
+    model: &mut CausalLm,
+    adapters: &mut Adapters,
+    wanted: &[String],
+) -> Result<()> {
+    for w in wanted {
+        let hits: Vec<&str> = MODULES_TO_SAVE
+            .iter()
+            .copied()
+            .filter(|m| *m == w || m.ends_with(&format!(".{w}")))
+            .collect();
+        if hits.is_empty() {
+            return Err(Error::Adapter(format!(
+                "lora_modules_to_save: `{w}` is not a module this engine can train fully; \
+                 use embed_tokens and/or lm_head"
+            )));
+        }
+    }
+    for module in MODULES_TO_SAVE {
+        let chosen = wanted
+            .iter()
+            .any(|w| module == w || module.ends_with(&format!(".{w}")));
+        if !chosen {
+            continue;
+        }
+        let name = format!("{PEFT_PREFIX}{module}.weight");
+        if adapters.params.iter().any(|(n, _)| *n == name) {
+            continue; // listed twice (`embed_tokens` and `model.embed_tokens`)
+        }
+        let var = if module == "lm_head" {
+            if model.lm_head.lora.is_some() {
+                return Err(Error::Adapter(
+                    "lm_head is both a LoRA target and in lora_modules_to_save; choose one".into(),
+                ));
+            }
+            // `Var::from_tensor` copies: with tied embeddings the input embeddings keep the
+            // original tensor.
+            let v = Var::from_tensor(&model.lm_head.weight)?;
+            model.lm_head.weight = v.as_tensor().clone();
+            v
+        } else {
+            let v = Var::from_tensor(&model.embed_tokens)?;
+            model.embed_tokens = v.as_tensor().clone();
+            v
+        };
+        adapters.params.push((name, var));
+        adapters.modules_to_save.push(module.to_string());
+    }
+    Ok(())
 }
 
 /// Loads `adapter_model.safetensors` (PEFT names, no `.default`) into the injected adapters.

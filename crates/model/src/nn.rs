@@ -31,12 +31,14 @@ pub struct LoraAdapter {
     pub rng: SharedRng,
 }
 
-/// A linear layer `y = x Wᵀ + b` with a frozen weight, optionally carrying a LoRA adapter.
+/// A linear layer `y = x Wᵀ + b` with a frozen weight (or a trainable copy, for
+/// `lora_modules_to_save`), optionally carrying a LoRA adapter.
 #[derive(Clone)]
 pub struct Linear {
     /// The module name as transformers names it (`model.layers.0.self_attn.q_proj`).
     pub name: String,
-    /// `[out, in]`, a constant: no gradient is ever stored for it. For a quantized layer
+    /// `[out, in]`, a constant: no gradient is ever stored for it (except for the trainable
+    /// copy `lora_modules_to_save` puts here, a `Var`). For a quantized layer
     /// (`quant` set) only a shape-carrying NaN placeholder: read values with
     /// [`Linear::dense_weight`].
     pub weight: Tensor,
@@ -84,6 +86,8 @@ impl Linear {
     fn base_matmul(&self, x: &Tensor) -> Result<Tensor> {
         match &self.quant {
             Some(q) => crate::quant::quant_matmul(x, q),
+            // A trainable copy (`lora_modules_to_save: [lm_head]`) needs its own gradient.
+            None if self.weight.is_variable() => Ok(x.matmul(&self.weight.t()?)?),
             None => frozen_matmul(x, &self.weight),
         }
     }

@@ -17,7 +17,9 @@
 //! Tolerances (f32): logits max-abs error / max-abs value ≤ 1e-5; gradients ≤ 1e-4 relative.
 
 use candle_core::{DType, Device, Tensor};
-use runner_model::lora::{LoraSettings, ParamCounts, inject_settings, load_adapter_file};
+use runner_model::lora::{
+    LoraSettings, ParamCounts, add_modules_to_save, inject_settings, load_adapter_file,
+};
 use runner_model::{Adapters, Batch, CausalLm, load_folder, loss};
 use runner_recipe::plan::{LoraInit, TargetModules};
 use std::collections::HashMap;
@@ -58,7 +60,12 @@ fn setup(name: &str) -> (CausalLm, Adapters) {
         init: LoraInit::Kaiming,
         use_dora: lora["use_dora"].as_bool().unwrap_or(false),
     };
-    let adapters = inject_settings(&mut model, &s, 0).expect("inject");
+    let mut adapters = inject_settings(&mut model, &s, 0).expect("inject");
+    let to_save: Vec<String> = lora["modules_to_save"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    add_modules_to_save(&mut model, &mut adapters, &to_save).expect("modules_to_save");
     load_adapter_file(&adapters, &dir.join("lora.safetensors")).expect("adapter weights");
     (model, adapters)
 }
@@ -92,7 +99,12 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn check(name: &str, case_name: &str) {
-    let (model, adapters) = setup(name);
+    check_with(name, case_name, false)
+}
+
+fn check_with(name: &str, case_name: &str, gradient_checkpointing: bool) {
+    let (mut model, adapters) = setup(name);
+    model.gradient_checkpointing = gradient_checkpointing;
     let c = case(name, case_name);
     let ids: Vec<u32> = ints(&c["input_ids"]);
     let labels: Vec<i64> = ints(&c["labels"]);
@@ -147,8 +159,8 @@ fn check(name: &str, case_name: &str) {
     );
     assert!(((reference - want_loss) / want_loss).abs() < 1e-5);
 
-    // Gradients of every adapter matrix.
-    let grads = out.loss.backward().unwrap();
+    // Gradients of every adapter matrix (and module-to-save copy).
+    let grads = runner_model::backward(&out.loss, &model).unwrap();
     let mut worst = 0f32;
     for (pname, var) in &adapters.params {
         let g = grads
@@ -165,13 +177,17 @@ fn check(name: &str, case_name: &str) {
     );
     // The frozen base gets no gradient at all (not even a discarded one).
     for lin in model.linears() {
-        assert!(
-            grads.get(&lin.weight).is_none(),
-            "{} got a gradient",
-            lin.name
-        );
+        if !lin.weight.is_variable() {
+            assert!(
+                grads.get(&lin.weight).is_none(),
+                "{} got a gradient",
+                lin.name
+            );
+        }
     }
-    assert!(grads.get(&model.embed_tokens).is_none());
+    if !model.embed_tokens.is_variable() {
+        assert!(grads.get(&model.embed_tokens).is_none());
+    }
     // Every adapter tensor PEFT trains is one of ours, and vice versa.
     let n_fixture = c.keys().filter(|k| k.starts_with("grad.")).count();
     assert_eq!(n_fixture, adapters.params.len());
@@ -237,6 +253,87 @@ fn qwen2_sliding_window_layers_packed() {
     check("tiny-qwen2-window", "packed");
 }
 
+#[test]
+fn modules_to_save_untied_padded() {
+    check("tiny-llama-save", "padded");
+}
+
+#[test]
+fn modules_to_save_untied_packed_gradient_checkpointing() {
+    check_with("tiny-llama-save", "packed", true);
+}
+
+#[test]
+fn modules_to_save_tied_embeddings_padded() {
+    check("tiny-llama-tied-save", "padded");
+}
+
+#[test]
+fn modules_to_save_tied_embeddings_packed_gradient_checkpointing() {
+    check_with("tiny-llama-tied-save", "packed", true);
+}
+
+/// PEFT's default on a tied model: the trained copy feeds the input embeddings only; the LM
+/// head keeps the frozen original (the tie is broken, as PEFT warns).
+#[test]
+fn modules_to_save_breaks_the_tie_as_peft_does() {
+    let (model, adapters) = setup("tiny-llama-tied-save");
+    assert!(model.cfg.tie_word_embeddings);
+    assert!(model.embed_tokens.is_variable());
+    assert!(!model.lm_head.weight.is_variable());
+    assert_eq!(adapters.modules_to_save, ["model.embed_tokens"]);
+    let diff = (&model.embed_tokens - &model.lm_head.weight)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff > 0.0, "the copy was loaded from the adapter file");
+}
+
+/// LoRA+ groups of the trainable copies as PEFT's `create_loraplus_optimizer` makes them
+/// (the copies sit in group A, at `lr`), from the fixture's `loraplus.json`.
+#[test]
+fn modules_to_save_loraplus_groups_match_peft() {
+    for name in ["tiny-llama-save", "tiny-llama-tied-save"] {
+        let (_, adapters) = setup(name);
+        let want: HashMap<String, f64> = serde_json::from_str(
+            &std::fs::read_to_string(fixture(name).join("loraplus.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(want.len(), adapters.params.len(), "{name}");
+        for (pname, _) in &adapters.params {
+            assert_eq!(
+                Adapters::loraplus_multiplier(pname, Some(16.0)),
+                want[pname],
+                "{name}: {pname}"
+            );
+        }
+    }
+}
+
+#[test]
+fn modules_to_save_refuses_other_modules_and_a_lora_lm_head() {
+    let mut model = load_folder(&fixture("tiny-llama"), DType::F32, &Device::Cpu).unwrap();
+    let s = LoraSettings {
+        r: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        scaling: 2.0,
+        targets: TargetModules::Names(vec!["lm_head".into()]),
+        init: LoraInit::Kaiming,
+        use_dora: false,
+    };
+    let mut adapters = inject_settings(&mut model, &s, 0).unwrap();
+    let e = add_modules_to_save(&mut model, &mut adapters, &["norm".into()]).unwrap_err();
+    assert!(e.to_string().contains("`norm`"), "{e}");
+    assert!(e.to_string().contains("embed_tokens"), "{e}");
+    let e = add_modules_to_save(&mut model, &mut adapters, &["lm_head".into()]).unwrap_err();
+    assert!(e.to_string().contains("LoRA target"), "{e}");
+}
+
 /// `peft_model.print_trainable_parameters()` for each fixture, written by the script.
 #[test]
 fn trainable_parameters_line_matches_peft() {
@@ -247,6 +344,8 @@ fn trainable_parameters_line_matches_peft() {
         "tiny-llama-dora",
         "tiny-qwen2",
         "tiny-qwen2-window",
+        "tiny-llama-save",
+        "tiny-llama-tied-save",
     ] {
         let (model, adapters) = setup(name);
         let want = std::fs::read_to_string(fixture(name).join("trainable.txt")).unwrap();
@@ -264,7 +363,8 @@ fn trainable_parameters_line_matches_peft() {
             .iter()
             .filter(|(n, _, _)| adapters.modules.contains(n))
             .map(|(_, i, o)| adapters.r * (i + o) + if dora { *o } else { 0 })
-            .sum();
+            .sum::<usize>()
+            + model.cfg.hidden_size * model.cfg.vocab_size * adapters.modules_to_save.len();
         assert_eq!(
             on_paper,
             ParamCounts::of(&model, &adapters).trainable,

@@ -259,3 +259,74 @@ fn issue_5_a_non_finite_loss_stops_with_the_last_good_state_saved() {
             .exists()
     );
 }
+
+/// `lora_modules_to_save` (issue 7): the trainable copies train (they move away from the base),
+/// sit in the optimizer and LoRA+ group A as PEFT's `create_loraplus_optimizer` puts them, are
+/// checkpointed and restored (a resumed run continues bit for bit), and end up in the adapter
+/// file under PEFT's names.
+#[test]
+fn issue_7_modules_to_save_train_checkpoint_resume_and_save() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = tiny_model(tmp.path());
+    let sets = [
+        "lora_modules_to_save=[embed_tokens, lm_head]",
+        "save_steps=3",
+        "gradient_checkpointing=true",
+        "loraplus_lr_ratio=4",
+    ];
+    let (full, text) = plan(&tmp.path().join("full"), &sets);
+    let whole = run(&full, &text, &model_dir);
+    assert_eq!(whole.stop, StopReason::Finished);
+    let names = [
+        "base_model.model.model.embed_tokens.weight",
+        "base_model.model.lm_head.weight",
+    ];
+    let base = runner_model::load_folder(&model_dir, DType::F32, &Device::Cpu).unwrap();
+    let saved = candle_core::safetensors::load(
+        full.train.output_dir.join("adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (name, base_w) in names.iter().zip([&base.embed_tokens, &base.lm_head.weight]) {
+        let moved = (&saved[*name] - base_w)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(moved > 1e-4, "{name} did not train ({moved})");
+    }
+    let ckpt = full.train.output_dir.join("checkpoint-3");
+    let opt =
+        candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &Device::Cpu).unwrap();
+    for name in names {
+        assert!(
+            opt.keys().any(|k| k.contains(name)),
+            "{name} has no optimizer state"
+        );
+    }
+    let mut sets_resumed = sets.to_vec();
+    let resume = format!("resume_from_checkpoint={}", ckpt.display());
+    sets_resumed.push(&resume);
+    let (resumed, _) = plan(&tmp.path().join("resumed"), &sets_resumed);
+    let rest = run(&resumed, &text, &model_dir);
+    let tail: Vec<u64> = whole.losses[3..].iter().map(|(_, l)| l.to_bits()).collect();
+    let again: Vec<u64> = rest.losses.iter().map(|(_, l)| l.to_bits()).collect();
+    assert_eq!(tail, again, "a resumed run must give the same losses");
+
+    // LoRA+: the copies are 2-D and not lora_B, so group A (lr), as in PEFT.
+    let mut model = runner_model::load_folder(&model_dir, DType::F32, &Device::Cpu).unwrap();
+    let adapters = runner_model::inject(&mut model, &full.adapter, 0).unwrap();
+    let groups = runner_train::trainer::param_groups(&full, &adapters);
+    let scale_of = |n: &str| {
+        groups
+            .iter()
+            .find(|g| g.params.iter().any(|(p, _)| p == n))
+            .map(|g| g.lr_scale)
+    };
+    for name in names {
+        assert_eq!(scale_of(name), Some(1.0), "{name}");
+    }
+}

@@ -249,6 +249,42 @@ fn resolve_adapter(r: &mut Resolver, raw: &RawRecipe) -> Option<AdapterPlan> {
         }
     };
 
+    let to_save = raw.lora_modules_to_save.clone().unwrap_or_default();
+    for m in &to_save {
+        if !["embed_tokens", "model.embed_tokens", "lm_head"].contains(&m.as_str()) {
+            r.error(
+                "lora_modules_to_save",
+                format!("`{m}` cannot be trained fully: only the embeddings and the LM head can"),
+                "use embed_tokens and/or lm_head (train other modules with LoRA targets)",
+            );
+        }
+    }
+    if to_save.iter().any(|m| m == "lm_head")
+        && matches!(&targets, Some(TargetModules::Names(l)) if l.iter().any(|t| t == "lm_head"))
+    {
+        r.error(
+            "lora_modules_to_save",
+            "`lm_head` is both a LoRA target and in `lora_modules_to_save`",
+            "choose one: remove it from lora_target_modules or from lora_modules_to_save",
+        );
+    }
+    // Axolotl's rule (check_model_config): new tokens get new embedding and LM-head rows, which
+    // only train when both modules are trained fully.
+    let new_tokens = raw.tokens.as_ref().is_some_and(|t| !t.is_empty());
+    if kind.is_some()
+        && new_tokens
+        && !["embed_tokens", "lm_head"]
+            .iter()
+            .all(|m| to_save.iter().any(|s| s == m))
+    {
+        r.error(
+            "lora_modules_to_save",
+            "`lora_modules_to_save` not properly set when adding new tokens: their embedding and \
+             LM-head rows would stay at their initial values",
+            "include [`embed_tokens`, `lm_head`] in `lora_modules_to_save`",
+        );
+    }
+
     let use_rslora = raw.peft_use_rslora.unwrap_or(false);
     let use_dora = raw.peft_use_dora.unwrap_or(false);
     let init = match &raw.peft_init_lora_weights {
@@ -323,7 +359,7 @@ fn resolve_adapter(r: &mut Resolver, raw: &RawRecipe) -> Option<AdapterPlan> {
         dropout: raw.lora_dropout.unwrap_or(0.0),
         scaling,
         targets: targets?,
-        modules_to_save: raw.lora_modules_to_save.clone().unwrap_or_default(),
+        modules_to_save: to_save,
         use_dora,
         use_rslora,
         init: init?,
