@@ -106,6 +106,33 @@ impl Linear {
         let in_dim = self.in_features();
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.out_features();
+        if let Some(l) = &self.lora
+            && l.magnitude.is_none()
+            && self.quant.is_none()
+            && crate::fused::applies(&x2)
+            && crate::fused::applies(&self.weight)
+        {
+            let mask = if train && l.dropout > 0.0 {
+                Some(crate::fused::DropMask::new(
+                    &dropout_draws(x2.elem_count(), &l.rng),
+                    l.dropout,
+                ))
+            } else {
+                None
+            };
+            let y = crate::fused::lora_linear(
+                &x2,
+                &self.weight,
+                self.bias.as_ref(),
+                (l.a.as_tensor(), l.b.as_tensor()),
+                l.scale,
+                mask,
+            )?;
+            return Ok(y.reshape(out)?);
+        }
         let base = self.base_matmul(&x2)?;
         let mut y = match &self.bias {
             Some(b) => base.broadcast_add(b)?,
@@ -141,9 +168,6 @@ impl Linear {
                 }
             }
         }
-        let mut out = dims;
-        let last = out.len() - 1;
-        out[last] = self.out_features();
         Ok(y.reshape(out)?)
     }
 }
@@ -207,13 +231,8 @@ pub fn dropout(x: &Tensor, p: f64, train: bool, rng: &SharedRng) -> Result<Tenso
     if !train || p <= 0.0 {
         return Ok(x.clone());
     }
-    let n = x.elem_count();
-    // Random u32s from the seeded stream (a bulk fill: fast even in debug builds), kept where
-    // u ≥ p·2³², then scaled by 1/(1-p).
-    let mut bits = vec![0u32; n];
-    rng.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .fill(&mut bits[..]);
+    // Random u32s from the seeded stream, kept where u ≥ p·2³², then scaled by 1/(1-p).
+    let bits = dropout_draws(x.elem_count(), rng);
     let threshold = (p * 4_294_967_296.0).min(u32::MAX as f64) as u32;
     let scale = (1.0 / (1.0 - p)) as f32;
     let mask: Vec<f32> = bits
@@ -222,6 +241,15 @@ pub fn dropout(x: &Tensor, p: f64, train: bool, rng: &SharedRng) -> Result<Tenso
         .collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     Ok((x * mask)?)
+}
+
+/// `n` random u32s from the dropout stream (a bulk fill: fast even in debug builds).
+pub fn dropout_draws(n: usize, rng: &SharedRng) -> Vec<u32> {
+    let mut bits = vec![0u32; n];
+    rng.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .fill(&mut bits[..]);
+    bits
 }
 
 /// RMSNorm as transformers computes it: `w · x / sqrt(mean(x²) + eps)`.
