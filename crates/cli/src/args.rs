@@ -95,6 +95,52 @@ pub enum Command {
         #[arg(long)]
         train: bool,
     },
+    /// Generate text from the recipe's model (+ adapter), a merged model or a GGUF file: a
+    /// plain prompt, or chat messages through the chat template the recipe trains with;
+    /// tokens are streamed to standard output.
+    Generate {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Generate from this model instead of the recipe's base_model: a merged model folder
+        /// or a .gguf file (no adapter unless --adapter).
+        #[arg(long)]
+        model: Option<String>,
+        /// A PEFT adapter folder (default: the recipe's lora_model_dir, else the adapter in its
+        /// output_dir if a run left one there, else none).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Use no adapter, even when the recipe names or produced one.
+        #[arg(long, conflicts_with = "adapter")]
+        no_adapter: bool,
+        /// A plain-text prompt (no chat template), tokenized as `tokenizer(text)` does.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// A user message, rendered with the chat template and the generation prompt.
+        #[arg(long)]
+        user: Option<String>,
+        /// A system message before --user (or before the --chat messages).
+        #[arg(long)]
+        system: Option<String>,
+        /// A JSON file with the conversation so far: `[{"role": "user", "content": "..."}]`.
+        #[arg(long)]
+        chat: Option<PathBuf>,
+        /// At most this many new tokens; generation also ends at EOS / end of turn.
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        /// Sampling temperature; 0 (the default) is greedy decoding.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Sample only among the k most likely tokens (with --temperature).
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Sample only from the smallest set of tokens whose probability reaches p (with
+        /// --temperature).
+        #[arg(long)]
+        top_p: Option<f64>,
+        /// Seed of the sampling stream (default: the recipe's seed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Merge a PEFT adapter into its base model (W' = W + s·BA; DoRA rescaled per row),
     /// shard by shard, then print the largest logit difference between base + adapter and the
     /// merged model on a few sequences.

@@ -118,6 +118,48 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             crate::run::eval(&loaded, adapter, train)
         }
+        Command::Generate {
+            recipe,
+            model,
+            adapter,
+            no_adapter,
+            prompt,
+            user,
+            system,
+            chat,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+        } => {
+            let loaded = match load(&recipe) {
+                Ok(l) => l,
+                Err(e) => return Ok(report(&e, color)),
+            };
+            if (top_k.is_some() || top_p.is_some()) && temperature == 0.0 {
+                anyhow::bail!(
+                    "--top-k and --top-p sample; give a --temperature above 0 too (0 is greedy)"
+                );
+            }
+            crate::generate::generate(
+                &loaded,
+                crate::generate::GenerateArgs {
+                    model,
+                    adapter,
+                    no_adapter,
+                    prompt,
+                    user,
+                    system,
+                    chat,
+                    max_new_tokens,
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed,
+                },
+            )
+        }
         Command::Merge {
             base,
             adapter,

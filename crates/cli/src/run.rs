@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The model plan with `builtin:NAME` replaced by the folder runner generates it into.
-fn materialized(model: &ModelPlan) -> anyhow::Result<ModelPlan> {
+pub(crate) fn materialized(model: &ModelPlan) -> anyhow::Result<ModelPlan> {
     let Some(name) = model.base_model.strip_prefix("builtin:") else {
         return Ok(model.clone());
     };

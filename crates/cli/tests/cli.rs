@@ -341,6 +341,40 @@ fn issue_6_merge_writes_a_model_matching_base_plus_adapter_and_refuses_to_overwr
     let tuned = loss_of(&runner(&["eval", "--set", &prep, "--adapter", &adapter]));
     assert!(tuned < base, "adapter {tuned} vs base {base}");
 
+    // runner generate: base + adapter and the merged model pick the same greedy tokens; a
+    // seed gives the same sample.
+    let generate = |extra: &[&str]| -> String {
+        let mut a = vec![
+            "generate",
+            "--set",
+            &prep,
+            "--user",
+            "hi",
+            "--max-new-tokens",
+            "12",
+        ];
+        a.extend_from_slice(extra);
+        let out = runner(&a);
+        let (stdout, err) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(err.contains("ended by"), "{err}");
+        stdout
+    };
+    let with_adapter = generate(&["--adapter", &adapter]);
+    assert!(!with_adapter.trim().is_empty());
+    assert_eq!(with_adapter, generate(&["--model", &merged]));
+    let sampled = [
+        "--adapter",
+        &adapter,
+        "--temperature",
+        "1.0",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "5",
+    ];
+    assert_eq!(generate(&sampled), generate(&sampled));
+
     let again = runner(&args);
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again).1.contains("--force"), "{}", text(&again).1);

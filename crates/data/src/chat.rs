@@ -31,6 +31,21 @@ const TURN_END_TOKENS: [&str; 6] = [
     "<|endoftext|>",
 ];
 
+/// The ids that close a turn for a template: the tokenizer's EOS, then the known end-of-turn
+/// tokens the template text writes. Training masks them; generation stops at them.
+pub fn turn_end_ids(template_source: &str, tok: &TextTokenizer) -> Vec<u32> {
+    let mut ids: Vec<u32> = tok.eos.iter().map(|e| e.id).collect();
+    for t in TURN_END_TOKENS {
+        if template_source.contains(t)
+            && let Some(id) = tok.token_to_id(t)
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
 /// Everything needed to turn one chat row into a sample.
 pub struct ChatEncoder<'a> {
     pub template: ChatTemplate,
@@ -49,15 +64,7 @@ impl<'a> ChatEncoder<'a> {
         train_on_inputs: bool,
         default_system_message: Option<String>,
     ) -> Self {
-        let mut eot_ids: Vec<u32> = tok.eos.iter().map(|e| e.id).collect();
-        for t in TURN_END_TOKENS {
-            if template.source.contains(t)
-                && let Some(id) = tok.token_to_id(t)
-                && !eot_ids.contains(&id)
-            {
-                eot_ids.push(id);
-            }
-        }
+        let eot_ids = turn_end_ids(&template.source, tok);
         ChatEncoder {
             template,
             tok,

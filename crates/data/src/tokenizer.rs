@@ -430,6 +430,16 @@ impl TextTokenizer {
         self.inner.decode(&[id], false).unwrap_or_default()
     }
 
+    /// Decodes ids to text, as `tokenizer.decode(ids, skip_special_tokens=...)` does.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| DataError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
     /// The named chat template the tokenizer carries (`None` = its default one).
     pub fn chat_template(&self, name: Option<&str>) -> Option<&str> {
         let want = name.unwrap_or("default");

@@ -169,7 +169,7 @@ impl Attention {
 }
 
 /// `(B, n_kv, T, D)` → `(B, n_kv·groups, T, D)`, each kv head repeated for its query group.
-fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
+pub(crate) fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
     if groups == 1 {
         return Ok(x.clone());
     }
