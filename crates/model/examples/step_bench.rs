@@ -6,12 +6,10 @@
 //! Reference (DESIGN.md): PyTorch + PEFT, r=16 on all 7 projections, 4×256 tokens, fp32, 2
 //! threads: about 180 tokens/s for a full step, 4.4 GB peak RSS.
 //!
-//! Measured here (release, shared 2-core machine under load 3–5, forward + backward only):
-//! 62–75 tokens/s with `CANDLE_BARRIER_POOL_SPIN_LIMIT=100` (33–42 with candle's default spin,
-//! which burns the core the other process needs); 10.7 GB peak RSS, 5.9 GB with `CKPT=1`
-//! (gradient checkpointing). About 35% of CPU time is gemm, ~16% candle's barrier spin, ~18%
-//! page zeroing from fresh allocations (`MALLOC_MMAP_THRESHOLD_=33554432
-//! MALLOC_TRIM_THRESHOLD_=4294967296` or a caching allocator helps).
+//! This measures the model alone (no optimizer, no data stage, the system allocator); the
+//! end-to-end comparison with PyTorch + PEFT is `tools/train/bench.sh`. Set
+//! `CANDLE_BARRIER_POOL_SPIN_LIMIT=100` as the `runner` binary does, or candle's idle worker
+//! spins on the core the step needs.
 
 use candle_core::{DType, Device};
 use runner_model::lora::{LoraSettings, inject_settings};

@@ -6,7 +6,9 @@
 //! check forward values and gradients against them.
 
 use crate::error::Result;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, StorageRef, Tensor,
+};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +28,42 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a
     }
 }
 
-/// The f32 values of a CPU tensor (made contiguous first), for the backward passes.
+/// The f32 values of a CPU tensor, for the backward passes: borrowed from its storage when
+/// contiguous (the usual case), copied otherwise.
+enum Vals<'a> {
+    Borrowed(StorageRef<'a>, std::ops::Range<usize>),
+    Owned(Vec<f32>),
+}
+
+impl std::ops::Deref for Vals<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            // `vals` builds `Borrowed` only over f32 CPU storage.
+            Vals::Borrowed(g, r) => match &**g {
+                candle_core::Storage::Cpu(CpuStorage::F32(v)) => &v[r.clone()],
+                _ => &[],
+            },
+            Vals::Owned(v) => v,
+        }
+    }
+}
+
+fn vals(t: &Tensor) -> candle_core::Result<Vals<'_>> {
+    let (st, l) = t.storage_and_layout();
+    match (&*st, l.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::F32(_)), Some((a, b))) => {
+            Ok(Vals::Borrowed(st, a..b))
+        }
+        (candle_core::Storage::Cpu(CpuStorage::F32(_)), None) => {
+            drop(st);
+            Ok(Vals::Owned(values(t)?))
+        }
+        _ => candle_core::bail!("fused op: expected an f32 CPU tensor"),
+    }
+}
+
+/// The f32 values of a CPU tensor, copied.
 fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.contiguous()?.flatten_all()?.to_vec1::<f32>()
 }
@@ -107,10 +144,10 @@ impl CustomOp2 for RmsNormOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let wv = values(w)?;
+        let wv = vals(w)?;
         let c = wv.len();
         let want_w = w.is_variable() || w.track_op();
-        let dyv = values(dy)?;
+        let dyv = vals(dy)?;
         let (dx, dw) = with_values(x, |xv| {
             let mut dx = vec![0f32; xv.len()];
             let dw = dx
@@ -124,7 +161,7 @@ impl CustomOp2 for RmsNormOp {
                         let dot: f32 = xr
                             .iter()
                             .zip(dyr)
-                            .zip(&wv)
+                            .zip(wv.iter())
                             .map(|((x, d), w)| d * w * x * inv)
                             .sum();
                         let mean = dot / c as f32;
@@ -299,7 +336,7 @@ impl CustomOp2 for SwiGluOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gv, uv, dyv) = (values(g)?, values(u)?, values(dy)?);
+        let (gv, uv, dyv) = (vals(g)?, vals(u)?, vals(dy)?);
         let mut dg = vec![0f32; gv.len()];
         let mut du = vec![0f32; gv.len()];
         dg.par_chunks_mut(CHUNK)
@@ -659,7 +696,7 @@ impl CustomOp3 for AttentionOp {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| candle_core::Error::Msg("fused-attention: no forward state".into()))?;
-        let (qv, kvv, vv, dov) = (values(q)?, values(k)?, values(v)?, values(d_o)?);
+        let (qv, kvv, vv, dov) = (vals(q)?, vals(k)?, vals(v)?, vals(d_o)?);
         let mut dq = vec![0f32; qv.len()];
         let mut dk = vec![0f32; kvv.len()];
         let mut dv = vec![0f32; vv.len()];
@@ -947,7 +984,7 @@ impl CustomOp3 for LoraLinearOp {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .ok_or_else(|| candle_core::Error::Msg("fused-lora-linear: no forward state".into()))?;
-        let (dyv, av, bv) = (values(dy)?, values(a)?, values(b)?);
+        let (dyv, av, bv) = (vals(dy)?, vals(a)?, vals(b)?);
         let dyr = View::rows(dyv.as_ptr(), dout);
         let mut g = vec![0f32; rows * r];
         let mut da = vec![0f32; r * din];
@@ -1094,7 +1131,7 @@ pub fn cross_entropy(
     if let Some(&l) = labels.iter().find(|&&l| l as usize >= v) {
         candle_core::bail!("fused-cross-entropy: label {l} outside the vocabulary of {v}");
     }
-    let (hv, wv) = (values(h)?, values(w)?);
+    let (hv, wv) = (vals(h)?, vals(w)?);
     let chunk = chunk.clamp(1, n.max(1));
     let mut logits = vec![0f32; chunk * v];
     let mut dh = if want_dh {

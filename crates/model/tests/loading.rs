@@ -452,7 +452,10 @@ fn adapter_plan_with_init_from_loads_peft_weights() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("base_model.model.model.embed_tokens.weight"), "{e}");
+    assert!(
+        e.contains("base_model.model.model.embed_tokens.weight"),
+        "{e}"
+    );
 }
 
 #[test]
