@@ -141,6 +141,32 @@ pub enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Write a GGUF for llama.cpp / Ollama: the recipe's model with its adapter merged (or
+    /// --model, a merged folder or GGUF), the tokenizer and chat template in the metadata;
+    /// then read it back and print the largest logit difference.
+    ExportGguf {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Export this model instead of the recipe's base_model (a merged folder or a .gguf).
+        #[arg(long)]
+        model: Option<String>,
+        /// The PEFT adapter to merge (default as for `generate`: lora_model_dir, else the
+        /// adapter in output_dir).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Merge no adapter.
+        #[arg(long, conflicts_with = "adapter")]
+        no_adapter: bool,
+        /// The GGUF file to write; refused if it exists, unless --force.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Tensor type: f32, f16 or q8_0 (norms stay f32).
+        #[arg(long = "type", default_value = "q8_0")]
+        ty: String,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Merge a PEFT adapter into its base model (W' = W + s·BA; DoRA rescaled per row),
     /// shard by shard, then print the largest logit difference between base + adapter and the
     /// merged model on a few sequences.

@@ -160,6 +160,29 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             )
         }
+        Command::ExportGguf {
+            recipe,
+            model,
+            adapter,
+            no_adapter,
+            out,
+            ty,
+            force,
+        } => {
+            let loaded = match load(&recipe) {
+                Ok(l) => l,
+                Err(e) => return Ok(report(&e, color)),
+            };
+            crate::export::export_gguf(
+                &loaded,
+                model.as_deref(),
+                adapter.as_deref(),
+                no_adapter,
+                &out,
+                &ty,
+                force,
+            )
+        }
         Command::Merge {
             base,
             adapter,

@@ -28,11 +28,11 @@ pub struct GenerateArgs {
 
 /// Which adapter to apply: `--adapter`, else (unless `--model`/`--no-adapter`) the recipe's
 /// `lora_model_dir`, else the adapter a finished run left in `output_dir`, else none.
-fn adapter_dir(loaded: &Loaded, a: &GenerateArgs) -> Option<PathBuf> {
-    if let Some(d) = &a.adapter {
-        return Some(d.clone());
+fn adapter_dir(loaded: &Loaded, given: Option<&Path>, none: bool) -> Option<PathBuf> {
+    if let Some(d) = given {
+        return Some(d.to_path_buf());
     }
-    if a.no_adapter || a.model.is_some() {
+    if none {
         return None;
     }
     let plan = &loaded.plan;
@@ -50,9 +50,24 @@ fn has_tokenizer(path: &Path) -> bool {
     path.is_file() || path.join("tokenizer.json").is_file()
 }
 
-pub fn generate(loaded: &Loaded, a: GenerateArgs) -> anyhow::Result<ExitCode> {
+/// The recipe's plan with `--model` / the adapter applied, its tokenizer and the loaded model
+/// with the adapter injected (unmerged).
+pub struct Chosen {
+    pub plan: runner_recipe::plan::Plan,
+    pub tok: runner_data::tokenizer::TextTokenizer,
+    pub model: runner_model::CausalLm,
+    pub adapter: Option<PathBuf>,
+}
+
+/// Loads what `--model`, `--adapter` and `--no-adapter` select (see [`adapter_dir`]).
+pub fn choose(
+    loaded: &Loaded,
+    model: Option<&str>,
+    adapter: Option<&Path>,
+    no_adapter: bool,
+) -> anyhow::Result<Chosen> {
     let mut plan = loaded.plan.clone();
-    if let Some(m) = &a.model {
+    if let Some(m) = model {
         let p = Path::new(m);
         if !p.exists() {
             bail!(
@@ -66,10 +81,10 @@ pub fn generate(loaded: &Loaded, a: GenerateArgs) -> anyhow::Result<ExitCode> {
         } else if plan.model.tokenizer.is_none() {
             plan.model.tokenizer = Some(plan.model.base_model.clone());
         }
-        plan.model.base_model = m.clone();
+        plan.model.base_model = m.to_string();
         plan.adapter.base_quant = runner_recipe::plan::BaseQuant::None;
     }
-    let adapter = adapter_dir(loaded, &a);
+    let adapter = adapter_dir(loaded, adapter, no_adapter || model.is_some());
     if let Some(dir) = &adapter {
         let saved = runner_export::peft::read_config(dir)
             .with_context(|| format!("reading the adapter in {}", dir.display()))?;
@@ -78,15 +93,33 @@ pub fn generate(loaded: &Loaded, a: GenerateArgs) -> anyhow::Result<ExitCode> {
         // A QLoRA adapter runs against the quantized base it was trained with.
         plan.adapter.base_quant = quant;
     }
-
     let tok = runner_data::load_tokenizer(&plan.model)?;
-    let (prompt_ids, stop) = prompt_ids(&plan, &tok, &a)?;
-
     let model_plan = crate::run::materialized(&plan.model)?;
     let mut model = runner_model::load(&model_plan, &Device::Cpu)?.model;
     if adapter.is_some() {
         runner_model::inject(&mut model, &plan.adapter, plan.train.seed)?;
     }
+    Ok(Chosen {
+        plan,
+        tok,
+        model,
+        adapter,
+    })
+}
+
+pub fn generate(loaded: &Loaded, a: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let Chosen {
+        plan,
+        tok,
+        model,
+        adapter,
+    } = choose(
+        loaded,
+        a.model.as_deref(),
+        a.adapter.as_deref(),
+        a.no_adapter,
+    )?;
+    let (prompt_ids, stop) = prompt_ids(&plan, &tok, &a)?;
     eprintln!(
         "model {}{}; prompt {} tokens",
         plan.model.base_model,
@@ -216,6 +249,21 @@ fn prompt_ids(
             });
         }
     }
+    let (source, t) = training_template(plan, tok)?;
+    let origin = t.origin.clone();
+    let text = t
+        .render(&messages, true)
+        .map_err(|e| anyhow::anyhow!("chat template {origin}: {e:#}"))?;
+    let ids = tok.encode_with_offsets(&text)?.ids;
+    Ok((ids, runner_data::chat::turn_end_ids(&source, tok)))
+}
+
+/// The chat template the recipe trains with (its first `chat_template` dataset's, else the
+/// recipe-wide one), compiled with the tokenizer's special tokens as the data stage does.
+pub fn training_template(
+    plan: &runner_recipe::plan::Plan,
+    tok: &runner_data::tokenizer::TextTokenizer,
+) -> anyhow::Result<(String, ChatTemplate)> {
     let template = plan
         .data
         .datasets
@@ -232,9 +280,5 @@ fn prompt_ids(
     if let Some(p) = &tok.pad {
         t = t.with_variable("pad_token", &p.text);
     }
-    let text = t
-        .render(&messages, true)
-        .map_err(|e| anyhow::anyhow!("chat template {origin}: {e:#}"))?;
-    let ids = tok.encode_with_offsets(&text)?.ids;
-    Ok((ids, runner_data::chat::turn_end_ids(&source, tok)))
+    Ok((source, t))
 }

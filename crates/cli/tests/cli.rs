@@ -363,6 +363,47 @@ fn issue_6_merge_writes_a_model_matching_base_plus_adapter_and_refuses_to_overwr
     let with_adapter = generate(&["--adapter", &adapter]);
     assert!(!with_adapter.trim().is_empty());
     assert_eq!(with_adapter, generate(&["--model", &merged]));
+    // export-gguf: base + adapter merged into an f32 GGUF that reads back with the same logits
+    // and generates the same greedy tokens; an existing file is refused without --force.
+    let gguf = tmp.join("tiny.gguf").display().to_string();
+    let export = [
+        "export-gguf",
+        "--set",
+        &prep,
+        "--adapter",
+        &adapter,
+        "-o",
+        &gguf,
+        "--type",
+        "f32",
+    ];
+    let out = runner(&export);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(stdout.contains("14 adapted layer(s) merged"), "{stdout}");
+    let diff: f64 = stdout
+        .rsplit("read back: ")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("a difference");
+    assert!(diff < 1e-5, "{stdout}");
+    assert_eq!(with_adapter, generate(&["--model", &gguf]));
+    let again = runner(&export);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again).1.contains("--force"), "{}", text(&again).1);
+    let bad = runner(&[
+        "export-gguf",
+        "--set",
+        &prep,
+        "-o",
+        "x.gguf",
+        "--type",
+        "q4_9",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad).1.contains("f32, f16, q8_0"), "{}", text(&bad).1);
+
     let sampled = [
         "--adapter",
         &adapter,

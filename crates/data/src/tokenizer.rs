@@ -430,6 +430,16 @@ impl TextTokenizer {
         self.inner.decode(&[id], false).unwrap_or_default()
     }
 
+    /// The tokenizer as `tokenizer.json` text (what the GGUF export converts).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| DataError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
     /// Decodes ids to text, as `tokenizer.decode(ids, skip_special_tokens=...)` does.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner

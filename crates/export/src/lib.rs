@@ -1,9 +1,11 @@
 //! Export stage: PEFT adapter files, merged weights, GGUF and the run manifest.
 
+pub mod gguf;
 pub mod merge;
 pub mod peft;
 mod st;
 
+pub use gguf::{GgufReport, GgufTokenizer, GgufType, write_gguf};
 pub use merge::{MergeReport, merge_folder};
 pub use peft::{PeftConfig, read_config};
 

@@ -53,10 +53,10 @@ pub struct MergeReport {
 }
 
 /// One adapted linear layer of the adapter file.
-struct ModuleAdapter {
-    a: Tensor,
-    b: Tensor,
-    magnitude: Option<Tensor>,
+pub(crate) struct ModuleAdapter {
+    pub(crate) a: Tensor,
+    pub(crate) b: Tensor,
+    pub(crate) magnitude: Option<Tensor>,
 }
 
 /// Merges the PEFT adapter in `adapter_dir` into the Hugging Face model folder `base_dir`
@@ -300,7 +300,11 @@ fn safetensors_dtype(dtype: DType) -> &'static str {
 }
 
 /// `W + s·B·A`, or DoRA's `m · (W + s·B·A) / ||W + s·B·A||_row`, computed in f32.
-fn merge_weight(w: &Tensor, m: &ModuleAdapter, scaling: f64) -> Result<Tensor, ExportError> {
+pub(crate) fn merge_weight(
+    w: &Tensor,
+    m: &ModuleAdapter,
+    scaling: f64,
+) -> Result<Tensor, ExportError> {
     let w = w.to_dtype(DType::F32)?;
     let delta = (m.b.matmul(&m.a)? * scaling)?;
     let merged = (w + delta)?;
