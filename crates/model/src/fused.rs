@@ -1163,7 +1163,9 @@ pub fn cross_entropy(
             );
         }
         let grads = want_dh || want_dw;
-        total += lg
+        // Per-row losses summed in order afterwards: rayon's reduction tree varies from run to
+        // run, and the logged loss must not.
+        let row_losses: Vec<f64> = lg
             .par_chunks_mut(v)
             .zip(&labels[start..start + len])
             .map(|(row, &label)| {
@@ -1179,7 +1181,8 @@ pub fn cross_entropy(
                 }
                 f64::from(loss)
             })
-            .sum::<f64>();
+            .collect();
+        total += row_losses.iter().sum::<f64>();
         let p = View::rows(lg.as_ptr(), v);
         // SAFETY: dh rows start..start+len and dW (V, H) are ours; the views are in bounds.
         unsafe {
