@@ -183,6 +183,11 @@ pub enum Command {
         /// Weight dtype of the merged model.
         #[arg(long, value_enum, default_value_t = MergedDtype::F32)]
         dtype: MergedDtype,
+        /// For QLoRA adapters: merge into the base as training saw it, every decoder
+        /// projection quantized and dequantized (nf4: load_in_4bit, int8: load_in_8bit);
+        /// `none` merges into the stored weights.
+        #[arg(long, value_enum, default_value_t = DequantizedBase::None)]
+        dequantized_base: DequantizedBase,
         /// Replace a model already in the output folder.
         #[arg(long)]
         force: bool,
@@ -198,6 +203,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DequantizedBase {
+    None,
+    Nf4,
+    Int8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -188,8 +188,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             adapter,
             out,
             dtype,
+            dequantized_base,
             force,
         } => {
+            let base_quant = match dequantized_base {
+                crate::args::DequantizedBase::None => BaseQuant::None,
+                crate::args::DequantizedBase::Nf4 => BaseQuant::Nf4,
+                crate::args::DequantizedBase::Int8 => BaseQuant::Int8,
+            };
             let base_dir = match base.strip_prefix("builtin:") {
                 Some(name) => runner_model::tiny::builtin(name)?,
                 None => std::path::PathBuf::from(&base),
@@ -199,7 +205,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::args::MergedDtype::Bf16 => candle_core::DType::BF16,
                 crate::args::MergedDtype::F16 => candle_core::DType::F16,
             };
-            let report = runner_export::merge_folder(&base_dir, &adapter, &out, dtype, force)?;
+            let report = runner_export::merge::merge_folder_into(
+                &base_dir, &adapter, &out, dtype, force, base_quant,
+            )?;
             println!(
                 "merged {} module(s) (scaling {}, DoRA {}) into {}: {} shard(s), {} tensors, {} bytes as {:?}",
                 report.merged_modules.len(),
@@ -215,8 +223,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let rows: Vec<Vec<u32>> = (0..3u32)
                 .map(|r| (0..16u32).map(|i| 3 + (r * 37 + i * 11) % 200).collect())
                 .collect();
-            let diff =
-                runner_export::merge::max_logit_difference(&base_dir, &adapter, &out, &rows)?;
+            let diff = runner_export::merge::max_logit_difference_on(
+                &base_dir, &adapter, &out, &rows, base_quant,
+            )?;
+            let on = match base_quant {
+                BaseQuant::None => "the base as stored",
+                BaseQuant::Nf4 => {
+                    "the NF4 round-tripped base (what a QLoRA adapter trained against)"
+                }
+                BaseQuant::Int8 => {
+                    "the int8 round-tripped base (what a load_in_8bit adapter trained against)"
+                }
+            };
+            println!("merged into {on}");
             println!(
                 "largest logit difference, base + adapter vs merged: {diff:.3e} (relative to the largest logit)"
             );

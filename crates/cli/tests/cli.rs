@@ -326,6 +326,32 @@ fn issue_6_merge_writes_a_model_matching_base_plus_adapter_and_refuses_to_overwr
         .and_then(|s| s.parse().ok())
         .expect("a difference");
     assert!(diff < 1e-5, "{stdout}");
+    // Into the NF4 round-tripped base (what a QLoRA adapter trains against), said so.
+    let nf4_dir = tmp.join("merged-nf4").display().to_string();
+    let out = runner(&[
+        "merge",
+        "--base",
+        "builtin:tiny-llama",
+        "--adapter",
+        &adapter,
+        "--out",
+        &nf4_dir,
+        "--dequantized-base",
+        "nf4",
+    ]);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        stdout.contains("merged into the NF4 round-tripped base"),
+        "{stdout}"
+    );
+    let diff: f64 = stdout
+        .rsplit("merged: ")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("a difference");
+    assert!(diff < 1e-5, "{stdout}");
     // runner eval with the trained adapter reports a lower loss than the base alone.
     let loss_of = |out: &Output| -> f64 {
         let (stdout, err) = text(out);

@@ -12,6 +12,7 @@ use crate::ExportError;
 use crate::peft::{self, PeftConfig};
 use crate::st::{self, Staged};
 use candle_core::{DType, Device, Tensor};
+use runner_recipe::plan::BaseQuant;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,9 @@ pub struct MergeReport {
     pub out_dir: PathBuf,
     pub dtype: DType,
     /// Adapted modules merged, in name order (e.g. `model.layers.0.self_attn.q_proj`).
+    /// The base the update was added to: as stored, or NF4/int8 round-tripped
+    /// ([`merge_folder_into`]).
+    pub base: BaseQuant,
     pub merged_modules: Vec<String>,
     pub use_dora: bool,
     pub scaling: f64,
@@ -68,6 +72,29 @@ pub fn merge_folder(
     out_dir: &Path,
     dtype: DType,
     force: bool,
+) -> Result<MergeReport, ExportError> {
+    merge_folder_into(
+        base_dir,
+        adapter_dir,
+        out_dir,
+        dtype,
+        force,
+        BaseQuant::None,
+    )
+}
+
+/// [`merge_folder`] into the base as a QLoRA adapter saw it during training: with `base` NF4
+/// (or int8), every decoder projection weight (`q/k/v/o_proj`, `gate/up/down_proj`, the layers
+/// `load_in_4bit` quantizes) is quantized and dequantized exactly as the training forward did
+/// (bitsandbytes' layout, `runner_model::quant`) before the update is added; the other tensors
+/// are merged as stored. [`BaseQuant::None`] merges into the stored base.
+pub fn merge_folder_into(
+    base_dir: &Path,
+    adapter_dir: &Path,
+    out_dir: &Path,
+    dtype: DType,
+    force: bool,
+    base: BaseQuant,
 ) -> Result<MergeReport, ExportError> {
     if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
         return Err(ExportError::Invalid(format!(
@@ -143,6 +170,7 @@ pub fn merge_folder(
     let mut report = MergeReport {
         out_dir: out_dir.to_path_buf(),
         dtype,
+        base,
         merged_modules: adapter.keys().cloned().collect(),
         use_dora: cfg.use_dora,
         scaling: cfg.scaling,
@@ -197,6 +225,11 @@ pub fn merge_folder(
                     let t = Tensor::from_raw_buffer(&raw, src_dtype, &info.shape, &Device::Cpu)?;
                     drop(raw);
                     let module = name.strip_suffix(".weight");
+                    let t = if base != BaseQuant::None && is_projection(name) {
+                        round_trip(&t, base)?
+                    } else {
+                        t
+                    };
                     let t = match (copies.get(name), module.and_then(|m| adapter.get(m))) {
                         (Some(copy), _) => copy.clone(),
                         (None, Some(m)) => merge_weight(&t, m, cfg.scaling)?,
@@ -279,6 +312,32 @@ pub fn merge_folder(
     }
     staged.commit()?;
     Ok(report)
+}
+
+/// A decoder projection weight, the tensors `load_in_4bit` / `load_in_8bit` quantize.
+fn is_projection(name: &str) -> bool {
+    name.starts_with("model.layers.")
+        && [
+            "self_attn.q_proj.weight",
+            "self_attn.k_proj.weight",
+            "self_attn.v_proj.weight",
+            "self_attn.o_proj.weight",
+            "mlp.gate_proj.weight",
+            "mlp.up_proj.weight",
+            "mlp.down_proj.weight",
+        ]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
+/// `w` quantized to `kind` and back, in f32: the weight a QLoRA forward computed with.
+fn round_trip(w: &Tensor, kind: BaseQuant) -> Result<Tensor, ExportError> {
+    let (rows, cols) = w.dims2()?;
+    let values: Vec<f32> = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    match runner_model::quant::QuantWeight::quantize(&values, rows, cols, kind) {
+        Some(q) => Ok(q.to_tensor(DType::F32, &Device::Cpu)?),
+        None => Ok(w.clone()),
+    }
 }
 
 /// The candle dtype of a float safetensors dtype; other tensors are copied byte for byte.
@@ -533,9 +592,19 @@ pub fn load_with_adapter(
     base_dir: &Path,
     adapter_dir: &Path,
 ) -> Result<(runner_model::CausalLm, runner_model::Adapters), ExportError> {
+    load_with_adapter_on(base_dir, adapter_dir, BaseQuant::None)
+}
+
+/// [`load_with_adapter`] with the base quantized as `base` (QLoRA: NF4), as training ran it.
+pub fn load_with_adapter_on(
+    base_dir: &Path,
+    adapter_dir: &Path,
+    base: BaseQuant,
+) -> Result<(runner_model::CausalLm, runner_model::Adapters), ExportError> {
     let cfg = peft::read_config(adapter_dir)?;
     let mut model = runner_model::load_folder(base_dir, DType::F32, &Device::Cpu)?;
-    let plan = cfg.adapter_plan(Some(adapter_dir.to_path_buf()));
+    let mut plan = cfg.adapter_plan(Some(adapter_dir.to_path_buf()));
+    plan.base_quant = base;
     let adapters = runner_model::inject(&mut model, &plan, 0)?;
     Ok((model, adapters))
 }
@@ -549,7 +618,19 @@ pub fn max_logit_difference(
     merged_dir: &Path,
     rows: &[Vec<u32>],
 ) -> Result<f32, ExportError> {
-    let (with_adapter, _) = load_with_adapter(base_dir, adapter_dir)?;
+    max_logit_difference_on(base_dir, adapter_dir, merged_dir, rows, BaseQuant::None)
+}
+
+/// [`max_logit_difference`] against base + adapter with the base quantized as `base` (compare
+/// a [`merge_folder_into`] merge with what training computed).
+pub fn max_logit_difference_on(
+    base_dir: &Path,
+    adapter_dir: &Path,
+    merged_dir: &Path,
+    rows: &[Vec<u32>],
+    base: BaseQuant,
+) -> Result<f32, ExportError> {
+    let (with_adapter, _) = load_with_adapter_on(base_dir, adapter_dir, base)?;
     let merged = runner_model::load_folder(merged_dir, DType::F32, &Device::Cpu)?;
     let batch = fixed_batch(rows)?;
     let a = with_adapter.logits(&batch, false)?;

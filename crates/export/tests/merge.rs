@@ -11,7 +11,7 @@
 
 mod common;
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 use common::{fixed_rows, fixture, listing, rel_err, tensors};
 use runner_export::ExportError;
 use runner_export::merge::{max_logit_difference, merge_folder};
@@ -397,4 +397,54 @@ fn mismatching_adapter_names_the_first_bad_tensor() {
         "{e}"
     );
     assert!(listing(&out).is_empty());
+}
+
+#[test]
+fn merge_into_the_nf4_round_tripped_base_equals_what_qlora_trained_against() {
+    use runner_export::merge::{max_logit_difference_on, merge_folder_into};
+    use runner_recipe::plan::BaseQuant;
+    let tmp = tempfile::tempdir().unwrap();
+    for kind in [BaseQuant::Nf4, BaseQuant::Int8] {
+        let out = tmp.path().join(format!("{kind:?}"));
+        let report = merge_folder_into(
+            &fixture("base"),
+            &fixture("adapter-lora"),
+            &out,
+            DType::F32,
+            false,
+            kind,
+        )
+        .unwrap();
+        assert_eq!(report.base, kind);
+        // Equal to base (quantized as training ran it) + adapter ...
+        let on_quantized = max_logit_difference_on(
+            &fixture("base"),
+            &fixture("adapter-lora"),
+            &out,
+            &fixed_rows(),
+            kind,
+        )
+        .unwrap();
+        assert!(on_quantized < 1e-5, "{kind:?}: {on_quantized:e}");
+        // ... and not to the stored base + adapter: the round trip changed the weights.
+        let on_stored = max_logit_difference(
+            &fixture("base"),
+            &fixture("adapter-lora"),
+            &out,
+            &fixed_rows(),
+        )
+        .unwrap();
+        assert!(on_stored > 1e-4, "{kind:?}: {on_stored:e}");
+        // Norms and embeddings are merged as stored; projections are not.
+        let merged = merged_tensors(&out);
+        let base = runner_model::load_folder(&fixture("base"), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            merged["model.embed_tokens.weight"]
+                .to_vec2::<f32>()
+                .unwrap(),
+            base.embed_tokens.to_vec2::<f32>().unwrap()
+        );
+        let k = &merged["model.layers.0.self_attn.k_proj.weight"]; // not adapted, but quantized
+        assert!(rel_err(k, &base.layers[0].self_attn.k_proj.weight) > 1e-4);
+    }
 }
