@@ -105,6 +105,7 @@ pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
     model.gradient_checkpointing = plan.train.gradient_checkpointing;
     let adapters = runner_model::inject(&mut model, &plan.adapter, plan.train.seed)?;
     eprintln!("{}", runner_model::lora::ParamCounts::of(&model, &adapters));
+    step_fits_in_memory(plan, &model, &data)?;
 
     // 3. train (SIGINT/SIGTERM finish the step, save, and stop)
     let stop = Arc::new(AtomicBool::new(false));
@@ -196,6 +197,96 @@ pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Refuses a micro-batch whose training step cannot fit in the memory this process may still
+/// use, before the first step (the alternative is the kernel killing the run mid-step).
+fn step_fits_in_memory(
+    plan: &Plan,
+    model: &runner_model::CausalLm,
+    data: &runner_data::Prepared,
+) -> anyhow::Result<()> {
+    let d = &plan.data;
+    // Rows are packs of `sequence_len`, or samples padded to the longest in their micro-batch.
+    let longest = data.train.iter().map(|s| s.len()).max().unwrap_or(0);
+    let row = if d.sample_packing || d.pad_to_sequence_len {
+        d.sequence_len
+    } else {
+        longest.min(d.sequence_len)
+    };
+    // A micro-batch holds at most the rows there are.
+    let rows = match &data.train_packs {
+        Some(packs) => packs.len(),
+        None => data.train.len(),
+    };
+    let batch = plan.train.micro_batch_size.min(rows.max(1));
+    let positions = batch * row;
+    let bytes = model.dtype().size_in_bytes();
+    let est =
+        |ckpt| runner_model::memory::step_activation_bytes(&model.cfg, positions, ckpt, bytes);
+    let need = est(model.gradient_checkpointing);
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    check_fits(
+        need,
+        available,
+        batch,
+        row,
+        (!model.gradient_checkpointing).then(|| est(true)),
+    )
+}
+
+/// The refusal itself, apart from reading the machine: `need` and `available` in bytes.
+fn check_fits(
+    need: u64,
+    available: u64,
+    micro_batch_size: usize,
+    row: usize,
+    with_checkpointing: Option<u64>,
+) -> anyhow::Result<()> {
+    if need <= available {
+        return Ok(());
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    let mut fix = "lower `micro_batch_size` (raise `gradient_accumulation_steps` to keep the same \
+                   batch per optimizer step) or `sequence_len`"
+        .to_string();
+    if let Some(c) = with_checkpointing {
+        fix.push_str(&format!(
+            ", or set `gradient_checkpointing: true` (about {:.1} GB)",
+            gb(c)
+        ));
+    }
+    anyhow::bail!(
+        "a training step on micro_batch_size {micro_batch_size} × {row} positions needs at least \
+         {:.1} GB besides the weights, and {:.1} GB of memory is available (nothing was \
+         trained); {fix}",
+        gb(need),
+        gb(available)
+    )
+}
+
+/// Memory this process may still use: `MemAvailable`, capped by the cgroup's limit.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    let mut avail = kb * 1024;
+    let read = |f: &str| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok();
+    if let (Some(max), Some(cur)) = (
+        read("/sys/fs/cgroup/memory.max"),
+        read("/sys/fs/cgroup/memory.current"),
+    ) {
+        avail = avail.min(max.saturating_sub(cur));
+    }
+    Some(avail)
+}
+
 /// Peak resident memory of this process (Linux `VmHWM`), for the figures `runner run` prints.
 fn peak_rss_gb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -254,4 +345,31 @@ pub fn eval(loaded: &Loaded, adapter: Option<PathBuf>, on_train: bool) -> anyhow
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 5: a micro-batch that cannot fit is refused with the figures and the fixes.
+    #[test]
+    fn a_step_that_cannot_fit_is_refused_with_the_fixes() {
+        assert!(check_fits(1 << 30, 2 << 30, 4, 256, None).is_ok());
+        let e = check_fits(
+            40_000_000_000,
+            20_000_000_000,
+            64,
+            4096,
+            Some(3_000_000_000),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("micro_batch_size 64 × 4096 positions"), "{e}");
+        assert!(e.contains("40.0 GB") && e.contains("20.0 GB"), "{e}");
+        assert!(
+            e.contains("gradient_checkpointing: true` (about 3.0 GB)"),
+            "{e}"
+        );
+        assert!(available_memory().is_some_and(|b| b > 0));
+    }
 }

@@ -33,6 +33,7 @@ pub mod llama;
 pub mod load;
 pub mod lora;
 pub mod loss;
+pub mod memory;
 pub mod nn;
 pub mod quant;
 pub mod summary;
