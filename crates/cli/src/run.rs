@@ -37,7 +37,6 @@ pub fn model_summary(plan: &Plan) -> anyhow::Result<String> {
 /// engine cannot run yet: refused before any work starts, each named. (The NF4 and int8 bases
 /// are quantized by `runner_model::inject`.)
 pub fn not_runnable_yet(plan: &Plan) -> Vec<String> {
-    use runner_recipe::plan::LoraInit;
     let mut out = Vec::new();
     if let Some(dir) = &plan.adapter.init_from {
         // `lora_model_dir`: the recipe's adapter shape must be the saved adapter's.
@@ -74,8 +73,13 @@ pub fn not_runnable_yet(plan: &Plan) -> Vec<String> {
             }
         }
     }
-    if matches!(plan.adapter.init, LoraInit::Pissa { .. }) {
-        out.push("`peft_init_lora_weights: pissa`: PiSSA initialisation is not implemented yet; use true or gaussian".into());
+    // PiSSA's rank is checked against the model's shapes, from its configuration alone.
+    if matches!(
+        plan.adapter.init,
+        runner_recipe::plan::LoraInit::Pissa { .. }
+    ) && let Err(e) = model_summary(plan)
+    {
+        out.push(format!("{e:#}"));
     }
     out
 }
@@ -102,6 +106,7 @@ pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
     let model_plan = materialized(&plan.model)?;
     let loaded_model = runner_model::load(&model_plan, &Device::Cpu)?;
     let mut model = loaded_model.model;
+    grow_vocabulary(&mut model, &tok, Some(&plan.adapter))?;
     model.gradient_checkpointing = plan.train.gradient_checkpointing;
     let adapters = runner_model::inject(&mut model, &plan.adapter, plan.train.seed)?;
     eprintln!("{}", runner_model::lora::ParamCounts::of(&model, &adapters));
@@ -121,6 +126,9 @@ pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
             );
         });
     }
+    // The tokenizer beside the adapter, as Axolotl saves it: the vocabulary it was trained
+    // with, added tokens included.
+    tok.save_pretrained(&plan.train.output_dir)?;
     let inputs = Inputs {
         plan,
         recipe_text: &loaded.sources.text,
@@ -287,6 +295,47 @@ fn available_memory() -> Option<u64> {
     Some(avail)
 }
 
+/// Tokens the recipe adds (`tokens`, new `special_tokens`) need embedding and LM-head rows:
+/// when the tokenizer has more ids than the embeddings have rows, the model grows as
+/// transformers' `resize_token_embeddings` grows it (new rows at the mean; Axolotl does the
+/// same). Under an adapter (`adapter` given) the new rows only train as trainable copies, so
+/// `lora_modules_to_save` must hold both modules, as Axolotl requires (a new pad token alone
+/// is exempt there too: its row is never trained).
+fn grow_vocabulary(
+    model: &mut runner_model::CausalLm,
+    tok: &runner_data::tokenizer::TextTokenizer,
+    adapter: Option<&runner_recipe::plan::AdapterPlan>,
+) -> anyhow::Result<()> {
+    let rows = model.cfg.vocab_size;
+    let tokenizer_ids = tok.vocab_size();
+    if tokenizer_ids <= rows {
+        return Ok(());
+    }
+    let pad = tok.pad.as_ref().map(|p| p.id as usize);
+    let trained_new = (rows..tokenizer_ids).any(|id| Some(id) != pad);
+    if let (Some(a), true) = (adapter, trained_new) {
+        let has = |m: &str| {
+            a.modules_to_save
+                .iter()
+                .any(|s| s == m || s.ends_with(&format!(".{m}")))
+        };
+        if !(has("embed_tokens") && has("lm_head")) {
+            anyhow::bail!(
+                "the tokenizer has {tokenizer_ids} ids (tokens added by `tokens` or `special_tokens`) \
+                 but the model's embeddings have {rows} rows: the new rows only train with \
+                 `lora_modules_to_save: [embed_tokens, lm_head]` (Axolotl requires the same); add it \
+                 (nothing was trained)"
+            );
+        }
+    }
+    model.resize_token_embeddings(tokenizer_ids)?;
+    eprintln!(
+        "vocabulary grown from {rows} to {tokenizer_ids} tokens (new rows at the mean embedding, \
+         as transformers' resize_token_embeddings)"
+    );
+    Ok(())
+}
+
 /// Peak resident memory of this process (Linux `VmHWM`), for the figures `runner run` prints.
 fn peak_rss_gb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -315,6 +364,7 @@ pub fn eval(loaded: &Loaded, adapter: Option<PathBuf>, on_train: bool) -> anyhow
     }
     let model_plan = materialized(&plan.model)?;
     let mut model = runner_model::load(&model_plan, &Device::Cpu)?.model;
+    grow_vocabulary(&mut model, &tok, None)?;
     let adapters = match &plan.adapter.init_from {
         Some(_) => runner_model::inject(&mut model, &plan.adapter, plan.train.seed)?,
         None => runner_model::Adapters {
@@ -323,6 +373,7 @@ pub fn eval(loaded: &Loaded, adapter: Option<PathBuf>, on_train: bool) -> anyhow
             r: 0,
             scaling: 0.0,
             modules_to_save: Vec::new(),
+            pissa_initial: Vec::new(),
         },
     };
     let inputs = Inputs {

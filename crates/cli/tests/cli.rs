@@ -480,3 +480,110 @@ fn issue_7_mistral_qlora_recipe_scaled_down_to_the_tiny_model_trains_with_an_nf4
     assert!(cfg.contains("\"r\": 32"), "{cfg}");
     let _ = std::fs::remove_dir_all(tmp);
 }
+
+/// Issue 7: recipe tokens grow the vocabulary (mean rows), train through
+/// `lora_modules_to_save`, and the output folder carries the tokenizer and the grown copies,
+/// so `runner eval --adapter` uses the adapter again; without the modules to save the recipe
+/// is refused as Axolotl refuses it.
+#[test]
+fn issue_7_new_tokens_resize_train_and_save_the_tokenizer() {
+    let tmp = std::env::temp_dir().join(format!("runner-cli-tokens-{}", std::process::id()));
+    let out_dir = format!("output_dir={}", tmp.display());
+    let prep = format!("dataset_prepared_path={}", tmp.join("prepared").display());
+    let base = [
+        "--set",
+        &out_dir,
+        "--set",
+        &prep,
+        "--set",
+        "tokens=[\"<|tool|>\"]",
+        "--set",
+        "max_steps=2",
+    ];
+    let mut args = vec!["run", "recipes/tiny-smoke.yaml"];
+    args.extend(base);
+    let refused = runner(&args);
+    let (_, err) = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("`lora_modules_to_save` not properly set when adding new tokens"),
+        "{err}"
+    );
+
+    args.extend(["--set", "lora_modules_to_save=[embed_tokens, lm_head]"]);
+    let out = runner(&args);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("vocabulary grown from 259 to 260"), "{err}");
+    let tok = std::fs::read_to_string(tmp.join("tokenizer.json")).unwrap();
+    assert!(
+        tok.contains("<|tool|>"),
+        "the saved tokenizer has the new token"
+    );
+    assert!(tmp.join("tokenizer_config.json").exists());
+    let saved = candle_core::safetensors::load(
+        tmp.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for name in [
+        "base_model.model.model.embed_tokens.weight",
+        "base_model.model.lm_head.weight",
+    ] {
+        assert_eq!(saved[name].dims()[0], 260, "{name}");
+    }
+    let adapter = tmp.display().to_string();
+    let mut eval_args = vec!["eval", "recipes/tiny-smoke.yaml", "--adapter", &adapter];
+    eval_args.extend(&args[2..]);
+    let ev = runner(&eval_args);
+    let (stdout, err) = text(&ev);
+    assert_eq!(ev.status.code(), Some(0), "{err}");
+    assert!(stdout.contains("perplexity"), "{stdout}");
+    let _ = std::fs::remove_dir_all(tmp);
+}
+
+/// Issue 7: PiSSA trains from the split base and saves a plain LoRA of the original base
+/// (rank 2r, `init_lora_weights: true`) that `runner eval --adapter` uses on the unmodified
+/// base; a rank above a target's smallest side is refused before any work.
+#[test]
+fn issue_7_pissa_runs_and_saves_a_lora_of_the_original_base() {
+    let tmp = std::env::temp_dir().join(format!("runner-cli-pissa-{}", std::process::id()));
+    let out_dir = format!("output_dir={}", tmp.display());
+    let prep = format!("dataset_prepared_path={}", tmp.join("prepared").display());
+    let sets = [
+        "--set",
+        &out_dir,
+        "--set",
+        &prep,
+        "--set",
+        "peft_init_lora_weights=pissa_niter_2",
+        "--set",
+        "max_steps=2",
+    ];
+    let mut args = vec!["run", "recipes/tiny-smoke.yaml"];
+    args.extend(sets);
+    let too_big = [args.clone(), vec!["--set", "lora_r=100"]].concat();
+    let refused = runner(&too_big);
+    let (_, err) = text(&refused);
+    assert_ne!(refused.status.code(), Some(0), "{err}");
+    assert!(err.contains("pissa") && err.contains("lora_r"), "{err}");
+    assert!(!tmp.join("adapter_model.safetensors").exists());
+
+    let out = runner(&args);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["r"], 16);
+    assert_eq!(cfg["lora_alpha"], 32.0);
+    assert_eq!(cfg["init_lora_weights"], true);
+    let adapter = tmp.display().to_string();
+    let mut eval_args = vec!["eval", "recipes/tiny-smoke.yaml", "--adapter", &adapter];
+    eval_args.extend(&args[2..]);
+    let ev = runner(&eval_args);
+    let (stdout, err) = text(&ev);
+    assert_eq!(ev.status.code(), Some(0), "{err}");
+    assert!(stdout.contains("perplexity"), "{stdout}");
+    let _ = std::fs::remove_dir_all(tmp);
+}

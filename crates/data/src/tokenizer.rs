@@ -450,6 +450,64 @@ impl TextTokenizer {
             })
     }
 
+    /// Writes `tokenizer.json` and `tokenizer_config.json` (special tokens, `add_bos_token`,
+    /// the chat templates) into `dir`, as `tokenizer.save_pretrained(output_dir)` does in
+    /// Axolotl, so that the adapter folder carries the vocabulary it was trained with (tokens
+    /// the recipe added included) and `AutoTokenizer.from_pretrained(dir)` and runner read it
+    /// back. Each file goes to a temporary name first and is renamed.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        let tok_json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| DataError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("cannot serialize: {e}"),
+            })?;
+        let mut config = serde_json::Map::new();
+        config.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+        config.insert("add_bos_token".into(), json!(self.add_bos));
+        for (key, tok) in [
+            ("bos_token", &self.bos),
+            ("eos_token", &self.eos),
+            ("pad_token", &self.pad),
+        ] {
+            if let Some(t) = tok {
+                config.insert(key.into(), json!(t.text));
+            }
+        }
+        match self.chat_templates.as_slice() {
+            [] => {}
+            [(name, t)] if name == "default" => {
+                config.insert("chat_template".into(), json!(t));
+            }
+            many => {
+                let list: Vec<Json> = many
+                    .iter()
+                    .map(|(n, t)| json!({"name": n, "template": t}))
+                    .collect();
+                config.insert("chat_template".into(), Json::Array(list));
+            }
+        }
+        let config = serde_json::to_string_pretty(&Json::Object(config)).unwrap_or_default();
+        let mut written = Vec::new();
+        for (name, text) in [
+            ("tokenizer.json", tok_json),
+            ("tokenizer_config.json", config),
+        ] {
+            let path = dir.join(name);
+            let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+            std::fs::write(&tmp, text.as_bytes())
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    DataError::io(&path, e)
+                })?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+
     /// The named chat template the tokenizer carries (`None` = its default one).
     pub fn chat_template(&self, name: Option<&str>) -> Option<&str> {
         let want = name.unwrap_or("default");
@@ -667,6 +725,33 @@ mod tests {
         assert_eq!(*e.ids.last().unwrap(), 2);
         assert_eq!(e.ids.len(), 2 + 4 + 1 + 3);
         assert_eq!(t.decode_one(e.ids[6]), "h");
+    }
+
+    /// Issue 7: the tokenizer with the recipe's added tokens, saved into the output folder,
+    /// reads back with the same ids, special tokens and chat template.
+    #[test]
+    fn save_pretrained_round_trips_added_tokens() {
+        let mut t = TextTokenizer::builtin("tiny-llama").unwrap();
+        t.apply_overrides(&TokenizerOverrides {
+            pad_token: Some("<|pad|>".into()),
+            added_tokens: vec!["<|tool|>".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(t.vocab_size(), 261);
+        let dir = tempfile::tempdir().unwrap();
+        t.save_pretrained(dir.path()).unwrap();
+        let back = TextTokenizer::load(dir.path(), &TokenizerOverrides::default()).unwrap();
+        assert_eq!(back.vocab_size(), 261);
+        let text = "<|im_start|>user\n<|tool|>hé<|pad|><|im_end|>";
+        assert_eq!(
+            back.encode_with_offsets(text).unwrap(),
+            t.encode_with_offsets(text).unwrap()
+        );
+        assert_eq!(back.token_to_id("<|tool|>"), t.token_to_id("<|tool|>"));
+        assert_eq!(back.pad, t.pad);
+        assert_eq!(back.eos, t.eos);
+        assert_eq!(back.chat_template(None), t.chat_template(None));
     }
 }
 

@@ -285,8 +285,20 @@ pub fn merge_folder_into(
         stage_json(&mut staged, &out_dir.join("config.json"), &v)?;
         report.copied.push("config.json".into());
     }
+    // An adapter folder that carries its tokenizer (runner and Axolotl save it there, with
+    // the tokens the recipe added) gives all the tokenizer files; else the base's are copied.
+    let tokenizer_dir = if adapter_dir.join("tokenizer.json").is_file() {
+        adapter_dir
+    } else {
+        base_dir
+    };
     for name in COPIED {
-        let src = base_dir.join(name);
+        let from = if *name == "generation_config.json" {
+            base_dir
+        } else {
+            tokenizer_dir
+        };
+        let src = from.join(name);
         if src.exists() {
             let bytes = std::fs::read(&src).map_err(|source| ExportError::Io {
                 path: src.clone(),

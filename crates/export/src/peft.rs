@@ -115,10 +115,34 @@ pub fn save_adapter(
         move |source| ExportError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    for (name, bytes) in adapter_files(plan, adapters, base_model)? {
+    // A PiSSA adapter only works on its residual base; the saved adapter is converted to a
+    // plain LoRA of the original base, as PEFT recommends (path_initial_model_for_weight_conversion),
+    // so PEFT, `runner eval` and `runner merge` use it with the unmodified base model.
+    let converted = adapters.pissa_as_lora()?;
+    let (plan, adapters) = match &converted {
+        Some(a) => (pissa_plan_as_lora(plan), a),
+        None => (plan.clone(), adapters),
+    };
+    for (name, bytes) in adapter_files(&plan, adapters, base_model)? {
         write_atomically(&dir.join(name), &bytes).map_err(io(&dir.join(name)))?;
     }
     Ok(())
+}
+
+/// The adapter plan of a PiSSA adapter converted to LoRA: rank 2r, `init_lora_weights: true`
+/// and `lora_alpha` doubled (× √2 under rsLoRA) so that the scaling stays the same, as PEFT's
+/// `save_pretrained` writes it.
+pub fn pissa_plan_as_lora(plan: &AdapterPlan) -> AdapterPlan {
+    AdapterPlan {
+        r: 2 * plan.r,
+        alpha: if plan.use_rslora {
+            plan.alpha * 2f64.sqrt()
+        } else {
+            plan.alpha * 2.0
+        },
+        init: LoraInit::Kaiming,
+        ..plan.clone()
+    }
 }
 
 /// Writes to `.{name}.tmp-{pid}` beside the target, syncs, then renames over it.

@@ -35,6 +35,7 @@ pub mod lora;
 pub mod loss;
 pub mod memory;
 pub mod nn;
+pub mod pissa;
 pub mod quant;
 pub mod summary;
 pub mod tiny;

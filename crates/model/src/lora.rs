@@ -77,10 +77,6 @@ pub struct LoraSettings {
 impl LoraSettings {
     /// Checks that the plan asks only for what this stage implements.
     pub fn from_plan(plan: &AdapterPlan) -> Result<Self> {
-        let no = |what: &str| Err(Error::Adapter(format!("{what} is not implemented yet")));
-        if matches!(plan.init, LoraInit::Pissa { .. }) {
-            return no("PiSSA initialisation");
-        }
         if plan.r == 0 {
             return Err(Error::Adapter("lora_r must be positive".into()));
         }
@@ -108,6 +104,9 @@ pub struct Adapters {
     pub scaling: f64,
     /// Modules trained fully (`lora_modules_to_save`), e.g. `model.embed_tokens`, `lm_head`.
     pub modules_to_save: Vec<String>,
+    /// PiSSA: the initial `lora_A` / `lora_B` (PEFT names), kept to convert the trained
+    /// adapter to a plain LoRA of the original base ([`Adapters::pissa_as_lora`]).
+    pub pissa_initial: Vec<(String, Tensor)>,
 }
 
 impl Adapters {
@@ -122,6 +121,45 @@ impl Adapters {
             }
             _ => 1.0,
         }
+    }
+
+    /// A trained PiSSA adapter as a plain LoRA of the original (not residual) base, as PEFT's
+    /// `save_pretrained(path_initial_model_for_weight_conversion=...)` converts it:
+    /// `ΔW = s·(B·A − B₀·A₀) = s·[B | −B₀]·[A ; A₀]`, so rank 2r with the same scaling (the
+    /// caller doubles `lora_alpha`, or multiplies it by √2 under rsLoRA). Other parameters
+    /// (module-to-save copies) are kept as they are. `None` when this is not a PiSSA adapter.
+    pub fn pissa_as_lora(&self) -> Result<Option<Adapters>> {
+        if self.pissa_initial.is_empty() {
+            return Ok(None);
+        }
+        let initial: std::collections::HashMap<&str, &Tensor> = self
+            .pissa_initial
+            .iter()
+            .map(|(n, t)| (n.as_str(), t))
+            .collect();
+        let mut params = Vec::with_capacity(self.params.len());
+        for (name, var) in &self.params {
+            let t = var.as_tensor();
+            let converted = match initial.get(name.as_str()) {
+                Some(t0) if name.ends_with(".lora_A.weight") => Tensor::cat(&[t, *t0], 0)?,
+                Some(t0) => Tensor::cat(&[t, &t0.neg()?], 1)?,
+                None if name.ends_with(".lora_magnitude_vector") => {
+                    return Err(Error::Adapter(
+                        "a PiSSA adapter with DoRA magnitudes cannot be converted to LoRA".into(),
+                    ));
+                }
+                None => t.clone(),
+            };
+            params.push((name.clone(), Var::from_tensor(&converted)?));
+        }
+        Ok(Some(Adapters {
+            modules: self.modules.clone(),
+            params,
+            r: 2 * self.r,
+            scaling: self.scaling,
+            modules_to_save: self.modules_to_save.clone(),
+            pissa_initial: Vec::new(),
+        }))
     }
 
     /// Total number of adapter parameters.
@@ -139,6 +177,7 @@ pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Res
     let dropout_rng = shared_rng(seed ^ 0x5eed_d20f_0a7e);
     let mut params = Vec::new();
     let mut modules = Vec::new();
+    let mut pissa_initial = Vec::new();
     for lin in model.linears_mut() {
         if !selected.contains(&lin.name) {
             continue;
@@ -151,31 +190,52 @@ pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Res
         }
         let (din, dout) = (lin.in_features(), lin.out_features());
         let dev = lin.weight.device().clone();
-        let a_vals: Vec<f32> = match s.init {
-            LoraInit::Kaiming => {
-                // torch.nn.init.kaiming_uniform_(a=sqrt(5)): gain = sqrt(2/(1+a²)),
-                // bound = sqrt(3)·gain/sqrt(fan_in) = 1/sqrt(fan_in).
-                let gain = (2.0f64 / (1.0 + 5.0)).sqrt();
-                let bound = 3f64.sqrt() * gain / (din as f64).sqrt();
-                (0..s.r * din)
-                    .map(|_| rng.random_range(-bound..bound) as f32)
-                    .collect()
+        let (a, b) = match s.init {
+            LoraInit::Kaiming | LoraInit::Gaussian => {
+                let a_vals: Vec<f32> = if s.init == LoraInit::Kaiming {
+                    // torch.nn.init.kaiming_uniform_(a=sqrt(5)): gain = sqrt(2/(1+a²)),
+                    // bound = sqrt(3)·gain/sqrt(fan_in) = 1/sqrt(fan_in).
+                    let gain = (2.0f64 / (1.0 + 5.0)).sqrt();
+                    let bound = 3f64.sqrt() * gain / (din as f64).sqrt();
+                    (0..s.r * din)
+                        .map(|_| rng.random_range(-bound..bound) as f32)
+                        .collect()
+                } else {
+                    // PEFT: nn.init.normal_(lora_A.weight, std=1 / r)
+                    let std = 1.0 / s.r as f64;
+                    (0..s.r * din)
+                        .map(|_| (normal(&mut rng) * std) as f32)
+                        .collect()
+                };
+                let a = Tensor::from_vec(a_vals, (s.r, din), &dev)?.to_dtype(lin.weight.dtype())?;
+                let b = Tensor::zeros((dout, s.r), lin.weight.dtype(), &dev)?;
+                (a, b)
             }
-            LoraInit::Gaussian => {
-                // PEFT: nn.init.normal_(lora_A.weight, std=1 / r)
-                let std = 1.0 / s.r as f64;
-                (0..s.r * din)
-                    .map(|_| (normal(&mut rng) * std) as f32)
-                    .collect()
-            }
-            LoraInit::Pissa { .. } => {
-                return Err(Error::Adapter(
-                    "PiSSA initialisation is not implemented yet".into(),
-                ));
+            LoraInit::Pissa { niter } => {
+                if lin.quant.is_some() {
+                    return Err(Error::Adapter(format!(
+                        "{}: PiSSA must run before the base is quantized",
+                        lin.name
+                    )));
+                }
+                let (a, b, residual) = crate::pissa::pissa_factors(
+                    &lin.weight,
+                    s.r,
+                    s.scaling,
+                    niter,
+                    seed ^ (modules.len() as u64).wrapping_mul(0x9E37_79B9),
+                )
+                .map_err(|e| Error::Adapter(format!("{}: {e}", lin.name)))?;
+                lin.weight = residual;
+                for (which, t) in [("lora_A", &a), ("lora_B", &b)] {
+                    pissa_initial.push((
+                        format!("{PEFT_PREFIX}{}.{which}.weight", lin.name),
+                        t.copy()?,
+                    ));
+                }
+                (a, b)
             }
         };
-        let a = Tensor::from_vec(a_vals, (s.r, din), &dev)?.to_dtype(lin.weight.dtype())?;
-        let b = Tensor::zeros((dout, s.r), lin.weight.dtype(), &dev)?;
         let (a, b) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
         params.push((
             format!("{PEFT_PREFIX}{}.lora_A.weight", lin.name),
@@ -219,6 +279,7 @@ pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Res
         r: s.r,
         scaling: s.scaling,
         modules_to_save: Vec::new(),
+        pissa_initial,
     })
 }
 
@@ -235,8 +296,15 @@ pub fn inject(model: &mut CausalLm, plan: &AdapterPlan, seed: u64) -> Result<Ada
             model.resize_token_embeddings(rows)?;
         }
     }
-    crate::quant::quantize_frozen(model, plan.base_quant)?;
+    // PiSSA splits the full-precision weight; the residual is what gets quantized (QLoRA).
+    let pissa = matches!(s.init, LoraInit::Pissa { .. });
+    if !pissa {
+        crate::quant::quantize_frozen(model, plan.base_quant)?;
+    }
     let mut adapters = inject_settings(model, &s, seed)?;
+    if pissa {
+        crate::quant::quantize_frozen(model, plan.base_quant)?;
+    }
     add_modules_to_save(model, &mut adapters, &plan.modules_to_save)?;
     if let Some(dir) = &plan.init_from {
         load_adapter_weights(&adapters, dir)?;
@@ -359,7 +427,7 @@ pub fn load_adapter_file(adapters: &Adapters, file: &Path) -> Result<()> {
 }
 
 /// Standard normal by Box–Muller (avoids another dependency).
-fn normal(rng: &mut impl Rng) -> f64 {
+pub(crate) fn normal(rng: &mut impl Rng) -> f64 {
     let u1: f64 = 1.0 - rng.random::<f64>();
     let u2: f64 = rng.random::<f64>();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()

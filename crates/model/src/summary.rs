@@ -67,6 +67,24 @@ pub fn adapters_on_paper(cfg: &ModelConfig, s: &LoraSettings) -> Result<(Vec<Str
     let shapes = cfg.linear_shapes();
     let names: Vec<String> = shapes.iter().map(|(n, _, _)| n.clone()).collect();
     let selected = select_targets(&names, &s.targets)?;
+    if matches!(s.init, runner_recipe::plan::LoraInit::Pissa { .. })
+        && let Some((n, i, o)) = shapes
+            .iter()
+            .find(|(n, i, o)| selected.contains(n) && s.r > *i.min(o))
+    {
+        return Err(crate::error::Error::Adapter(format!(
+            "peft_init_lora_weights: pissa takes the top lora_r = {} singular vectors of each \
+             target, but `{n}` is [{o}, {i}] and has only {} (lower lora_r to at most {})",
+            s.r,
+            i.min(o),
+            shapes
+                .iter()
+                .filter(|(n, _, _)| selected.contains(n))
+                .map(|(_, i, o)| *i.min(o))
+                .min()
+                .unwrap_or(0)
+        )));
+    }
     let trainable = shapes
         .iter()
         .filter(|(n, _, _)| selected.contains(n))

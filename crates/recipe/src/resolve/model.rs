@@ -321,6 +321,25 @@ fn resolve_adapter(r: &mut Resolver, raw: &RawRecipe) -> Option<AdapterPlan> {
             None
         }
     };
+    if matches!(init, Some(LoraInit::Pissa { .. })) {
+        if use_dora {
+            r.error(
+                "peft_use_dora",
+                "DoRA cannot be combined with PiSSA initialisation: the trained PiSSA adapter is \
+                 saved as a LoRA of the original base, a conversion that has no form for DoRA's \
+                 magnitudes (PEFT's drops them)",
+                "use one of them: remove peft_use_dora or peft_init_lora_weights",
+            );
+        }
+        if raw.lora_model_dir.is_some() {
+            r.error(
+                "peft_init_lora_weights",
+                "`lora_model_dir` with PiSSA initialisation: the loaded adapter replaces the \
+                 initial A and B, so PiSSA would only corrupt the base",
+                "remove peft_init_lora_weights (a saved PiSSA adapter is a LoRA of the original base)",
+            );
+        }
+    }
     let rank = raw.lora_r.unwrap_or(8).max(1) as usize;
     let alpha = raw.lora_alpha.unwrap_or(8.0);
     let scaling = if use_rslora {
