@@ -341,10 +341,18 @@ fn stages(plan: &Plan) -> String {
         t.scheduler.kind,
         t.seed
     ));
-    out.push_str(&format!(
-        "4. export  PEFT adapter → {}\n",
-        t.output_dir.display()
-    ));
+    let mut exports = vec![format!("PEFT adapter → {}", t.output_dir.display())];
+    if plan.export.merge_adapter {
+        exports.push(format!(
+            "merged model ({:?}) → {}",
+            plan.export.merged_dtype,
+            t.output_dir.join("merged").display()
+        ));
+    }
+    for q in &plan.export.gguf {
+        exports.push(format!("GGUF {}", q.as_str()));
+    }
+    out.push_str(&format!("4. export  {}\n", exports.join(", ")));
     out
 }
 

@@ -1,7 +1,7 @@
 //! `runner export-gguf`: the recipe's model with its adapter merged (or a merged folder, or a
 //! GGUF) written as a llama GGUF with tokenizer and chat template, then read back and compared.
 
-use crate::generate::{Chosen, choose, training_template};
+use crate::generate::{choose, training_template};
 use anyhow::Context;
 use runner_export::gguf::{GgufTokenizer, GgufType, SpecialIds};
 use runner_recipe::Loaded;
@@ -35,17 +35,17 @@ pub fn gguf_tokenizer(
 /// Writes `model` to `out` as a GGUF of type `ty`, then loads it back and prints the largest
 /// logit difference against `model` on a few fixed sequences.
 pub fn write_and_check(
-    chosen: &Chosen,
+    plan: &runner_recipe::plan::Plan,
+    tok: &runner_data::tokenizer::TextTokenizer,
+    model: &runner_model::CausalLm,
+    adapter: Option<&Path>,
     out: &Path,
     ty: GgufType,
     force: bool,
 ) -> anyhow::Result<()> {
-    let g = gguf_tokenizer(&chosen.plan, &chosen.tok)?;
-    let name = Path::new(&chosen.plan.model.base_model)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let report = runner_export::write_gguf(&chosen.model, &g, &name, out, ty, force)
+    let g = gguf_tokenizer(plan, tok)?;
+    let name = model_name(plan);
+    let report = runner_export::write_gguf(model, &g, &name, out, ty, force)
         .with_context(|| format!("writing {}", out.display()))?;
     println!(
         "wrote {} ({}, {} tensors, {} bytes{}); {} adapted layer(s) merged{}",
@@ -62,20 +62,30 @@ pub fn write_and_check(
             )
         },
         report.merged_modules,
-        match &chosen.adapter {
+        match adapter {
             Some(d) => format!(" from {}", d.display()),
             None => String::new(),
         }
     );
-    let vocab = chosen.model.cfg.vocab_size as u32;
+    let vocab = model.cfg.vocab_size as u32;
     let rows: Vec<Vec<u32>> = (0..2u32)
         .map(|r| (0..16u32).map(|i| (3 + r * 37 + i * 11) % vocab).collect())
         .collect();
-    let diff = runner_export::gguf::max_logit_difference(&chosen.model, out, &rows)?;
+    let diff = runner_export::gguf::max_logit_difference(model, out, &rows)?;
     println!(
         "largest logit difference, model vs the GGUF read back: {diff:.3e} (relative to the largest logit)"
     );
     Ok(())
+}
+
+/// The model's name for file names and `general.name`: the base model's file or folder name.
+pub fn model_name(plan: &runner_recipe::plan::Plan) -> String {
+    let b = plan.model.base_model.trim_end_matches('/');
+    let b = b.strip_prefix("builtin:").unwrap_or(b);
+    Path::new(b)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
 }
 
 pub fn export_gguf(
@@ -94,7 +104,79 @@ pub fn export_gguf(
             out.display()
         );
     }
-    let chosen = choose(loaded, model, adapter, no_adapter)?;
-    write_and_check(&chosen, out, ty, force)?;
+    let c = choose(loaded, model, adapter, no_adapter)?;
+    write_and_check(
+        &c.plan,
+        &c.tok,
+        &c.model,
+        c.adapter.as_deref(),
+        out,
+        ty,
+        force,
+    )?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// What `merge_adapter` / `export_gguf` ask for at the end of `runner run`, from the trained
+/// model in memory (GGUF) and the adapter just saved (merged folder).
+pub fn after_training(
+    plan: &runner_recipe::plan::Plan,
+    tok: &runner_data::tokenizer::TextTokenizer,
+    model: &runner_model::CausalLm,
+    base_plan: &runner_recipe::plan::ModelPlan,
+) -> anyhow::Result<()> {
+    use runner_recipe::plan::{GgufQuant, MergedDtype};
+    let out = &plan.train.output_dir;
+    let e = &plan.export;
+    if e.merge_adapter {
+        let base_dir = match runner_model::load::resolve(
+            &base_plan.base_model,
+            base_plan.revision.as_deref(),
+        )? {
+            runner_model::load::Checkpoint::Folder(d) => d,
+            runner_model::load::Checkpoint::Gguf(f) => anyhow::bail!(
+                "merge_adapter needs a safetensors base, and {} is a GGUF file (use export_gguf)",
+                f.display()
+            ),
+        };
+        let dtype = match e.merged_dtype {
+            MergedDtype::F32 => candle_core::DType::F32,
+            MergedDtype::Bf16 => candle_core::DType::BF16,
+            MergedDtype::F16 => candle_core::DType::F16,
+        };
+        let merged = out.join("merged");
+        let base = plan.adapter.base_quant;
+        let report =
+            runner_export::merge::merge_folder_into(&base_dir, out, &merged, dtype, true, base)?;
+        let rows: Vec<Vec<u32>> = (0..2u32)
+            .map(|r| {
+                (0..16u32)
+                    .map(|i| (3 + r * 37 + i * 11) % model.cfg.vocab_size as u32)
+                    .collect()
+            })
+            .collect();
+        let diff =
+            runner_export::merge::max_logit_difference_on(&base_dir, out, &merged, &rows, base)?;
+        println!(
+            "merged:  {} ({} module(s), {:?}, into the {} base; largest logit difference vs base + adapter {diff:.3e})",
+            merged.display(),
+            report.merged_modules.len(),
+            report.dtype,
+            match base {
+                runner_recipe::plan::BaseQuant::None => "stored",
+                runner_recipe::plan::BaseQuant::Nf4 => "NF4 round-tripped",
+                runner_recipe::plan::BaseQuant::Int8 => "int8 round-tripped",
+            }
+        );
+    }
+    for q in &e.gguf {
+        let ty = match q {
+            GgufQuant::F32 => GgufType::F32,
+            GgufQuant::F16 => GgufType::F16,
+            GgufQuant::Q8_0 => GgufType::Q8_0,
+        };
+        let file = out.join(format!("{}-{}.gguf", model_name(plan), ty.name()));
+        write_and_check(plan, tok, model, Some(out), &file, ty, true)?;
+    }
+    Ok(())
 }

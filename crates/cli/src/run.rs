@@ -182,6 +182,10 @@ pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
                 out.join("metrics.jsonl").display(),
                 out.join("loss.svg").display()
             );
+            // `merge_adapter` / `export_gguf`: from the adapter just saved and the trained
+            // model in memory.
+            crate::export::after_training(plan, &tok, &model, &model_plan)
+                .context("exporting after training (the adapter is saved)")?;
             Ok(ExitCode::SUCCESS)
         }
         StopReason::Interrupted => {

@@ -587,3 +587,60 @@ fn issue_7_pissa_runs_and_saves_a_lora_of_the_original_base() {
     assert!(stdout.contains("perplexity"), "{stdout}");
     let _ = std::fs::remove_dir_all(tmp);
 }
+
+#[test]
+fn issue_6_run_merges_and_writes_gguf_when_the_recipe_asks() {
+    let tmp = std::env::temp_dir().join(format!("runner-cli-export-{}", std::process::id()));
+    let out_dir = tmp.join("run");
+    let sets = [
+        format!("output_dir={}", out_dir.display()),
+        format!("dataset_prepared_path={}", tmp.join("prepared").display()),
+        "max_steps=2".into(),
+        "merge_adapter=true".into(),
+        "merged_dtype=f16".into(),
+        "export_gguf=[f32, q8_0]".into(),
+    ];
+    let mut args = vec!["run"];
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    let out = runner(&args);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(stdout.contains("merged model (F16)"), "{stdout}");
+    assert!(stdout.contains("GGUF f32, GGUF q8_0"), "{stdout}");
+    assert!(stdout.contains("into the stored base"), "{stdout}");
+    for f in [
+        "merged/model.safetensors",
+        "merged/config.json",
+        "tiny-llama-f32.gguf",
+        "tiny-llama-q8_0.gguf",
+    ] {
+        assert!(out_dir.join(f).is_file(), "{f} missing; {stdout}");
+    }
+    let config = std::fs::read_to_string(out_dir.join("merged/config.json")).unwrap();
+    assert!(config.contains("float16"), "{config}");
+    // No temporary files left beside them.
+    let names: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+
+    // Bad values are validation errors that list the choices.
+    let bad = runner(&["validate", "--set", "export_gguf=[q8_0, q4_k]"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let (_, err) = text(&bad);
+    assert!(
+        err.contains("export_gguf[1]") && err.contains("f32, f16, q8_0"),
+        "{err}"
+    );
+    let bad = runner(&["validate", "--set", "merged_dtype=bf16"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad).1.contains("merge_adapter: true"),
+        "{}",
+        text(&bad).1
+    );
+    let _ = std::fs::remove_dir_all(tmp);
+}

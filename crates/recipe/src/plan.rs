@@ -14,6 +14,7 @@ pub struct Plan {
     pub adapter: AdapterPlan,
     pub data: DataPlan,
     pub train: TrainPlan,
+    pub export: ExportPlan,
     /// Documented equivalents runner uses in place of what the recipe named.
     pub substitutions: Vec<Substitution>,
 }
@@ -429,4 +430,50 @@ pub enum Resume {
 pub struct LossWatchdog {
     pub threshold: f64,
     pub patience: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Export
+
+/// What `runner run` writes after training besides the PEFT adapter (runner's own keys).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct ExportPlan {
+    /// `merge_adapter`: write the merged model to `output_dir/merged`.
+    pub merge_adapter: bool,
+    /// `merged_dtype`.
+    pub merged_dtype: MergedDtype,
+    /// `export_gguf`: one GGUF per type, in the order given.
+    pub gguf: Vec<GgufQuant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergedDtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+/// GGUF tensor types runner writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum GgufQuant {
+    #[serde(rename = "f32")]
+    F32,
+    #[serde(rename = "f16")]
+    F16,
+    #[serde(rename = "q8_0")]
+    Q8_0,
+}
+
+impl GgufQuant {
+    pub const ALL: [GgufQuant; 3] = [GgufQuant::F32, GgufQuant::F16, GgufQuant::Q8_0];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GgufQuant::F32 => "f32",
+            GgufQuant::F16 => "f16",
+            GgufQuant::Q8_0 => "q8_0",
+        }
+    }
 }

@@ -186,6 +186,22 @@ pub struct RawRecipe {
     pub loss_watchdog_patience: Option<u64>,
     /// Axolotl's strict mode. runner is always strict; both values are accepted.
     pub strict: Option<bool>,
+
+    // --- export (runner's own keys; Axolotl has none) -------------------------------------
+    /// runner's own key: after training, merge the adapter into the base model (W + s·B·A,
+    /// DoRA rescaled) and write it to `output_dir/merged`: the base's sharding and index,
+    /// config and tokenizer files, then a logit check against base + adapter. A QLoRA / int8
+    /// adapter is merged into the NF4 / int8 round-tripped base it trained against. Needs a
+    /// safetensors base (for a GGUF base use `export_gguf`). Default false.
+    pub merge_adapter: Option<bool>,
+    /// runner's own key: weight dtype of the merged model (`merge_adapter`): `f32`, `bf16` or
+    /// `f16`. Default f32.
+    pub merged_dtype: Option<MergedDtypeName>,
+    /// runner's own key: after training, write the model with the adapter merged as GGUF for
+    /// llama.cpp / Ollama, one file per type: `f32`, `f16` or `q8_0` (one name or a list).
+    /// Files go to `output_dir/<model name>-<type>.gguf`, with the tokenizer and the chat
+    /// template the recipe trains with.
+    pub export_gguf: Option<StringOrList>,
 }
 
 /// A dataset entry.
@@ -426,6 +442,7 @@ macro_rules! names {
 }
 
 names!(AdapterName { Lora = "lora", Qlora = "qlora" });
+names!(MergedDtypeName { F32 = "f32", Bf16 = "bf16", F16 = "f16" });
 names!(ExcessLengthName { Drop = "drop", Truncate = "truncate", Raise = "raise" });
 names!(TrainOnEosName { All = "all", Turn = "turn", Last = "last", None = "none" });
 names!(FileFormatName {

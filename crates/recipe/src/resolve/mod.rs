@@ -219,6 +219,7 @@ pub fn resolve(raw: &RawRecipe, tree: &Node) -> Resolved {
         .as_ref()
         .is_some_and(|d| d.val_set != ValSet::None || !d.test_datasets.is_empty());
     let train = resolve_train(&mut r, raw, has_eval);
+    let export = resolve_export(&mut r, raw);
     let plan = match (model, adapter, data, train) {
         (Some(model), Some(adapter), Some(data), Some(train)) if r.errors.is_empty() => {
             Some(Plan {
@@ -226,6 +227,7 @@ pub fn resolve(raw: &RawRecipe, tree: &Node) -> Resolved {
                 adapter,
                 data,
                 train,
+                export,
                 substitutions: r.substitutions.clone(),
             })
         }
@@ -235,6 +237,78 @@ pub fn resolve(raw: &RawRecipe, tree: &Node) -> Resolved {
         plan,
         errors: r.errors,
         explanation: r.explanation,
+    }
+}
+
+/// runner's own export keys (`merge_adapter`, `merged_dtype`, `export_gguf`).
+fn resolve_export(r: &mut Resolver, raw: &RawRecipe) -> ExportPlan {
+    let merge_adapter = raw.merge_adapter.unwrap_or(false);
+    r.from("export.merge_adapter", "merge_adapter");
+    r.from("export.merged_dtype", "merged_dtype");
+    r.from("export.gguf", "export_gguf");
+    let merged_dtype = match raw.merged_dtype {
+        None => MergedDtype::F32,
+        Some(d) => {
+            if !merge_adapter {
+                r.error(
+                    "merged_dtype",
+                    "`merged_dtype` is set but nothing is merged",
+                    "set `merge_adapter: true`, or remove `merged_dtype`",
+                );
+            }
+            match d {
+                MergedDtypeName::F32 => MergedDtype::F32,
+                MergedDtypeName::Bf16 => MergedDtype::Bf16,
+                MergedDtypeName::F16 => MergedDtype::F16,
+            }
+        }
+    };
+    if merge_adapter
+        && raw
+            .base_model
+            .as_deref()
+            .is_some_and(|b| b.to_ascii_lowercase().ends_with(".gguf"))
+    {
+        r.error(
+            "merge_adapter",
+            "`merge_adapter` writes a safetensors model merged shard by shard from a safetensors base, and `base_model` is a GGUF file",
+            "use `export_gguf: q8_0` (or f16/f32) to write the merged model as GGUF instead",
+        );
+    }
+    let names: Vec<String> = match &raw.export_gguf {
+        None => Vec::new(),
+        Some(StringOrList::One(s)) => vec![s.clone()],
+        Some(StringOrList::Many(v)) => v.clone(),
+    };
+    let mut gguf = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let key = match &raw.export_gguf {
+            Some(StringOrList::Many(_)) => format!("export_gguf[{i}]"),
+            _ => "export_gguf".to_string(),
+        };
+        match GgufQuant::ALL
+            .into_iter()
+            .find(|q| q.as_str().eq_ignore_ascii_case(name))
+        {
+            Some(q) if gguf.contains(&q) => {
+                r.error(
+                    &key,
+                    format!("GGUF type `{name}` is listed twice"),
+                    "list each type once",
+                );
+            }
+            Some(q) => gguf.push(q),
+            None => r.error(
+                &key,
+                format!("unknown GGUF type `{name}`"),
+                "valid values: f32, f16, q8_0",
+            ),
+        }
+    }
+    ExportPlan {
+        merge_adapter,
+        merged_dtype,
+        gguf,
     }
 }
 
