@@ -45,7 +45,8 @@ fn rows() -> Vec<Vec<u32>> {
 #[test]
 fn exported_gguf_loads_back_with_the_same_logits() {
     let tmp = tempfile::tempdir().unwrap();
-    for adapter in ["lora", "rslora", "dora"] {
+    // `save`: LoRA plus trained copies of embed_tokens and lm_head (lora_modules_to_save).
+    for adapter in ["lora", "rslora", "dora", "save"] {
         let (model, _) = runner_export::merge::load_with_adapter(
             &fixture("base"),
             &fixture(&format!("adapter-{adapter}")),
@@ -66,6 +67,16 @@ fn exported_gguf_loads_back_with_the_same_logits() {
             };
             assert_eq!(report.kept_f16, expect_f16);
             let diff = max_logit_difference(&model, &out, &rows()).unwrap();
+            if adapter == "save" && ty == GgufType::F32 {
+                // The trained copies are what the GGUF holds, not the base's tensors.
+                let (back, _) =
+                    runner_model::gguf::load_gguf(&out, DType::F32, &Device::Cpu).unwrap();
+                let base =
+                    runner_model::load_folder(&fixture("base"), DType::F32, &Device::Cpu).unwrap();
+                assert!(common::rel_err(&back.embed_tokens, &model.embed_tokens) < 1e-6);
+                assert!(common::rel_err(&back.embed_tokens, &base.embed_tokens) > 1e-3);
+                assert!(common::rel_err(&back.lm_head.weight, &base.lm_head.weight) > 1e-3);
+            }
             eprintln!("{adapter} {}: {diff:.3e}", ty.name());
             assert!(diff <= tol, "{adapter} {}: {diff:e} > {tol:e}", ty.name());
             if ty != GgufType::F32 {
