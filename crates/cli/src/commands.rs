@@ -196,14 +196,24 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::args::DequantizedBase::Nf4 => BaseQuant::Nf4,
                 crate::args::DequantizedBase::Int8 => BaseQuant::Int8,
             };
-            let base_dir = match base.strip_prefix("builtin:") {
-                Some(name) => runner_model::tiny::builtin(name)?,
-                None => std::path::PathBuf::from(&base),
-            };
             let dtype = match dtype {
                 crate::args::MergedDtype::F32 => candle_core::DType::F32,
                 crate::args::MergedDtype::Bf16 => candle_core::DType::BF16,
                 crate::args::MergedDtype::F16 => candle_core::DType::F16,
+            };
+            if base.to_ascii_lowercase().ends_with(".gguf") {
+                return crate::export::merge_gguf_base(
+                    std::path::Path::new(&base),
+                    &adapter,
+                    &out,
+                    dtype,
+                    base_quant,
+                    force,
+                );
+            }
+            let base_dir = match base.strip_prefix("builtin:") {
+                Some(name) => runner_model::tiny::builtin(name)?,
+                None => std::path::PathBuf::from(&base),
             };
             let report = runner_export::merge::merge_folder_into(
                 &base_dir, &adapter, &out, dtype, force, base_quant,

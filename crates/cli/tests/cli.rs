@@ -418,6 +418,35 @@ fn issue_6_merge_writes_a_model_matching_base_plus_adapter_and_refuses_to_overwr
     let again = runner(&export);
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again).1.contains("--force"), "{}", text(&again).1);
+    // A GGUF base: merge writes a Hugging Face folder (with the tokenizer from the GGUF) that
+    // generates what base + adapter generates.
+    let base_gguf = tmp.join("base.gguf").display().to_string();
+    let out = runner(&[
+        "export-gguf",
+        "--set",
+        &prep,
+        "--no-adapter",
+        "-o",
+        &base_gguf,
+        "--type",
+        "f32",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let from_gguf = tmp.join("merged-from-gguf").display().to_string();
+    let out = runner(&[
+        "merge",
+        "--base",
+        &base_gguf,
+        "--adapter",
+        &adapter,
+        "--out",
+        &from_gguf,
+    ]);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(stdout.contains("merged 14 module(s)"), "{stdout}");
+    assert!(tmp.join("merged-from-gguf/tokenizer.json").is_file());
+    assert_eq!(with_adapter, generate(&["--model", &from_gguf]));
     let bad = runner(&[
         "export-gguf",
         "--set",

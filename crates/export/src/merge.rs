@@ -671,3 +671,131 @@ pub fn fixed_batch(rows: &[Vec<u32>]) -> Result<runner_model::Batch, ExportError
         labels,
     )?)
 }
+
+/// What [`write_model_folder`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FolderReport {
+    pub tensors: usize,
+    pub bytes_written: u64,
+    /// Adapted layers whose update was merged into the written weight.
+    pub merged_modules: usize,
+}
+
+/// Writes a model held in memory (e.g. loaded from a GGUF base, adapters injected) as a
+/// Hugging Face folder: `model.safetensors` with every adapter merged (`W + s·B·A`, DoRA
+/// rescaled; `lora_modules_to_save` copies as trained), `config.json`, and `extra` files
+/// (tokenizer) — all staged and renamed together. For bases that are not safetensors folders;
+/// [`merge_folder`] streams those instead.
+pub fn write_model_folder(
+    model: &runner_model::CausalLm,
+    extra: &[(String, Vec<u8>)],
+    out_dir: &Path,
+    dtype: DType,
+    force: bool,
+) -> Result<FolderReport, ExportError> {
+    use runner_model::config::RopeScaling;
+    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(ExportError::Invalid(format!(
+            "merged dtype {dtype:?} is not supported; use f32, bf16 or f16"
+        )));
+    }
+    if matches!(model.cfg.rope_scaling, RopeScaling::Factors(_)) {
+        return Err(ExportError::Invalid(
+            "this model's RoPE scaling comes as per-frequency factors (a GGUF's rope_freqs), \
+             which config.json cannot express; export it with export-gguf instead"
+                .into(),
+        ));
+    }
+    check_out_dir(Path::new(""), out_dir, force)?;
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let mut merged_modules = 0;
+    let mut put = |name: String, t: Tensor| -> Result<(), ExportError> {
+        tensors.push((name, t.to_dtype(dtype)?.contiguous()?));
+        Ok(())
+    };
+    put(
+        "model.embed_tokens.weight".into(),
+        model.embed_tokens.clone(),
+    )?;
+    for (i, layer) in model.layers.iter().enumerate() {
+        let p = format!("model.layers.{i}");
+        put(
+            format!("{p}.input_layernorm.weight"),
+            layer.input_layernorm.weight.clone(),
+        )?;
+        put(
+            format!("{p}.post_attention_layernorm.weight"),
+            layer.post_attention_layernorm.weight.clone(),
+        )?;
+        let a = &layer.self_attn;
+        for (n, norm) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
+            if let Some(norm) = norm {
+                put(format!("{p}.self_attn.{n}.weight"), norm.weight.clone())?;
+            }
+        }
+        let m = &layer.mlp;
+        for (n, lin) in [
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.o_proj", &a.o_proj),
+            ("mlp.gate_proj", &m.gate_proj),
+            ("mlp.up_proj", &m.up_proj),
+            ("mlp.down_proj", &m.down_proj),
+        ] {
+            merged_modules += usize::from(lin.lora.is_some());
+            put(format!("{p}.{n}.weight"), crate::gguf::merged_weight(lin)?)?;
+            if let Some(b) = &lin.bias {
+                put(format!("{p}.{n}.bias"), b.clone())?;
+            }
+        }
+    }
+    put("model.norm.weight".into(), model.norm.weight.clone())?;
+    let tied = model.lm_head.lora.is_none() && model.lm_head.weight.id() == model.embed_tokens.id();
+    if !tied {
+        merged_modules += usize::from(model.lm_head.lora.is_some());
+        put(
+            "lm_head.weight".into(),
+            crate::gguf::merged_weight(&model.lm_head)?,
+        )?;
+    }
+    let mut cfg = model.cfg.clone();
+    cfg.tie_word_embeddings = tied;
+    let mut config = cfg.to_hf_json();
+    if let Some(obj) = config.as_object_mut() {
+        let name = match dtype {
+            DType::BF16 => "bfloat16",
+            DType::F16 => "float16",
+            _ => "float32",
+        };
+        obj.insert("torch_dtype".into(), serde_json::json!(name));
+    }
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)?;
+    std::fs::create_dir_all(out_dir).map_err(|source| ExportError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let mut staged = Staged::default();
+    staged.write(&out_dir.join("model.safetensors"), &bytes)?;
+    stage_json(&mut staged, &out_dir.join("config.json"), &config)?;
+    for (name, content) in extra {
+        staged.write(&out_dir.join(name), content)?;
+    }
+    // With `force`, an earlier model's other shards would be read beside this one.
+    if let Ok(entries) = std::fs::read_dir(out_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let weights = name.ends_with(".safetensors") || name == INDEX_FILE;
+            if weights && !name.starts_with('.') && name != "model.safetensors" {
+                let p = e.path();
+                std::fs::remove_file(&p).map_err(|source| ExportError::Io { path: p, source })?;
+            }
+        }
+    }
+    staged.commit()?;
+    Ok(FolderReport {
+        tensors: tensors.len(),
+        bytes_written: bytes.len() as u64,
+        merged_modules,
+    })
+}

@@ -194,3 +194,53 @@ fn bad_inputs_are_clear_errors() {
         .to_string();
     assert!(e.contains("t.gguf"), "{e}");
 }
+
+#[test]
+fn a_gguf_base_with_an_adapter_merges_into_a_hugging_face_folder() {
+    // The fixture base as an f32 GGUF (a GGUF base, as SmolLM2's), the LoRA adapter injected,
+    // merged and written as a folder: its weights equal PEFT's merge_and_unload.
+    let tmp = tempfile::tempdir().unwrap();
+    let base = runner_model::load_folder(&fixture("base"), DType::F32, &Device::Cpu).unwrap();
+    let gguf = tmp.path().join("base.gguf");
+    write_gguf(
+        &base,
+        &toy_tokenizer(64),
+        "base",
+        &gguf,
+        GgufType::F32,
+        false,
+    )
+    .unwrap();
+    let (mut model, _) = runner_model::gguf::load_gguf(&gguf, DType::F32, &Device::Cpu).unwrap();
+    let cfg = runner_export::peft::read_config(&fixture("adapter-lora")).unwrap();
+    runner_model::inject(
+        &mut model,
+        &cfg.adapter_plan(Some(fixture("adapter-lora"))),
+        0,
+    )
+    .unwrap();
+    let out = tmp.path().join("merged");
+    let extra = vec![("tokenizer_config.json".to_string(), b"{}".to_vec())];
+    let report =
+        runner_export::merge::write_model_folder(&model, &extra, &out, DType::F32, false).unwrap();
+    assert_eq!(report.merged_modules, 8);
+    let merged = common::tensors(&out.join("model.safetensors"));
+    let peft = common::tensors(&fixture("merged-lora.safetensors"));
+    for (name, want) in &peft {
+        let err = common::rel_err(&merged[name], want);
+        assert!(err < 1e-5, "{name}: {err:e}");
+    }
+    assert_eq!(merged.len(), peft.len());
+    assert!(out.join("tokenizer_config.json").is_file());
+    let back = runner_model::load_folder(&out, DType::F32, &Device::Cpu).unwrap();
+    let batch = runner_export::merge::fixed_batch(&rows()).unwrap();
+    let err = common::rel_err(
+        &back.logits(&batch, false).unwrap(),
+        &model.logits(&batch, false).unwrap(),
+    );
+    assert!(err < 1e-5, "{err:e}");
+    // An existing model is refused without force.
+    let e =
+        runner_export::merge::write_model_folder(&model, &[], &out, DType::F32, false).unwrap_err();
+    assert!(matches!(e, ExportError::OutputExists { .. }), "{e}");
+}
