@@ -869,8 +869,45 @@ pub fn lora_linear(
     scale: f64,
     mask: Option<DropMask>,
 ) -> Result<Tensor> {
+    lora_linear_on(
+        x,
+        BaseWeight::Dense(w.contiguous()?),
+        bias,
+        (a, b),
+        scale,
+        mask,
+    )
+}
+
+/// [`lora_linear`] on an NF4 / int8 base (QLoRA): the frozen weight is dequantized into a
+/// transient buffer for the forward product and again for the input gradient, never kept.
+pub fn lora_linear_quant(
+    x: &Tensor,
+    w: &Arc<crate::quant::QuantWeight>,
+    bias: Option<&Tensor>,
+    (a, b): (&Tensor, &Tensor),
+    scale: f64,
+    mask: Option<DropMask>,
+) -> Result<Tensor> {
+    lora_linear_on(x, BaseWeight::Quant(w.clone()), bias, (a, b), scale, mask)
+}
+
+/// The frozen weight of a fused LoRA linear: values, or their quantized form.
+enum BaseWeight {
+    Dense(Tensor),
+    Quant(Arc<crate::quant::QuantWeight>),
+}
+
+fn lora_linear_on(
+    x: &Tensor,
+    w: BaseWeight,
+    bias: Option<&Tensor>,
+    (a, b): (&Tensor, &Tensor),
+    scale: f64,
+    mask: Option<DropMask>,
+) -> Result<Tensor> {
     let op = LoraLinearOp {
-        w: w.contiguous()?,
+        w,
         bias: bias.map(Tensor::contiguous).transpose()?,
         scale: scale as f32,
         mask,
@@ -881,12 +918,22 @@ pub fn lora_linear(
 }
 
 struct LoraLinearOp {
-    w: Tensor,
+    w: BaseWeight,
     bias: Option<Tensor>,
     scale: f32,
     mask: Option<DropMask>,
     /// `drop(x) Aᵀ`, kept by the forward for `dB`.
     xa: Mutex<Option<Vec<f32>>>,
+}
+
+impl LoraLinearOp {
+    /// Runs `f` on the frozen weight's f32 values `[out, in]`.
+    fn with_w<R>(&self, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+        match &self.w {
+            BaseWeight::Dense(t) => with_values(t, f),
+            BaseWeight::Quant(q) => Ok(f(&q.dequantize())),
+        }
+    }
 }
 
 impl CustomOp3 for LoraLinearOp {
@@ -909,7 +956,7 @@ impl CustomOp3 for LoraLinearOp {
         let (r, _) = l2.shape().dims2()?;
         let (dout, _) = l3.shape().dims2()?;
         let mut y = vec![0f32; rows * dout];
-        with_values(&self.w, |w| {
+        self.with_w(|w| {
             if w.len() != dout * din || a.len() != r * din || b.len() != dout * r {
                 candle_core::bail!("fused-lora-linear: shapes do not fit");
             }
@@ -1033,7 +1080,7 @@ impl CustomOp3 for LoraLinearOp {
             let mut dx = vec![0f32; rows * din];
             let gv = View::rows(g.as_ptr(), r);
             match &self.mask {
-                None => with_values(&self.w, |w| unsafe {
+                None => self.with_w(|w| unsafe {
                     // SAFETY: as above.
                     mm(
                         (rows, din, dout),
@@ -1058,7 +1105,7 @@ impl CustomOp3 for LoraLinearOp {
                 })?,
                 Some(m) => {
                     let mut ga = vec![0f32; rows * din];
-                    with_values(&self.w, |w| unsafe {
+                    self.with_w(|w| unsafe {
                         // SAFETY: as above.
                         mm(
                             (rows, din, dout),

@@ -111,7 +111,6 @@ impl Linear {
         out[last] = self.out_features();
         if let Some(l) = &self.lora
             && l.magnitude.is_none()
-            && self.quant.is_none()
             && crate::fused::applies(&x2)
             && crate::fused::applies(&self.weight)
         {
@@ -123,14 +122,21 @@ impl Linear {
             } else {
                 None
             };
-            let y = crate::fused::lora_linear(
-                &x2,
-                &self.weight,
-                self.bias.as_ref(),
-                (l.a.as_tensor(), l.b.as_tensor()),
-                l.scale,
-                mask,
-            )?;
+            let ab = (l.a.as_tensor(), l.b.as_tensor());
+            let y = match &self.quant {
+                // QLoRA: the same fused op, dequantizing the base into transient buffers.
+                Some(q) => {
+                    crate::fused::lora_linear_quant(&x2, q, self.bias.as_ref(), ab, l.scale, mask)?
+                }
+                None => crate::fused::lora_linear(
+                    &x2,
+                    &self.weight,
+                    self.bias.as_ref(),
+                    ab,
+                    l.scale,
+                    mask,
+                )?,
+            };
             return Ok(y.reshape(out)?);
         }
         let base = self.base_matmul(&x2)?;
