@@ -125,20 +125,10 @@ pub fn after_training(
     model: &runner_model::CausalLm,
     base_plan: &runner_recipe::plan::ModelPlan,
 ) -> anyhow::Result<()> {
-    use runner_recipe::plan::{GgufQuant, MergedDtype};
+    use runner_recipe::plan::MergedDtype;
     let out = &plan.train.output_dir;
     let e = &plan.export;
     if e.merge_adapter {
-        let base_dir = match runner_model::load::resolve(
-            &base_plan.base_model,
-            base_plan.revision.as_deref(),
-        )? {
-            runner_model::load::Checkpoint::Folder(d) => d,
-            runner_model::load::Checkpoint::Gguf(f) => anyhow::bail!(
-                "merge_adapter needs a safetensors base, and {} is a GGUF file (use export_gguf)",
-                f.display()
-            ),
-        };
         let dtype = match e.merged_dtype {
             MergedDtype::F32 => candle_core::DType::F32,
             MergedDtype::Bf16 => candle_core::DType::BF16,
@@ -146,6 +136,23 @@ pub fn after_training(
         };
         let merged = out.join("merged");
         let base = plan.adapter.base_quant;
+        let base_dir = match runner_model::load::resolve(
+            &base_plan.base_model,
+            base_plan.revision.as_deref(),
+        )? {
+            runner_model::load::Checkpoint::Folder(d) => d,
+            runner_model::load::Checkpoint::Gguf(_) => {
+                // A GGUF base: merged in memory from the trained model (whose quantized base,
+                // if any, is what the adapter trained against).
+                let (report, diff) = write_folder_and_check(model, tok, &merged, dtype, true)?;
+                println!(
+                    "merged:  {} ({} module(s), {dtype:?}, from the GGUF base; largest logit difference vs base + adapter {diff:.3e})",
+                    merged.display(),
+                    report.merged_modules,
+                );
+                return export_ggufs(plan, tok, model, e);
+            }
+        };
         let report =
             runner_export::merge::merge_folder_into(&base_dir, out, &merged, dtype, true, base)?;
         let rows: Vec<Vec<u32>> = (0..2u32)
@@ -169,6 +176,17 @@ pub fn after_training(
             }
         );
     }
+    export_ggufs(plan, tok, model, e)
+}
+
+fn export_ggufs(
+    plan: &runner_recipe::plan::Plan,
+    tok: &runner_data::tokenizer::TextTokenizer,
+    model: &runner_model::CausalLm,
+    e: &runner_recipe::plan::ExportPlan,
+) -> anyhow::Result<()> {
+    use runner_recipe::plan::GgufQuant;
+    let out = &plan.train.output_dir;
     for q in &e.gguf {
         let ty = match q {
             GgufQuant::F32 => GgufType::F32,
@@ -199,21 +217,8 @@ pub fn merge_gguf_base(
     let (mut model, _) =
         runner_model::gguf::load_gguf(base, candle_core::DType::F32, &candle_core::Device::Cpu)?;
     runner_model::inject(&mut model, &plan, 0)?;
-    // The tokenizer files, rebuilt from the GGUF's metadata (as transformers' GGUF loader
-    // does), written through a scratch folder so that they land with the weights.
     let tok = runner_data::tokenizer::TextTokenizer::load(base, &Default::default())?;
-    let scratch = std::env::temp_dir().join(format!("runner-merge-tok-{}", std::process::id()));
-    let files = tok.save_pretrained(&scratch)?;
-    let mut extra = Vec::new();
-    for f in files {
-        let name = f
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        extra.push((name, std::fs::read(&f)?));
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
-    let report = runner_export::merge::write_model_folder(&model, &extra, out, dtype, force)?;
+    let (report, diff) = write_folder_and_check(&model, &tok, out, dtype, force)?;
     println!(
         "merged {} module(s) (scaling {}, DoRA {}) into {}: {} tensors, {} bytes as {dtype:?}; merged into {}",
         report.merged_modules,
@@ -229,6 +234,34 @@ pub fn merge_gguf_base(
             runner_recipe::plan::BaseQuant::Int8 => "the int8 round-tripped base",
         }
     );
+    println!(
+        "largest logit difference, base + adapter vs merged: {diff:.3e} (relative to the largest logit)"
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Writes `model` (adapters merged) as a Hugging Face folder with `tok`'s files (through a
+/// scratch folder, so that they are staged with the weights), loads it back and returns the
+/// largest logit difference against `model`, relative to the largest logit.
+fn write_folder_and_check(
+    model: &runner_model::CausalLm,
+    tok: &runner_data::tokenizer::TextTokenizer,
+    out: &Path,
+    dtype: candle_core::DType,
+    force: bool,
+) -> anyhow::Result<(runner_export::merge::FolderReport, f32)> {
+    let scratch = std::env::temp_dir().join(format!("runner-merge-tok-{}", std::process::id()));
+    let files = tok.save_pretrained(&scratch)?;
+    let mut extra = Vec::new();
+    for f in files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        extra.push((name, std::fs::read(&f)?));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let report = runner_export::merge::write_model_folder(model, &extra, out, dtype, force)?;
     let merged =
         runner_model::load_folder(out, candle_core::DType::F32, &candle_core::Device::Cpu)?;
     let vocab = model.cfg.vocab_size as u32;
@@ -240,9 +273,5 @@ pub fn merge_gguf_base(
     let b = merged.logits(&batch, false)?;
     let diff = (&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()?;
     let scale = a.abs()?.max_all()?.to_scalar::<f32>()?;
-    println!(
-        "largest logit difference, base + adapter vs merged: {:.3e} (relative to the largest logit)",
-        diff / scale.max(1e-30)
-    );
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok((report, diff / scale.max(1e-30)))
 }

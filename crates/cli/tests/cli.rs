@@ -656,6 +656,38 @@ fn issue_6_run_merges_and_writes_gguf_when_the_recipe_asks() {
         .collect();
     assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
 
+    // A GGUF base (written here from the built-in model): merged in memory into a folder with
+    // config.json and the tokenizer.
+    let base_gguf = tmp.join("base.gguf").display().to_string();
+    let out = runner(&[
+        "export-gguf",
+        "--no-adapter",
+        "-o",
+        &base_gguf,
+        "--type",
+        "f32",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let gguf_run = tmp.join("gguf-run");
+    let sets = [
+        format!("base_model={base_gguf}"),
+        format!("output_dir={}", gguf_run.display()),
+        format!("dataset_prepared_path={}", tmp.join("prepared").display()),
+        "max_steps=2".into(),
+        "merge_adapter=true".into(),
+    ];
+    let mut args = vec!["run"];
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    let out = runner(&args);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(stdout.contains("from the GGUF base"), "{stdout}");
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        assert!(gguf_run.join("merged").join(f).is_file(), "{f}; {stdout}");
+    }
+
     // Bad values are validation errors that list the choices.
     let bad = runner(&["validate", "--set", "export_gguf=[q8_0, q4_k]"]);
     assert_eq!(bad.status.code(), Some(1));

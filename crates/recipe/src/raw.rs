@@ -191,8 +191,9 @@ pub struct RawRecipe {
     /// runner's own key: after training, merge the adapter into the base model (W + s·B·A,
     /// DoRA rescaled) and write it to `output_dir/merged`: the base's sharding and index,
     /// config and tokenizer files, then a logit check against base + adapter. A QLoRA / int8
-    /// adapter is merged into the NF4 / int8 round-tripped base it trained against. Needs a
-    /// safetensors base (for a GGUF base use `export_gguf`). Default false.
+    /// adapter is merged into the NF4 / int8 round-tripped base it trained against. A GGUF
+    /// base is merged in memory and written as one `model.safetensors` with `config.json` and
+    /// the tokenizer. Default false.
     pub merge_adapter: Option<bool>,
     /// runner's own key: weight dtype of the merged model (`merge_adapter`): `f32`, `bf16` or
     /// `f16`. Default f32.

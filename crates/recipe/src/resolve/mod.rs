@@ -263,18 +263,6 @@ fn resolve_export(r: &mut Resolver, raw: &RawRecipe) -> ExportPlan {
             }
         }
     };
-    if merge_adapter
-        && raw
-            .base_model
-            .as_deref()
-            .is_some_and(|b| b.to_ascii_lowercase().ends_with(".gguf"))
-    {
-        r.error(
-            "merge_adapter",
-            "`merge_adapter` writes a safetensors model merged shard by shard from a safetensors base, and `base_model` is a GGUF file",
-            "use `export_gguf: q8_0` (or f16/f32) to write the merged model as GGUF instead",
-        );
-    }
     let names: Vec<String> = match &raw.export_gguf {
         None => Vec::new(),
         Some(StringOrList::One(s)) => vec![s.clone()],
