@@ -51,6 +51,8 @@ pub enum Command {
         /// Validate and print the stages without running them.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        parallel: ParallelArgs,
     },
     /// Prepare the recipe's datasets (through the cache) and print a summary: rows read,
     /// dropped and truncated, tokens, trained fraction, packing efficiency, time.
@@ -203,6 +205,20 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// Where `runner run` trains: the CPU (default), GPUs, or several CPU processes.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct ParallelArgs {
+    /// Train on N GPUs (needs a build with `--features cuda`): one process per GPU, adapter
+    /// gradients summed over NCCL. Under torchrun-style launchers (RANK, WORLD_SIZE,
+    /// LOCAL_RANK, MASTER_ADDR, MASTER_PORT set) each process uses GPU LOCAL_RANK instead.
+    #[arg(long, value_name = "N", conflicts_with = "processes")]
+    pub gpus: Option<usize>,
+    /// Train on the CPU with N data-parallel processes (gradients summed over TCP): the
+    /// multi-GPU code path without GPUs, for tests and debugging.
+    #[arg(long, value_name = "N")]
+    pub processes: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

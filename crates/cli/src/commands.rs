@@ -37,13 +37,22 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("{}: valid", loaded.sources.name);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { recipe, dry_run } => {
+        Command::Run {
+            recipe,
+            dry_run,
+            parallel,
+        } => {
+            let placement = crate::launch::placement(&parallel)?;
             let loaded = match load(&recipe) {
                 Ok(l) => l,
                 Err(e) => return Ok(report(&e, color)),
             };
-            print_substitutions(&loaded);
-            print!("{}", stages(&loaded.plan));
+            // A launcher's ranks each print this; of a job's ranks only rank 0 does.
+            let launcher = matches!(placement, crate::launch::Placement::Launch { .. });
+            if (placement.is_rank_zero() && !launcher) || dry_run {
+                print_substitutions(&loaded);
+                print!("{}", stages(&loaded.plan));
+            }
             if dry_run {
                 println!("{}", crate::run::model_summary(&loaded.plan)?);
                 return Ok(ExitCode::SUCCESS);
@@ -52,7 +61,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(p) => p.display().to_string(),
                 None => String::new(),
             };
-            crate::run::run(&loaded, &label)
+            if let crate::launch::Placement::Launch { processes } = placement {
+                return crate::launch::launch(processes);
+            }
+            crate::run::run(&loaded, &label, &placement)
         }
         Command::Preprocess {
             recipe,

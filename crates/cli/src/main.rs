@@ -4,6 +4,7 @@ mod args;
 mod commands;
 mod export;
 mod generate;
+mod launch;
 mod run;
 
 use clap::{CommandFactory, Parser};

@@ -84,8 +84,69 @@ pub fn not_runnable_yet(plan: &Plan) -> Vec<String> {
     out
 }
 
-pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
+pub fn run(
+    loaded: &Loaded,
+    recipe_label: &str,
+    placement: &crate::launch::Placement,
+) -> anyhow::Result<ExitCode> {
+    match placement {
+        crate::launch::Placement::Rank { info, .. } if info.world_size > 1 => {
+            let rank = info.rank;
+            run_here(loaded, recipe_label, placement).with_context(|| format!("rank {rank}"))
+        }
+        _ => run_here(loaded, recipe_label, placement),
+    }
+}
+
+/// The device and, for a rank of a job, the communicator joining it to the others.
+fn device_and_comm(
+    placement: &crate::launch::Placement,
+) -> anyhow::Result<(Device, Option<Arc<dyn runner_train::dist::Communicator>>)> {
+    use crate::launch::Placement;
+    match placement {
+        Placement::Single { gpu } => Ok((runner_kernels::select_device(*gpu)?, None)),
+        Placement::Launch { .. } => anyhow::bail!("internal: the launcher does not train"),
+        Placement::Rank { info, gpu } => {
+            let device = runner_kernels::select_device(*gpu)?;
+            if info.world_size == 1 {
+                return Ok((device, None));
+            }
+            let timeout = crate::launch::dist_timeout()?;
+            let tcp = runner_train::dist::tcp::TcpComm::connect(info, timeout)?;
+            if device.is_cpu() {
+                return Ok((device, Some(Arc::new(tcp))));
+            }
+            #[cfg(feature = "cuda")]
+            {
+                use runner_train::dist::{nccl::NcclComm, watchdog::Watchdog};
+                // A rank blocked inside NCCL cannot return an error: the watchdog reports the
+                // stalled stage and ends the process, and the launcher stops the others.
+                let dog = Watchdog::start(
+                    info.rank,
+                    timeout,
+                    Box::new(|m| {
+                        eprintln!("error: {m}");
+                        std::process::exit(3);
+                    }),
+                );
+                let nccl = NcclComm::new(&tcp, &device, dog)?;
+                Ok((device, Some(Arc::new(nccl))))
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                anyhow::bail!("internal: a GPU device in a build without CUDA")
+            }
+        }
+    }
+}
+
+fn run_here(
+    loaded: &Loaded,
+    recipe_label: &str,
+    placement: &crate::launch::Placement,
+) -> anyhow::Result<ExitCode> {
     let plan = &loaded.plan;
+    let speaks = placement.is_rank_zero();
     let missing = not_runnable_yet(plan);
     if !missing.is_empty() {
         for m in &missing {
@@ -97,20 +158,42 @@ pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
         );
     }
 
-    // 1. data
+    // This process's device and, in a job, the other ranks.
+    let (device, comm) = device_and_comm(placement)?;
+
+    // 1. data. In a job rank 0 prepares first and the others then read its cache, instead of
+    // every rank tokenizing the same data and racing to write the same cache entry.
+    let rank = comm.as_ref().map_or(0, |c| c.rank());
+    let data_barrier = |c: &Arc<dyn runner_train::dist::Communicator>| {
+        c.all_reduce_f64("data preparation (rank 0 first)", &mut [0.0])
+    };
+    if let Some(c) = comm.as_ref().filter(|_| rank != 0) {
+        data_barrier(c)?;
+    }
     let tok = runner_data::load_tokenizer(&plan.model)?;
     let data = runner_data::prepare(&plan.data, &tok)?;
-    eprintln!("{}", data.summary);
+    if let Some(c) = comm.as_ref().filter(|_| rank == 0) {
+        data_barrier(c)?;
+    }
+    if speaks {
+        eprintln!("{}", data.summary);
+    }
 
-    // 2. model + adapters
+    // 2. model + adapters, on this process's device
     let model_plan = materialized(&plan.model)?;
-    let loaded_model = runner_model::load(&model_plan, &Device::Cpu)?;
+    let loaded_model =
+        runner_model::load::load_with(&model_plan, model_dtype(plan, &device), &device)?;
     let mut model = loaded_model.model;
     grow_vocabulary(&mut model, &tok, Some(&plan.adapter))?;
     model.gradient_checkpointing = plan.train.gradient_checkpointing;
     let adapters = runner_model::inject(&mut model, &plan.adapter, plan.train.seed)?;
-    eprintln!("{}", runner_model::lora::ParamCounts::of(&model, &adapters));
-    step_fits_in_memory(plan, &model, &data)?;
+    if speaks {
+        eprintln!("{}", runner_model::lora::ParamCounts::of(&model, &adapters));
+    }
+    // The estimate is of host memory: the CPU engine's.
+    if device.is_cpu() {
+        step_fits_in_memory(plan, &model, &data)?;
+    }
 
     // 3. train (SIGINT/SIGTERM finish the step, save, and stop)
     let stop = Arc::new(AtomicBool::new(false));
@@ -139,10 +222,19 @@ pub fn run(loaded: &Loaded, recipe_label: &str) -> anyhow::Result<ExitCode> {
     };
     let control = Control {
         stop,
-        progress_bar: std::io::stderr().is_terminal(),
-        quiet: false,
+        progress_bar: speaks && std::io::stderr().is_terminal(),
+        quiet: !speaks,
+        comm,
     };
     let outcome = runner_train::trainer::train(&inputs, &control)?;
+    if !speaks {
+        // Rank 0 reports the run and wrote its files.
+        return Ok(match outcome.stop {
+            StopReason::Finished | StopReason::EarlyStopping { .. } => ExitCode::SUCCESS,
+            StopReason::Interrupted => ExitCode::from(130),
+            _ => ExitCode::from(1),
+        });
+    }
 
     // 4. export: the trainer wrote the PEFT adapter, metrics.jsonl and loss.svg.
     let out = &plan.train.output_dir;
@@ -338,6 +430,16 @@ fn grow_vocabulary(
          as transformers' resize_token_embeddings)"
     );
     Ok(())
+}
+
+/// The weights' dtype: f32 on the CPU (bf16 is slower there); on a GPU bf16 when the recipe
+/// asks for it (`bf16: true` or `auto`).
+fn model_dtype(plan: &Plan, device: &Device) -> candle_core::DType {
+    use runner_recipe::plan::Precision;
+    match plan.train.precision {
+        Precision::Bf16 | Precision::Auto if device.is_cuda() => candle_core::DType::BF16,
+        _ => candle_core::DType::F32,
+    }
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), for the figures `runner run` prints.

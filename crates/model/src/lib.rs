@@ -24,6 +24,8 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod error;
 pub mod fused;
 pub mod generate;

@@ -200,6 +200,10 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let g = self.gate_proj.forward(x, train)?;
         let u = self.up_proj.forward(x, train)?;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return self.down_proj.forward(&crate::cuda::swiglu(&g, &u)?, train);
+        }
         let h = if crate::fused::applies(&g) {
             crate::fused::swiglu(&g, &u)?
         } else {

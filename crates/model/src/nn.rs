@@ -276,6 +276,10 @@ impl RmsNorm {
     /// Computed in f32 whatever the input dtype, then cast back before the weight, as
     /// transformers does.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return crate::cuda::rms_norm(x, &self.weight, self.eps);
+        }
         if crate::fused::applies(x) && self.weight.dtype() == DType::F32 {
             return crate::fused::rms_norm(x, &self.weight, self.eps);
         }
@@ -438,6 +442,10 @@ impl Rope {
 
 /// `x·cos + rotate_half(x)·sin` for `x: (B, H, T, D)`.
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda::rope(x, cos, sin);
+    }
     let d = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, d / 2)?;
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;

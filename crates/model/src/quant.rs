@@ -410,6 +410,10 @@ fn placeholder(rows: usize, cols: usize, dtype: DType, device: &Device) -> Resul
 /// and again in the backward (which computes only the input's gradient, `dy·W`), so only the
 /// packed form stays resident between them.
 pub fn quant_matmul(x: &Tensor, w: &Arc<QuantWeight>) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda::quant_matmul(x, w);
+    }
     if !x.device().is_cpu() {
         let wt = w.to_tensor(x.dtype(), x.device())?;
         return crate::nn::frozen_matmul(x, &wt);

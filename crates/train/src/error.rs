@@ -8,6 +8,8 @@ pub enum TrainError {
     Model(String),
     #[error("optimizer: {0}")]
     Optimizer(String),
+    #[error("data parallelism: {0}")]
+    Distributed(String),
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,

@@ -1,6 +1,7 @@
 //! Training stage: the loop, optimizer, schedules, accumulation, evaluation, checkpoints and metrics.
 
 pub mod checkpoint;
+pub mod dist;
 pub mod error;
 pub mod metrics;
 pub mod optim;

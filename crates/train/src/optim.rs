@@ -231,6 +231,15 @@ impl Grads {
         self.sums.clear();
     }
 
+    /// Replaces a parameter's gradient (the data-parallel sum over ranks).
+    pub(crate) fn set(&mut self, name: String, grad: Tensor) {
+        self.sums.insert(name, grad);
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) {
+        self.sums.remove(name);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sums.is_empty()
     }

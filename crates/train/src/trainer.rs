@@ -39,6 +39,9 @@ pub struct Control {
     pub progress_bar: bool,
     /// No output at all (tests).
     pub quiet: bool,
+    /// Data parallelism across processes (`None`: this process trains alone). Each rank trains
+    /// its share of every step; rank 0 alone logs and writes files.
+    pub comm: Option<Arc<dyn crate::dist::Communicator>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,7 +88,9 @@ struct StepWork {
 /// The whole run's schedule, fixed by the data and the seed: epoch 0 visits the units in the
 /// prepared order, epoch `e > 0` in the order `shuffle(units, seed + e)`; each epoch is cut
 /// into micro-batches and then optimizer steps (its last step may have fewer micro-batches).
-fn schedule(plan: &Plan, data: &Prepared) -> Vec<StepWork> {
+/// With `world` data-parallel ranks a step has `world ×` the micro-batches (each rank trains
+/// its [`crate::dist::shard`]): the same steps as one process accumulating `world ×` as many.
+fn schedule(plan: &Plan, data: &Prepared, world: usize) -> Vec<StepWork> {
     let t = &plan.train;
     let units: Vec<Unit> = match &data.train_packs {
         Some(packs) => (0..packs.len()).map(Unit::Pack).collect(),
@@ -95,7 +100,7 @@ fn schedule(plan: &Plan, data: &Prepared) -> Vec<StepWork> {
         return Vec::new();
     }
     let mbs = t.micro_batch_size.max(1);
-    let accum = t.gradient_accumulation_steps.max(1);
+    let accum = t.gradient_accumulation_steps.max(1) * world.max(1);
     let batches_per_epoch = units.len().div_ceil(mbs);
     let steps_per_epoch = batches_per_epoch.div_ceil(accum) as u64;
     let total = match t.max_steps {
@@ -210,14 +215,29 @@ pub fn param_groups(plan: &Plan, adapters: &Adapters) -> Vec<ParamGroup> {
 
 /// Mean token loss over the evaluation set (no gradients, no dropout).
 pub fn evaluate(inp: &Inputs) -> Result<Option<f64>, TrainError> {
+    evaluate_on_ranks(inp, None, "eval")
+}
+
+/// [`evaluate`] with the batches shared among the ranks of `comm` (batch `i` on rank
+/// `i mod world`) and the sums reduced: every rank gets the same value.
+fn evaluate_on_ranks(
+    inp: &Inputs,
+    comm: Option<&dyn crate::dist::Communicator>,
+    stage: &str,
+) -> Result<Option<f64>, TrainError> {
     if inp.data.eval.is_empty() {
         return Ok(None);
     }
+    let (rank, world) = comm.map_or((0, 1), |c| (c.rank(), c.world_size()));
     let (mut sum, mut n) = (0f64, 0usize);
-    for b in inp
+    for (i, b) in inp
         .data
         .eval_batches(inp.plan.train.eval_batch_size, inp.pad_id, &inp.plan.data)
+        .enumerate()
     {
+        if i % world != rank {
+            continue;
+        }
         let batch = model_batch(&b)?;
         let out = runner_model::loss::causal_lm_loss(
             inp.model,
@@ -232,7 +252,16 @@ pub fn evaluate(inp: &Inputs) -> Result<Option<f64>, TrainError> {
             .to_scalar::<f64>()?;
         n += out.n_tokens;
     }
+    if let Some(c) = comm {
+        let mut v = [sum, n as f64];
+        c.all_reduce_f64(stage, &mut v).map_err(dist_err)?;
+        (sum, n) = (v[0], v[1] as usize);
+    }
     Ok((n > 0).then(|| sum / n as f64))
+}
+
+fn dist_err(e: crate::dist::DistError) -> TrainError {
+    TrainError::Distributed(e.to_string())
 }
 
 /// Everything a checkpoint holds besides the adapter: optimizer moments, the position in the
@@ -351,7 +380,11 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
     let plan = inp.plan;
     let t = &plan.train;
     let out_dir = t.output_dir.clone();
-    let work = schedule(plan, inp.data);
+    let comm = control.comm.as_deref();
+    let (rank, world) = comm.map_or((0, 1), |c| (c.rank(), c.world_size()));
+    // Rank 0 writes every file (metrics, checkpoints, the adapter); the others only train.
+    let writer = rank == 0;
+    let work = schedule(plan, inp.data, world);
     let total = work.len() as u64;
     if total == 0 {
         return Err(TrainError::Optimizer(
@@ -364,8 +397,8 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
             .train_packs
             .as_ref()
             .map_or(inp.data.train.len(), Vec::len);
-        (units.div_ceil(t.micro_batch_size.max(1))).div_ceil(t.gradient_accumulation_steps.max(1))
-            as u64
+        (units.div_ceil(t.micro_batch_size.max(1)))
+            .div_ceil(t.gradient_accumulation_steps.max(1) * world) as u64
     };
     let sched = LrSchedule::new(t.learning_rate, &t.scheduler, total);
     let mut opt = AdamW::new(param_groups(plan, inp.adapters), &t.optimizer)?;
@@ -384,7 +417,11 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
         eprintln!("resuming from {} at step {}", dir.display(), state.step);
     }
 
-    let mut log = MetricsLog::open(&out_dir)?;
+    let mut log = if writer {
+        Some(MetricsLog::open(&out_dir)?)
+    } else {
+        None
+    };
     let eval_every = match t.eval {
         EvalSchedule::Never => None,
         EvalSchedule::Steps(n) => Some(EveryN::Steps(n)),
@@ -421,14 +458,25 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
         let work_k = &work[state.step as usize];
         let step_no = state.step + 1; // 1-based, as logged and saved
         reseed_dropout(inp.model, t.seed, state.step);
-        let batches: Vec<Batch> = work_k
-            .micro_batches
+        let mine = crate::dist::shard(work_k.micro_batches.len(), rank, world);
+        let batches: Vec<Batch> = work_k.micro_batches[mine]
             .iter()
             .map(|units| model_batch(&data_batch(units, inp.data, plan, inp.pad_id)))
             .collect::<Result<_, _>>()?;
         let mut n_tokens = 0usize;
         for b in &batches {
             n_tokens += b.targets().map_err(model_err)?.len();
+        }
+        let mut step_tokens = batches
+            .iter()
+            .map(|b| (b.batch_size * b.seq_len) as u64)
+            .sum::<u64>();
+        if let Some(c) = comm {
+            // Every rank scales by the trained tokens of the whole step, across ranks.
+            let mut v = [n_tokens as f64, step_tokens as f64];
+            c.all_reduce_f64(&format!("step {step_no}: token counts"), &mut v)
+                .map_err(dist_err)?;
+            (n_tokens, step_tokens) = (v[0] as usize, v[1] as u64);
         }
         // The step's loss is the mean over all its trained tokens: each micro-batch contributes
         // its token-loss sum divided by the step's token count.
@@ -454,6 +502,22 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
                 .to_dtype(candle_core::DType::F64)?
                 .to_scalar::<f64>()?;
         }
+        let mut stop_requested = control.stop.load(Ordering::SeqCst);
+        if let Some(c) = comm {
+            // Only adapter gradients travel; every rank then applies the same update.
+            let mut extra = [loss_sum, stop_requested as u8 as f64];
+            crate::dist::all_reduce_grads(
+                c,
+                &mut grads,
+                opt.groups(),
+                &mut extra,
+                &format!("step {step_no}"),
+                crate::dist::BUCKET_BYTES,
+            )
+            .map_err(dist_err)?;
+            loss_sum = extra[0];
+            stop_requested = extra[1] > 0.0;
+        }
         let step_loss = loss_sum / n_tokens.max(1) as f64;
         let norm = grads.global_norm()?;
         if !step_loss.is_finite() || !norm.is_finite() {
@@ -463,8 +527,10 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
                 format!("loss {step_loss} at step {step_no}")
             };
             // The parameters are still those of the last good step: save them.
-            let files = checkpoint_files(inp, &opt, &state)?;
-            stop_checkpoint = Some(checkpoint::save(&out_dir, state.step, &files)?);
+            if writer {
+                let files = checkpoint_files(inp, &opt, &state)?;
+                stop_checkpoint = Some(checkpoint::save(&out_dir, state.step, &files)?);
+            }
             stop = StopReason::NonFinite { what };
             break;
         }
@@ -473,10 +539,7 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
         state.step = step_no;
         state.epoch = work_k.epoch;
         tokens_labelled += n_tokens as u64;
-        tokens_seen += batches
-            .iter()
-            .map(|b| (b.batch_size * b.seq_len) as u64)
-            .sum::<u64>();
+        tokens_seen += step_tokens;
         losses.push((step_no, step_loss));
         window.0 += step_loss;
         window.1 += 1;
@@ -485,15 +548,17 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
         if step_no == 1 || step_no.is_multiple_of(t.logging_steps.max(1)) || step_no == total {
             let mean = window.0 / window.1.max(1) as f64;
             window = (0.0, 0);
-            log.write(&Record {
-                step: step_no,
-                epoch: state.epoch,
-                loss: Some(mean),
-                learning_rate: Some(lr),
-                grad_norm: Some(norm),
-                tokens_per_second: Some(tps),
-                ..Default::default()
-            })?;
+            if let Some(log) = &mut log {
+                log.write(&Record {
+                    step: step_no,
+                    epoch: state.epoch,
+                    loss: Some(mean),
+                    learning_rate: Some(lr),
+                    grad_norm: Some(norm),
+                    tokens_per_second: Some(tps),
+                    ..Default::default()
+                })?;
+            }
             let line = format!(
                 "step {step_no}/{total} loss {mean:.4} lr {lr:.3e} grad_norm {norm:.3} {tps:.0} tok/s"
             );
@@ -522,16 +587,19 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
         }
 
         if due(step_no, total, steps_per_epoch, eval_every)
-            && let Some(eval_loss) = evaluate(inp)?
+            && let Some(eval_loss) =
+                evaluate_on_ranks(inp, comm, &format!("step {step_no}: evaluation"))?
         {
             eval_losses.push((step_no, eval_loss));
-            log.write(&Record {
-                step: step_no,
-                epoch: state.epoch,
-                eval_loss: Some(eval_loss),
-                eval_perplexity: Some(eval_loss.exp()),
-                ..Default::default()
-            })?;
+            if let Some(log) = &mut log {
+                log.write(&Record {
+                    step: step_no,
+                    epoch: state.epoch,
+                    eval_loss: Some(eval_loss),
+                    eval_perplexity: Some(eval_loss.exp()),
+                    ..Default::default()
+                })?;
+            }
             if !control.quiet && bar.is_none() {
                 eprintln!(
                     "step {step_no}: eval loss {eval_loss:.4} perplexity {:.3}",
@@ -553,13 +621,13 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
             }
         }
 
-        if control.stop.load(Ordering::SeqCst) && stop == StopReason::Finished {
+        if stop_requested && stop == StopReason::Finished {
             stop = StopReason::Interrupted;
         }
         let early = stop != StopReason::Finished;
         let scheduled = due(step_no, total, steps_per_epoch, save_every)
             || (t.save.save_first_step && step_no == 1);
-        if scheduled || early {
+        if (scheduled || early) && writer {
             let files = checkpoint_files(inp, &opt, &state)?;
             let dir = checkpoint::save(&out_dir, step_no, &files)?;
             checkpoint::rotate(&out_dir, t.save.total_limit)?;
@@ -575,7 +643,7 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
         pb.finish_and_clear();
     }
 
-    if !matches!(stop, StopReason::NonFinite { .. }) {
+    if writer && !matches!(stop, StopReason::NonFinite { .. }) {
         runner_export::peft::save_adapter(
             &out_dir,
             &plan.adapter,
@@ -584,17 +652,18 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
         )
         .map_err(|e| TrainError::Model(e.to_string()))?;
     }
-    let records = crate::metrics::read(log.path())?;
-    let chart = crate::metrics::chart_svg(
-        &records,
-        &format!("{} — {}", plan.model.base_model, out_dir.display()),
-    );
-    runner_export::peft::write_atomically(&out_dir.join("loss.svg"), chart.as_bytes()).map_err(
-        |source| TrainError::Io {
-            path: out_dir.join("loss.svg"),
-            source,
-        },
-    )?;
+    if let Some(log) = &log {
+        let records = crate::metrics::read(log.path())?;
+        let chart = crate::metrics::chart_svg(
+            &records,
+            &format!("{} — {}", plan.model.base_model, out_dir.display()),
+        );
+        runner_export::peft::write_atomically(&out_dir.join("loss.svg"), chart.as_bytes())
+            .map_err(|source| TrainError::Io {
+                path: out_dir.join("loss.svg"),
+                source,
+            })?;
+    }
     let seconds = started.elapsed().as_secs_f64();
     Ok(Outcome {
         stop,
