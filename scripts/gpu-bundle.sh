@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on a machine without a GPU, everything scripts/gpu-check.sh runs on a GPU machine
-# (which has no network and no Rust toolchain): the stripped CUDA `runner` binary and the CUDA
-# test executables, into dist/gpu/ (about 3 files; carried to the GPU machine as-is).
+# (which has no network and no Rust toolchain): the CUDA `runner` binary and the CUDA test
+# executables, into dist/gpu/ (about 160 MB) and dist/gpu.tar.zst (about 35 MB).
 #
 #   scripts/gpu-bundle.sh            # then, on the GPU machine: scripts/gpu-check.sh
 set -euo pipefail
@@ -18,7 +18,7 @@ import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] \
-            and m["target"]["name"] in ("devices", "ptx", "runner_kernels"):
+            and m["target"]["name"] in ("devices", "ptx"):
         print(m["target"]["name"] + " " + m["executable"])
 ')
 out=dist/gpu
@@ -31,5 +31,7 @@ while read -r name exe; do
 done <<<"$tests"
 strip "$out/runner" "$out"/tests/* 2>/dev/null || true
 git rev-parse HEAD >"$out/COMMIT" 2>/dev/null || true
-ls -la "$out" "$out/tests" >&2
-du -sh "$out" >&2
+# Mostly candle's embedded PTX, which compresses about 5x: the archive is what a size-limited
+# transfer to the GPU machine carries (gpu-check.sh unpacks it when dist/gpu is absent).
+tar -C dist -cf - gpu | zstd -q -T0 -12 -f -o dist/gpu.tar.zst
+ls -la "$out" "$out/tests" dist/gpu.tar.zst >&2

@@ -50,6 +50,10 @@ run() {
 }
 
 # --- bundle and environment ---------------------------------------------------------------
+if [ ! -d "$bundle" ] && [ -f "$bundle.tar.zst" ]; then
+    mkdir -p "$(dirname "$bundle")"
+    zstd -dc "$bundle.tar.zst" | tar -C "$(dirname "$bundle")" -xf -
+fi
 for f in "$bundle/runner" "$bundle/tests/devices" "$bundle/tests/ptx"; do
     if [ ! -x "$f" ]; then
         echo "gpu-check: $f is missing; build the bundle first with scripts/gpu-bundle.sh (on any machine)" >&2

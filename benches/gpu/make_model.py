@@ -2,7 +2,10 @@
 """Writes a random Mistral-7B-shaped checkpoint (config.json + bf16 safetensors shards) and a
 pretokenized dataset of fixed-length rows, for the GPU benchmark (scripts/gpu-check.sh).
 
-  python3 benches/gpu/make_model.py OUT_DIR [--layers 32] [--seq 2048] [--rows 64]
+  python3 benches/gpu/make_model.py OUT_DIR [--layers 32] [--seq 2048] [--rows 64] [--tiny]
+
+`--tiny` makes the same files for a model of hidden size 64 (checks the pipeline on a CPU). A
+word-level tokenizer.json (ids only: the data is pretokenized) comes with it.
 
 Weights are drawn on the GPU when there is one (N(0, 0.02), as transformers initialises), so a
 7B checkpoint takes seconds to make; only its shape matters for throughput and memory.
@@ -21,19 +24,21 @@ def main():
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--tiny", action="store_true")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    # Mistral-7B-v0.1's shape.
+    # Mistral-7B-v0.1's shape (or a tiny one with the same structure).
+    h, i, v, heads, kv_heads, hd = (64, 128, 512, 4, 2, 16) if a.tiny else (4096, 14336, 32000, 32, 8, 128)
     cfg = {
         "architectures": ["MistralForCausalLM"],
         "model_type": "mistral",
-        "vocab_size": 32000,
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
+        "vocab_size": v,
+        "hidden_size": h,
+        "intermediate_size": i,
         "num_hidden_layers": a.layers,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": hd,
         "hidden_act": "silu",
         "max_position_embeddings": 32768,
         "rms_norm_eps": 1e-5,
@@ -48,7 +53,7 @@ def main():
         json.dump(cfg, f, indent=2)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator(device=dev).manual_seed(0)
-    h, i, v, kv = 4096, 14336, 32000, 8 * 128
+    kv = kv_heads * hd
 
     def rnd(*shape):
         return (torch.randn(*shape, generator=g, device=dev, dtype=torch.float32) * 0.02).to(torch.bfloat16).cpu()
@@ -81,6 +86,14 @@ def main():
     )
     with open(os.path.join(a.out, "model.safetensors.index.json"), "w") as f:
         json.dump(index, f)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"t{k}": k for k in range(3, v)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(os.path.join(a.out, "tokenizer.json"))
+    with open(os.path.join(a.out, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}, f)
     # Fixed-length rows of token ids, every token trained (ids below 256 fit any tokenizer).
     gen = torch.Generator().manual_seed(1)
     with open(os.path.join(a.out, "data.jsonl"), "w") as f:
