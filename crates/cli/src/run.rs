@@ -130,6 +130,9 @@ fn device_and_comm(
                     }),
                 );
                 let nccl = NcclComm::new(&tcp, &device, dog)?;
+                // NCCL's communicator stays on the training thread; the Arc is for `Control`,
+                // which is Clone, not for sharing across threads.
+                #[allow(clippy::arc_with_non_send_sync)]
                 Ok((device, Some(Arc::new(nccl))))
             }
             #[cfg(not(feature = "cuda"))]

@@ -152,19 +152,21 @@ mod cuda {
             let out = unsafe { dev.alloc::<T>(outputs * n)? };
             let n64 = n as u64;
             let stream = dev.cuda_stream();
-            let mut b = stream.launch_builder(&f);
-            for v in &views {
-                b.arg(v);
+            {
+                // Views of the output (both halves for the backward) live only for the launch.
+                let first = out.slice(0..n);
+                let second = out.slice(n * (outputs - 1)..n * outputs);
+                let mut b = stream.launch_builder(&f);
+                for v in &views {
+                    b.arg(v);
+                }
+                b.arg(&first);
+                if outputs == 2 {
+                    b.arg(&second);
+                }
+                b.arg(&n64);
+                unsafe { b.launch(elementwise(n)) }.map_err(launch_err)?;
             }
-            let first = out.slice(0..n);
-            let second = out.slice(n * (outputs - 1)..n * outputs);
-            b.arg(&first);
-            if outputs == 2 {
-                b.arg(&second);
-            }
-            b.arg(&n64);
-            unsafe { b.launch(elementwise(n)) }.map_err(launch_err)?;
-            drop((first, second));
             Ok(CudaStorage::wrap_cuda_slice(out, dev))
         }
         match inputs[0].0.dtype() {
