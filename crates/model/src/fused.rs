@@ -1078,65 +1078,49 @@ impl CustomOp3 for LoraLinearOp {
         })?;
         let dx = if x.track_op() {
             let mut dx = vec![0f32; rows * din];
-            let gv = View::rows(g.as_ptr(), r);
-            match &self.mask {
-                None => self.with_w(|w| unsafe {
-                    // SAFETY: as above.
-                    mm(
-                        (rows, din, dout),
-                        dx.as_mut_ptr(),
-                        din,
-                        false,
-                        dyr,
-                        View::rows(w.as_ptr(), din),
-                        1.0,
-                        true,
-                    );
-                    mm(
-                        (rows, din, r),
-                        dx.as_mut_ptr(),
-                        din,
-                        true,
-                        gv,
-                        View::rows(av.as_ptr(), din),
-                        1.0,
-                        true,
-                    );
-                })?,
-                Some(m) => {
-                    let mut ga = vec![0f32; rows * din];
-                    self.with_w(|w| unsafe {
-                        // SAFETY: as above.
-                        mm(
-                            (rows, din, dout),
-                            dx.as_mut_ptr(),
-                            din,
-                            false,
-                            dyr,
-                            View::rows(w.as_ptr(), din),
-                            1.0,
-                            true,
-                        );
-                        mm(
-                            (rows, din, r),
-                            ga.as_mut_ptr(),
-                            din,
-                            false,
-                            gv,
-                            View::rows(av.as_ptr(), din),
-                            1.0,
-                            true,
-                        );
-                    })?;
-                    m.apply_in_place(&mut ga);
-                    dx.par_chunks_mut(CHUNK)
-                        .zip(ga.par_chunks(CHUNK))
-                        .for_each(|(d, g)| {
-                            for (d, g) in d.iter_mut().zip(g) {
-                                *d += g;
-                            }
-                        });
-                }
+            // dx = dy W + drop'(g A): g A goes straight into dx without dropout, through a
+            // buffer that is masked and added with it.
+            let mut ga = if self.mask.is_some() {
+                vec![0f32; rows * din]
+            } else {
+                Vec::new()
+            };
+            let (ga_dst, ga_acc) = match self.mask {
+                Some(_) => (ga.as_mut_ptr(), false),
+                None => (dx.as_mut_ptr(), true),
+            };
+            self.with_w(|w| unsafe {
+                // SAFETY: as above; `ga_dst` is `dx` or `ga`, both rows × din and ours.
+                mm(
+                    (rows, din, dout),
+                    dx.as_mut_ptr(),
+                    din,
+                    false,
+                    dyr,
+                    View::rows(w.as_ptr(), din),
+                    1.0,
+                    true,
+                );
+                mm(
+                    (rows, din, r),
+                    ga_dst,
+                    din,
+                    ga_acc,
+                    View::rows(g.as_ptr(), r),
+                    View::rows(av.as_ptr(), din),
+                    1.0,
+                    true,
+                );
+            })?;
+            if let Some(m) = &self.mask {
+                m.apply_in_place(&mut ga);
+                dx.par_chunks_mut(CHUNK)
+                    .zip(ga.par_chunks(CHUNK))
+                    .for_each(|(d, g)| {
+                        for (d, g) in d.iter_mut().zip(g) {
+                            *d += g;
+                        }
+                    });
             }
             Some(Tensor::from_vec(dx, (rows, din), x.device())?)
         } else {
