@@ -12,7 +12,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-cuda}
 # One cargo command, so the binary and the tests share one feature set (a different selection
 # of packages would rebuild candle and its CUDA kernels). The CUDA tests become executables: the
 # per-device op checks (`devices`) and the PTX compile test (`ptx`).
-tests=$(cargo test --release --locked --features cuda -p runner-cli -p runner-kernels --no-run --message-format=json |
+tests=$(cargo test --release --locked --features cuda -p runner-cli -p runner-kernels -p runner-model --no-run --message-format=json |
     python3 -c '
 import json, sys
 for line in sys.stdin:

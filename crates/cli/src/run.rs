@@ -163,6 +163,25 @@ fn run_here(
 
     // This process's device and, in a job, the other ranks.
     let (device, comm) = device_and_comm(placement)?;
+    // Every op the plan runs must exist for this device and dtype: refused here, by name.
+    let features = runner_model::ops::Features {
+        dropout: plan.adapter.dropout > 0.0,
+        quantized_base: plan.adapter.base_quant != runner_recipe::plan::BaseQuant::None,
+    };
+    let dtype = model_dtype(plan, &device);
+    if let Err(missing) = runner_model::ops::check_supported(
+        runner_model::ops::DeviceKind::of(&device),
+        dtype,
+        features,
+    ) {
+        for m in &missing {
+            eprintln!("error: {m}");
+        }
+        anyhow::bail!(
+            "{} op(s) have no implementation for {dtype:?} on this device (nothing was started)",
+            missing.len()
+        );
+    }
 
     // 1. data. In a job rank 0 prepares first and the others then read its cache, instead of
     // every rank tokenizing the same data and racing to write the same cache entry.
@@ -184,8 +203,7 @@ fn run_here(
 
     // 2. model + adapters, on this process's device
     let model_plan = materialized(&plan.model)?;
-    let loaded_model =
-        runner_model::load::load_with(&model_plan, model_dtype(plan, &device), &device)?;
+    let loaded_model = runner_model::load::load_with(&model_plan, dtype, &device)?;
     let mut model = loaded_model.model;
     grow_vocabulary(&mut model, &tok, Some(&plan.adapter))?;
     model.gradient_checkpointing = plan.train.gradient_checkpointing;

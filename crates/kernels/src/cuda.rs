@@ -127,6 +127,15 @@ pub fn per_row(rows: usize, cols: usize) -> LaunchConfig {
     }
 }
 
+/// The kernel name `{op}_{dtype}` (f32 or bf16 entry points).
+pub fn entry(op: &str, dtype: candle_core::DType) -> candle_core::Result<String> {
+    match dtype {
+        candle_core::DType::F32 => Ok(format!("{op}_f32")),
+        candle_core::DType::BF16 => Ok(format!("{op}_bf16")),
+        other => candle_core::bail!("{op}: no CUDA kernel for {other:?} (f32 or bf16)"),
+    }
+}
+
 /// Wraps a driver error for candle.
 pub fn launch_err(e: candle_core::cuda::cudarc::driver::DriverError) -> candle_core::Error {
     candle_core::Error::Cuda(Box::new(e))

@@ -1,11 +1,11 @@
-//! Fused ops for the training engine as candle custom ops: a CPU reference implementation for
-//! each, and under the `cuda` feature a kernel from `kernels/*.cu` compiled at run time with
-//! NVRTC (cached); plus the choice of device, which fails with a clear error (never a panic)
-//! when CUDA was not compiled in or no GPU is usable.
+//! The CUDA glue of the training engine: the kernel sources of `kernels/*.cu` (embedded), their
+//! NVRTC compilation and loading (cached) and launch helpers, under the `cuda` feature; plus
+//! the choice of device, which fails with a clear error (never a panic) when CUDA was not
+//! compiled in or no GPU is usable. The ops themselves (CPU side, GPU launch, backward) live in
+//! `runner_model::ops`, one file each.
 
 pub mod device;
 pub mod error;
-pub mod ops;
 pub mod source;
 
 #[cfg(feature = "cuda")]

@@ -69,8 +69,18 @@ pub const CROSS_ENTROPY: KernelFile = KernelFile {
     ],
 };
 
+pub const DROPOUT: KernelFile = KernelFile {
+    name: "dropout",
+    code: include_str!("../../../kernels/dropout.cu"),
+    entry_points: &[
+        "dropout_mask_u32",
+        "dropout_apply_f32",
+        "dropout_apply_bf16",
+    ],
+};
+
 /// Every kernel file (the PTX test compiles each).
-pub const ALL: &[KernelFile] = &[RMS_NORM, ROPE, SWIGLU, NF4, CROSS_ENTROPY];
+pub const ALL: &[KernelFile] = &[RMS_NORM, ROPE, SWIGLU, NF4, CROSS_ENTROPY, DROPOUT];
 
 #[cfg(test)]
 mod tests {

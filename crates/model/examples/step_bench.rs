@@ -115,13 +115,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(n.reshape((b * t, 576))?
                 .matmul(&l.self_attn.q_proj.weight.t()?)?)
         })?;
-        let inputs = runner_model::llama::LayerInputs::new(
-            &model.rope,
-            &batch,
-            &[None],
-            &Device::Cpu,
-            DType::F32,
-        )?;
+        let inputs = runner_model::llama::LayerInputs::new(&model.rope, &batch, &[None]);
         let _ = time("attention", &|| l.self_attn.forward(&n, &inputs, false))?;
         let _ = time("mlp", &|| l.mlp.forward(&n, false))?;
     }

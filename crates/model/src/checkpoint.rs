@@ -1,11 +1,11 @@
-//! Gradient checkpointing: a decoder layer keeps only its input during the forward pass and
-//! recomputes itself in the backward pass (same dropout masks), trading a second forward for the
-//! activation memory. candle's backward cannot hand gradients for a layer's adapters back through
+//! Gradient checkpointing, on every device: a decoder layer keeps only its input during the
+//! forward pass and recomputes itself in the backward pass (the same dropout masks: they are a
+//! function of the model's dropout key, which does not move within a micro-batch), trading a
+//! second forward for the activation memory. candle's backward cannot hand gradients for a layer's adapters back through
 //! a custom op, so the recomputation deposits them in a [`GradSink`] and [`backward`] merges them.
 
 use crate::error::Result;
 use crate::llama::{CausalLm, DecoderLayer, LayerInputs};
-use crate::nn::SharedRng;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, TensorId, Var};
 use std::collections::HashMap;
@@ -50,8 +50,6 @@ struct Recompute {
     layer: DecoderLayer,
     inputs: LayerInputs,
     train: bool,
-    /// Dropout stream as it was when the forward ran, replayed in the backward.
-    rng: Option<(SharedRng, rand_chacha::ChaCha8Rng)>,
     sink: GradSink,
     /// The forward output, handed over once in `cpu_fwd`.
     output: Mutex<Option<Tensor>>,
@@ -59,12 +57,7 @@ struct Recompute {
 
 impl Recompute {
     fn take_output(&self) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = self
-            .output
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("checkpoint: output already taken".into()))?;
+        let y = crate::ops::take_output(&self.output, "checkpoint")?;
         let shape = y.shape().clone();
         let (st, l) = y.storage_and_layout();
         match (&*st, l.contiguous_offsets()) {
@@ -75,24 +68,24 @@ impl Recompute {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn take_cuda_output(&self) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let y = crate::ops::take_output(&self.output, "checkpoint")?;
+        let (st, l) = y.storage_and_layout();
+        match &*st {
+            candle_core::Storage::Cuda(c) => Ok((c.try_clone(l)?, y.shape().clone())),
+            _ => candle_core::bail!("checkpoint: the output is not on the GPU"),
+        }
+    }
+
     /// Re-runs the layer on `x` with a graph, deposits adapter gradients, returns d/dx.
     fn backward(&self, x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
-        let replay = |state: &rand_chacha::ChaCha8Rng, rng: &SharedRng| {
-            let mut g = rng.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::replace(&mut *g, state.clone())
-        };
-        let saved = self
-            .rng
-            .as_ref()
-            .map(|(rng, state)| (rng, replay(state, rng)));
         let xv = Var::from_tensor(&x.detach())?;
         let y = self
             .layer
             .forward(xv.as_tensor(), &self.inputs, self.train)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        if let Some((rng, after)) = saved {
-            replay(&after, rng);
-        }
         let gs = (y * grad.detach())?.sum_all()?.backward()?;
         for v in self.layer.adapter_vars() {
             if let Some(g) = gs.get(v.as_tensor()) {
@@ -115,6 +108,14 @@ impl CustomOp1 for CheckpointOp1 {
     fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         self.0.take_output()
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _s: &candle_core::CudaStorage,
+        _l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.0.take_cuda_output()
+    }
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(self.0.backward(x, grad)?))
     }
@@ -134,6 +135,16 @@ impl CustomOp2 for CheckpointOp2 {
         _l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.0.take_output()
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _s1: &candle_core::CudaStorage,
+        _l1: &Layout,
+        _s2: &candle_core::CudaStorage,
+        _l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.0.take_cuda_output()
     }
     fn bwd(
         &self,
@@ -155,15 +166,10 @@ pub(crate) fn checkpointed_layer(
     sink: &GradSink,
 ) -> Result<Tensor> {
     let vars = layer.adapter_vars();
-    if (vars.is_empty() && !x.track_op()) || !x.device().is_cpu() {
+    if vars.is_empty() && !x.track_op() {
+        // Nothing upstream or inside needs a gradient: no graph to save.
         return layer.forward(x, inputs, train);
     }
-    let rng = layer.dropout_rng().map(|r| {
-        (
-            r.clone(),
-            r.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-        )
-    });
     let y = layer
         .forward(&x.detach(), inputs, train)?
         .contiguous()?
@@ -172,7 +178,6 @@ pub(crate) fn checkpointed_layer(
         layer: layer.clone(),
         inputs: inputs.clone(),
         train,
-        rng,
         sink: sink.clone(),
         output: Mutex::new(Some(y)),
     };

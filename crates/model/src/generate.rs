@@ -3,18 +3,20 @@
 //! the next token (greedy, or temperature / top-k / top-p from a seeded stream, in the order
 //! transformers' `generate` applies them), and [`generate`] loops the two.
 //!
-//! This is a separate path from the training forward in `llama.rs` (which it must match: see
-//! tests/generate.rs): it reuses the blocks' projections, norms and RoPE, and differs only in
-//! where keys and values come from and in the mask, `(T, P + T)` instead of `(T, T)`.
+//! It runs the training forward's own pieces (projections, norms, RoPE and the one attention
+//! op of [`crate::ops::attention`]); only where keys and values come from differs: the cache,
+//! with the queries at positions `P..P+T` ([`Spans::cached`]). tests/generate.rs checks it
+//! against the full forward.
 
 use crate::error::{Error, Result};
-use crate::llama::{Attention, CausalLm, DecoderLayer, repeat_kv};
-use crate::nn::{RmsNorm, apply_rope, softmax_last};
+use crate::llama::{Attention, CausalLm, DecoderLayer};
+use crate::ops::attention::{Spans, attention};
+use crate::ops::rope::RopeTable;
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
+use std::sync::Arc;
 
-/// The keys and values of every position run so far, per layer, before the query-group
-/// repetition: `(1, n_kv, P, D)` each.
+/// The keys and values of every position run so far, per layer: `(1, P, n_kv, D)` each.
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
@@ -38,69 +40,23 @@ impl KvCache {
     }
 }
 
-/// Additive mask `(1, 1, T, P + T)` for `t` new queries after `past` cached positions: query
-/// `i` (position `past + i`) sees key `j` when `j ≤ past + i` and, with a sliding window `w`,
-/// `past + i − j < w`.
-fn cached_mask(
-    past: usize,
-    t: usize,
-    window: Option<usize>,
-    dev: &candle_core::Device,
-) -> Result<Tensor> {
-    let total = past + t;
-    let mut m = vec![f32::MIN; t * total];
-    for i in 0..t {
-        let p = past + i;
-        let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
-        for v in &mut m[i * total + lo..i * total + p + 1] {
-            *v = 0.0;
-        }
-    }
-    Ok(Tensor::from_vec(m, (1, 1, t, total), dev)?)
-}
-
 impl Attention {
     /// `x: (1, T, hidden)` at positions `P..P+T` → `(1, T, hidden)`; appends this step's keys
     /// and values to `slot`.
     fn forward_cached(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
+        rope: &Arc<RopeTable>,
+        spans: &Arc<Spans>,
         slot: &mut Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let d = self.head_dim;
-        let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
-            let y = y.reshape((b, t, n, d))?;
-            let y = match norm {
-                Some(nrm) => nrm.forward(&y)?,
-                None => y,
-            };
-            Ok(y.transpose(1, 2)?.contiguous()?) // (B, n, T, D)
-        };
-        let q = heads(self.q_proj.forward(x, false)?, self.n_heads, &self.q_norm)?;
-        let k = heads(
-            self.k_proj.forward(x, false)?,
-            self.n_kv_heads,
-            &self.k_norm,
-        )?;
-        let v = heads(self.v_proj.forward(x, false)?, self.n_kv_heads, &None)?;
-        let q = apply_rope(&q, cos, sin)?;
-        let k = apply_rope(&k, cos, sin)?;
+        let (q, k, v) = self.qkv(x, rope, false)?;
         let (k, v) = match slot.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
             None => (k, v),
         };
         *slot = Some((k.clone(), v.clone()));
-        let k = repeat_kv(&k, self.n_heads / self.n_kv_heads)?;
-        let v = repeat_kv(&v, self.n_heads / self.n_kv_heads)?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?; // (B, H, T, P+T)
-        let probs = softmax_last(&scores.broadcast_add(mask)?)?.to_dtype(v.dtype())?;
-        let o = probs.matmul(&v)?; // (B, H, T, D)
-        let o = o.transpose(1, 2)?.reshape((b, t, self.n_heads * d))?;
+        let o = attention(&q, &k, &v, spans)?; // (1, T, H·D)
         self.o_proj.forward(&o, false)
     }
 }
@@ -109,18 +65,13 @@ impl DecoderLayer {
     fn forward_cached(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
+        rope: &Arc<RopeTable>,
+        spans: &Arc<Spans>,
         slot: &mut Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
-        let h = self.self_attn.forward_cached(
-            &self.input_layernorm.forward(x)?,
-            cos,
-            sin,
-            mask,
-            slot,
-        )?;
+        let h =
+            self.self_attn
+                .forward_cached(&self.input_layernorm.forward(x)?, rope, spans, slot)?;
         let x = (x + h)?;
         let h = self
             .mlp
@@ -177,19 +128,19 @@ impl CausalLm {
                 .index_select(&ids_t, 0)?
                 .reshape((1, t, self.cfg.hidden_size))?;
         let positions: Vec<u32> = (past..past + t).map(|p| p as u32).collect();
-        let (cos, sin) = self.rope.cos_sin(&positions, 1, t, &dev, self.dtype())?;
-        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        let rope = Arc::new(RopeTable::new(&self.rope.inv_freq, &positions));
+        let mut spans: Vec<(Option<usize>, Arc<Spans>)> = Vec::new();
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let window = layer.self_attn.window;
-            let mask = match masks.iter().find(|(w, _)| *w == window) {
-                Some((_, m)) => m.clone(),
+            let s = match spans.iter().find(|(w, _)| *w == window) {
+                Some((_, s)) => s.clone(),
                 None => {
-                    let m = cached_mask(past, t, window, &dev)?;
-                    masks.push((window, m.clone()));
-                    m
+                    let s = Arc::new(Spans::cached(past, t, window));
+                    spans.push((window, s.clone()));
+                    s
                 }
             };
-            x = layer.forward_cached(&x, &cos, &sin, &mask, slot)?;
+            x = layer.forward_cached(&x, &rope, &s, slot)?;
         }
         cache.len += t;
         Ok(self.norm.forward(&x)?.squeeze(0)?)

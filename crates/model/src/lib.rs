@@ -27,7 +27,6 @@ pub mod config;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod error;
-pub mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod hub;
@@ -37,6 +36,7 @@ pub mod lora;
 pub mod loss;
 pub mod memory;
 pub mod nn;
+pub mod ops;
 pub mod pissa;
 pub mod quant;
 pub mod summary;

@@ -5,8 +5,9 @@
 use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::fused::{RopeTable, Spans};
-use crate::nn::{Linear, RmsNorm, Rope, apply_rope, attention_mask, masked_softmax_last};
+use crate::nn::{Linear, RmsNorm, Rope};
+use crate::ops::attention::{Spans, attention};
+use crate::ops::rope::{RopeTable, rope};
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -29,54 +30,25 @@ pub struct Attention {
 }
 
 /// What every decoder layer of one forward pass shares: the positions (RoPE) and which keys each
-/// query may see. f32 on the CPU uses the fused ops ([`crate::fused`]); other dtypes and devices
-/// the composed tensors.
+/// query may see, per sliding window (`None`: full causal).
 #[derive(Clone)]
-pub enum LayerInputs {
-    Fused {
-        rope: Arc<RopeTable>,
-        /// Per sliding window (`None`: full causal).
-        spans: HashMap<Option<usize>, Arc<Spans>>,
-    },
-    Composed {
-        /// `(B, 1, T, D)` each.
-        cos: Tensor,
-        sin: Tensor,
-        /// Additive masks `(B, 1, T, T)` per sliding window.
-        masks: HashMap<Option<usize>, Tensor>,
-    },
+pub struct LayerInputs {
+    pub rope: Arc<RopeTable>,
+    pub spans: HashMap<Option<usize>, Arc<Spans>>,
 }
 
 impl LayerInputs {
     /// For a batch of `b` rows of `t` tokens, with the windows the layers use.
-    pub fn new(
-        rope: &Rope,
-        batch: &Batch,
-        windows: &[Option<usize>],
-        dev: &Device,
-        dtype: DType,
-    ) -> Result<Self> {
+    pub fn new(rope: &Rope, batch: &Batch, windows: &[Option<usize>]) -> Self {
         let (b, t) = (batch.batch_size, batch.seq_len);
-        if dev.is_cpu() && dtype == DType::F32 {
-            let spans: Option<HashMap<_, _>> = windows
-                .iter()
-                .map(|&w| Spans::new(&batch.seq_ids, b, t, w).map(|s| (w, Arc::new(s))))
-                .collect();
-            if let Some(spans) = spans {
-                return Ok(Self::Fused {
-                    rope: Arc::new(RopeTable::new(&rope.inv_freq, &batch.position_ids)),
-                    spans,
-                });
-            }
+        let spans = windows
+            .iter()
+            .map(|&w| (w, Arc::new(Spans::new(&batch.seq_ids, b, t, w))))
+            .collect();
+        Self {
+            rope: Arc::new(RopeTable::new(&rope.inv_freq, &batch.position_ids)),
+            spans,
         }
-        let (cos, sin) = rope.cos_sin(&batch.position_ids, b, t, dev, dtype)?;
-        let mut masks = HashMap::new();
-        for &w in windows {
-            if let std::collections::hash_map::Entry::Vacant(e) = masks.entry(w) {
-                e.insert(attention_mask(&batch.seq_ids, b, t, w, dev, DType::F32)?);
-            }
-        }
-        Ok(Self::Composed { cos, sin, masks })
     }
 }
 
@@ -106,77 +78,41 @@ impl Attention {
         })
     }
 
-    /// `x: (B, T, hidden)` → `(B, T, hidden)`.
-    pub fn forward(&self, x: &Tensor, inputs: &LayerInputs, train: bool) -> Result<Tensor> {
+    /// q, k, v as `(B, T, n, D)` with the q/k norms and RoPE applied.
+    pub(crate) fn qkv(
+        &self,
+        x: &Tensor,
+        rope_table: &Arc<RopeTable>,
+        train: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
-        let missing =
-            || crate::error::Error::Batch(format!("no mask for window {:?}", self.window));
-        match inputs {
-            LayerInputs::Fused { rope, spans } => {
-                // (B, T, n, D) throughout: no transposes.
-                let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
-                    let y = y.reshape((b, t, n, d))?;
-                    match norm {
-                        Some(nrm) => nrm.forward(&y),
-                        None => Ok(y),
-                    }
-                };
-                let q = heads(self.q_proj.forward(x, train)?, self.n_heads, &self.q_norm)?;
-                let k = heads(
-                    self.k_proj.forward(x, train)?,
-                    self.n_kv_heads,
-                    &self.k_norm,
-                )?;
-                let v = heads(self.v_proj.forward(x, train)?, self.n_kv_heads, &None)?;
-                let q = crate::fused::rope(&q, rope)?;
-                let k = crate::fused::rope(&k, rope)?;
-                let spans = spans.get(&self.window).ok_or_else(missing)?;
-                let o = crate::fused::attention(&q, &k, &v, spans)?; // (B, T, H·D)
-                self.o_proj.forward(&o, train)
+        let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
+            let y = y.reshape((b, t, n, d))?;
+            match norm {
+                Some(nrm) => nrm.forward(&y),
+                None => Ok(y),
             }
-            LayerInputs::Composed { cos, sin, masks } => {
-                let mask = masks.get(&self.window).ok_or_else(missing)?;
-                let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
-                    let y = y.reshape((b, t, n, d))?;
-                    let y = match norm {
-                        Some(nrm) => nrm.forward(&y)?,
-                        None => y,
-                    };
-                    Ok(y.transpose(1, 2)?.contiguous()?) // (B, n, T, D)
-                };
-                let q = heads(self.q_proj.forward(x, train)?, self.n_heads, &self.q_norm)?;
-                let k = heads(
-                    self.k_proj.forward(x, train)?,
-                    self.n_kv_heads,
-                    &self.k_norm,
-                )?;
-                let v = heads(self.v_proj.forward(x, train)?, self.n_kv_heads, &None)?;
-                let q = apply_rope(&q, cos, sin)?;
-                let k = apply_rope(&k, cos, sin)?;
-                let k = repeat_kv(&k, self.n_heads / self.n_kv_heads)?;
-                let v = repeat_kv(&v, self.n_heads / self.n_kv_heads)?;
-                let scale = 1.0 / (d as f64).sqrt();
-                // Scores, mask and softmax in f32 (transformers: softmax(..., dtype=float32)).
-                let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?; // (B, H, T, T)
-                let probs = masked_softmax_last(&scores, mask)?.to_dtype(v.dtype())?;
-                let o = probs.matmul(&v)?; // (B, H, T, D)
-                let o = o.transpose(1, 2)?.reshape((b, t, self.n_heads * d))?;
-                self.o_proj.forward(&o, train)
-            }
-        }
+        };
+        let q = heads(self.q_proj.forward(x, train)?, self.n_heads, &self.q_norm)?;
+        let k = heads(
+            self.k_proj.forward(x, train)?,
+            self.n_kv_heads,
+            &self.k_norm,
+        )?;
+        let v = heads(self.v_proj.forward(x, train)?, self.n_kv_heads, &None)?;
+        Ok((rope(&q, rope_table)?, rope(&k, rope_table)?, v))
     }
-}
 
-/// `(B, n_kv, T, D)` → `(B, n_kv·groups, T, D)`, each kv head repeated for its query group.
-pub(crate) fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
-    if groups == 1 {
-        return Ok(x.clone());
+    /// `x: (B, T, hidden)` → `(B, T, hidden)`.
+    pub fn forward(&self, x: &Tensor, inputs: &LayerInputs, train: bool) -> Result<Tensor> {
+        let spans = inputs.spans.get(&self.window).ok_or_else(|| {
+            crate::error::Error::Batch(format!("no mask for window {:?}", self.window))
+        })?;
+        let (q, k, v) = self.qkv(x, &inputs.rope, train)?;
+        let o = attention(&q, &k, &v, spans)?; // (B, T, H·D)
+        self.o_proj.forward(&o, train)
     }
-    let (b, n, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .broadcast_as((b, n, groups, t, d))?
-        .reshape((b, n * groups, t, d))?)
 }
 
 /// `mlp`: SwiGLU, `down(silu(gate(x)) · up(x))`.
@@ -200,16 +136,8 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let g = self.gate_proj.forward(x, train)?;
         let u = self.up_proj.forward(x, train)?;
-        #[cfg(feature = "cuda")]
-        if x.device().is_cuda() {
-            return self.down_proj.forward(&crate::cuda::swiglu(&g, &u)?, train);
-        }
-        let h = if crate::fused::applies(&g) {
-            crate::fused::swiglu(&g, &u)?
-        } else {
-            (g.silu()? * u)?
-        };
-        self.down_proj.forward(&h, train)
+        self.down_proj
+            .forward(&crate::ops::swiglu::swiglu(&g, &u)?, train)
     }
 }
 
@@ -251,7 +179,7 @@ impl DecoderLayer {
 }
 
 impl DecoderLayer {
-    /// The seven linear projections, in model order (q, k, v, o, gate, up, down).
+    /// The seven linear projections, in the order of [`crate::ops::PROJECTIONS`].
     pub fn projections(&self) -> [&Linear; 7] {
         let (a, m) = (&self.self_attn, &self.mlp);
         [
@@ -276,15 +204,6 @@ impl DecoderLayer {
                 v
             })
             .collect()
-    }
-
-    /// The dropout stream of this layer's adapters, if any adapter drops.
-    pub fn dropout_rng(&self) -> Option<&crate::nn::SharedRng> {
-        self.projections()
-            .into_iter()
-            .filter_map(|l| l.lora.as_ref())
-            .find(|l| l.dropout > 0.0)
-            .map(|l| &l.rng)
     }
 }
 
@@ -358,7 +277,6 @@ impl CausalLm {
     pub fn hidden_states(&self, batch: &Batch, train: bool) -> Result<Tensor> {
         let (b, t) = (batch.batch_size, batch.seq_len);
         let dev = self.device().clone();
-        let dtype = self.dtype();
         if let Some((i, id)) = batch
             .input_ids
             .iter()
@@ -378,7 +296,7 @@ impl CausalLm {
                 .index_select(&ids, 0)?
                 .reshape((b, t, self.cfg.hidden_size))?;
         let windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.self_attn.window).collect();
-        let inputs = LayerInputs::new(&self.rope, batch, &windows, &dev, dtype)?;
+        let inputs = LayerInputs::new(&self.rope, batch, &windows);
         for layer in &self.layers {
             x = if self.gradient_checkpointing && train {
                 crate::checkpoint::checkpointed_layer(layer, &x, &inputs, train, &self.grad_sink)?
@@ -431,6 +349,19 @@ impl CausalLm {
         };
         self.cfg.vocab_size = new_vocab;
         Ok(())
+    }
+
+    /// Points every adapter's dropout masks at optimizer step `step` (0-based) and micro-batch
+    /// `micro` of that step (its index over all data-parallel ranks), under the seed given at
+    /// injection: the masks are a function of these, never of the order things ran in.
+    pub fn set_dropout_position(&self, step: u64, micro: u64) {
+        for l in self.linears() {
+            if let Some(a) = &l.lora {
+                let mut k = a.rng.lock().unwrap_or_else(|e| e.into_inner());
+                k.step = step;
+                k.micro = micro;
+            }
+        }
     }
 
     /// Every linear layer, in module order (the LM head last).

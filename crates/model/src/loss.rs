@@ -1,12 +1,12 @@
-//! Next-token cross-entropy over labels ≠ -100, chunked over tokens so that the `(tokens, vocab)`
-//! logits are never all alive at once: the forward keeps only a scalar and the backward
-//! recomputes each chunk's logits (a candle custom op with its own backward).
+//! Next-token cross-entropy over labels ≠ -100: the labelled rows' hidden states go to the
+//! chunked op of [`crate::ops::cross_entropy`], so the `(tokens, vocab)` logits are never all
+//! alive at once.
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::llama::CausalLm;
 use crate::nn::Linear;
-use candle_core::{CpuStorage, CustomOp2, D, Layout, Shape, Tensor};
+use candle_core::{D, Tensor};
 
 /// Default number of predicted tokens per chunk (× vocab × 4 bytes of transient logits).
 pub const DEFAULT_CHUNK: usize = 512;
@@ -65,28 +65,7 @@ pub fn loss_from_hidden(
     let h = hidden.reshape(((), hsz))?.index_select(&idx, 0)?; // (N, H)
     let chunk = chunk.max(1);
     let loss_sum = if lm_head.lora.is_none() && lm_head.bias.is_none() {
-        let w = &lm_head.weight;
-        // Training: the gradients for an upstream gradient of 1 come out of the same pass over
-        // the vocabulary (logits are computed once); the backward only scales them.
-        let want_dw = w.is_variable() || w.track_op();
-        let eager = train && (h.track_op() || want_dw);
-        let (value, dh, dw) = ce_chunks(
-            &h.detach(),
-            &w.detach(),
-            &labels,
-            chunk,
-            eager,
-            eager && want_dw,
-        )?;
-        h.apply_op2(
-            w,
-            ChunkedCrossEntropy {
-                labels,
-                chunk,
-                value,
-                stashed: std::sync::Mutex::new((dh, dw)),
-            },
-        )?
+        crate::ops::cross_entropy::cross_entropy_sum(&h, &lm_head.weight, labels, chunk, train)?
     } else {
         // An adapter on the LM head: plain autograd, chunk by chunk.
         let mut total: Option<Tensor> = None;
@@ -135,129 +114,4 @@ pub fn reference_loss(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
     let l = l.to_dtype(candle_core::DType::F32)?;
     let s = ce_sum_autograd(&l, &Tensor::from_slice(&labels, (n, 1), dev)?)?;
     Ok((s / n as f64)?)
-}
-
-/// One pass over the vocabulary, chunk by chunk, with detached tensors: the summed token loss
-/// and, when asked, its gradients for `h: (N, H)` and `W: (V, H)`:
-/// `dh_i = (softmax(h_i Wᵀ) − onehot(label_i)) W`, `dW = Σ_i (softmax − onehot)ᵀ h_i`.
-type CeGrads = (f32, Option<Tensor>, Option<Tensor>);
-
-fn ce_chunks(
-    h: &Tensor,
-    w: &Tensor,
-    labels: &[u32],
-    chunk: usize,
-    want_dh: bool,
-    want_dw: bool,
-) -> candle_core::Result<CeGrads> {
-    if crate::fused::applies(h) && crate::fused::applies(w) {
-        return crate::fused::cross_entropy(h, w, labels, chunk, want_dh, want_dw);
-    }
-    let n = labels.len();
-    let dev = h.device();
-    let mut total = 0f64;
-    let mut dh_chunks = Vec::new();
-    let mut dw: Option<Tensor> = None;
-    for start in (0..n).step_by(chunk) {
-        let len = chunk.min(n - start);
-        let hc = h.narrow(0, start, len)?;
-        // transformers upcasts logits to f32 before the loss.
-        let logits = hc.matmul(&w.t()?)?.to_dtype(candle_core::DType::F32)?;
-        let lbl = Tensor::from_slice(&labels[start..start + len], len, dev)?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        let shifted = logits.broadcast_sub(&max)?;
-        let e = shifted.exp()?;
-        let sum = e.sum_keepdim(D::Minus1)?;
-        let picked = shifted.gather(&lbl.unsqueeze(1)?, D::Minus1)?;
-        let s = (sum.log()? - picked)?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?;
-        total += s.to_scalar::<f64>()?;
-        if !(want_dh || want_dw) {
-            continue;
-        }
-        let p = e.broadcast_div(&sum)?.to_dtype(w.dtype())?; // (len, V)
-        if want_dh {
-            let w_lbl = w.index_select(&lbl, 0)?; // (len, H)
-            dh_chunks.push((p.matmul(w)? - w_lbl)?);
-        }
-        if want_dw {
-            let d = p.t()?.matmul(&hc)?.index_add(&lbl, &hc.neg()?, 0)?; // (V, H)
-            dw = Some(match dw {
-                Some(acc) => (acc + d)?,
-                None => d,
-            });
-        }
-    }
-    let dh = if want_dh {
-        Some(Tensor::cat(&dh_chunks, 0)?)
-    } else {
-        None
-    };
-    Ok((total as f32, dh, dw))
-}
-
-/// `loss_sum = Σ_i CE(h_i Wᵀ, label_i)`; `h: (N, H)`, `W: (V, H)`.
-struct ChunkedCrossEntropy {
-    labels: Vec<u32>,
-    chunk: usize,
-    /// The forward value, computed with ordinary tensor ops before the op is recorded.
-    value: f32,
-    /// Gradients for an upstream gradient of 1, when the forward already computed them.
-    stashed: std::sync::Mutex<(Option<Tensor>, Option<Tensor>)>,
-}
-
-impl CustomOp2 for ChunkedCrossEntropy {
-    fn name(&self) -> &'static str {
-        "chunked-cross-entropy"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _s1: &CpuStorage,
-        _l1: &Layout,
-        _s2: &CpuStorage,
-        _l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((CpuStorage::F32(vec![self.value]), Shape::from(())))
-    }
-
-    /// The stashed gradients scaled by the upstream gradient, or a recomputation.
-    fn bwd(
-        &self,
-        h: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let want_w = w.is_variable() || w.track_op();
-        let g = grad_res
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        let (dh, dw) = {
-            let mut st = self.stashed.lock().unwrap_or_else(|e| e.into_inner());
-            (st.0.take(), st.1.take())
-        };
-        let (dh, dw) = match (dh, dw, want_w) {
-            (Some(dh), _, false) => (dh, None),
-            (Some(dh), Some(dw), true) => (dh, Some(dw)),
-            _ => {
-                let (_, dh, dw) = ce_chunks(
-                    &h.detach(),
-                    &w.detach(),
-                    &self.labels,
-                    self.chunk,
-                    true,
-                    want_w,
-                )?;
-                let dh = dh.ok_or_else(|| candle_core::Error::Msg("no dh".into()))?;
-                (dh, dw)
-            }
-        };
-        let dw = match dw {
-            Some(d) => Some((d * g)?),
-            None => None,
-        };
-        Ok((Some((dh * g)?), dw))
-    }
 }

@@ -5,7 +5,7 @@
 use crate::config::ModelConfig;
 
 /// Values one decoder layer keeps per position for its backward pass on the fused f32 path
-/// ([`crate::fused`]): the two norm outputs, the o_proj and down_proj outputs and the two residual
+/// ([`crate::ops`]): the two norm outputs, the o_proj and down_proj outputs and the two residual
 /// sums (hidden each); q before and after RoPE and the attention output (heads·head_dim each);
 /// k, k after RoPE and v (kv_heads·head_dim each); gate, up and their SwiGLU product
 /// (intermediate each). Qwen3's q/k norms keep one more q and k. The composed path (other

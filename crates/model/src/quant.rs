@@ -16,25 +16,8 @@ use candle_core::{DType, Device, Tensor};
 use runner_recipe::plan::BaseQuant;
 use std::sync::{Arc, OnceLock};
 
-/// The 16 NF4 code values (bitsandbytes' `get_4bit_type("nf4")`), sorted.
-pub const NF4_CODE: [f32; 16] = [
-    -1.0,
-    -0.696_192_8,
-    -0.525_073_05,
-    -0.394_917_5,
-    -0.284_441_38,
-    -0.184_773_43,
-    -0.091_050_036,
-    0.0,
-    0.079_580_3,
-    0.160_930_2,
-    0.246_112_3,
-    0.337_915_24,
-    0.440_709_83,
-    0.562_617,
-    0.722_956_84,
-    1.0,
-];
+/// The 16 NF4 code values: the one table, in [`crate::ops::dequant`].
+pub use crate::ops::dequant::NF4_CODE;
 
 /// NF4 block size (bitsandbytes' `blocksize=64`, QLoRA's default).
 pub const NF4_BLOCK: usize = 64;
@@ -294,7 +277,7 @@ impl Int8 {
     }
 }
 
-/// A frozen weight held quantized; dequantized on the fly by [`quant_matmul`].
+/// A frozen weight held quantized; dequantized on the fly by the matmul ops.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QuantWeight {
     Nf4(Nf4),
@@ -406,62 +389,34 @@ fn placeholder(rows: usize, cols: usize, dtype: DType, device: &Device) -> Resul
         .broadcast_as((rows, cols))?)
 }
 
-/// `x Wᵀ` for a quantized frozen `W`, `x: (m, in)`: the weight is dequantized for the forward
-/// and again in the backward (which computes only the input's gradient, `dy·W`), so only the
-/// packed form stays resident between them.
+/// `x Wᵀ` for a quantized frozen `W`, `x: (m, in)`: the op of [`crate::ops::frozen_matmul`]
+/// (dequantized for the forward and again in the backward, which computes only `dy·W`).
 pub fn quant_matmul(x: &Tensor, w: &Arc<QuantWeight>) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return crate::cuda::quant_matmul(x, w);
-    }
-    if !x.device().is_cpu() {
-        let wt = w.to_tensor(x.dtype(), x.device())?;
-        return crate::nn::frozen_matmul(x, &wt);
-    }
-    Ok(x.apply_op1(QuantMatmul { w: w.clone() })?)
+    let frozen = crate::ops::frozen_matmul::Frozen::Quant(w.clone());
+    crate::ops::frozen_matmul::frozen_matmul(x, &frozen)
 }
 
-struct QuantMatmul {
-    w: Arc<QuantWeight>,
-}
-
-impl candle_core::CustomOp1 for QuantMatmul {
-    fn name(&self) -> &'static str {
-        "quant-matmul"
+impl crate::ops::dequant::Dequantize for QuantWeight {
+    fn dims(&self) -> (usize, usize) {
+        QuantWeight::dims(self)
     }
 
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (m, k) = layout.shape().dims2()?;
-        let (n, wk) = self.w.dims();
-        if wk != k {
-            candle_core::bail!("quant-matmul: input has {k} features, the weight {wk}")
+    fn dequantize(&self) -> Vec<f32> {
+        QuantWeight::dequantize(self)
+    }
+
+    /// On a GPU, NF4 is dequantized there by its kernel from packed parts uploaded once.
+    fn dense_on(self: Arc<Self>, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if device.is_cuda()
+            && let Some(t) = crate::cuda::nf4_dense(&self, dtype, device)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        {
+            return Ok(t);
         }
-        let w = Tensor::from_vec(self.w.dequantize(), (n, k), &Device::Cpu)?
-            .to_dtype(storage.dtype())?;
-        let (ws, wl) = w.storage_and_layout();
-        let candle_core::Storage::Cpu(wc) = &*ws else {
-            candle_core::bail!("quant-matmul: weight is not on the CPU")
-        };
-        let out = storage.matmul(wc, (1, m, n, k), layout, &wl.transpose(0, 1)?)?;
-        Ok((out, candle_core::Shape::from((m, n))))
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let w = self
-            .w
-            .to_tensor(grad.dtype(), grad.device())
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(Some(grad.matmul(&w)?))
+        Tensor::from_vec(QuantWeight::dequantize(&self), self.dims(), &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)
     }
 }
 

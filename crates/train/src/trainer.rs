@@ -345,14 +345,6 @@ fn resume_from(dir: &Path, inp: &Inputs, opt: &mut AdamW) -> Result<LoopState, T
 
 /// Every adapter's dropout stream restarts per step from (seed, step), so a resumed run draws
 /// the same masks as an uninterrupted one.
-fn reseed_dropout(model: &CausalLm, seed: u64, step: u64) {
-    if let Some(rng) = model.layers.iter().find_map(|l| l.dropout_rng()) {
-        let mut g = rng.lock().unwrap_or_else(|e| e.into_inner());
-        *g =
-            rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    }
-}
-
 fn due(step: u64, total: u64, steps_per_epoch: u64, every: Option<EveryN>) -> bool {
     match every {
         None => false,
@@ -457,8 +449,8 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
     while state.step < total {
         let work_k = &work[state.step as usize];
         let step_no = state.step + 1; // 1-based, as logged and saved
-        reseed_dropout(inp.model, t.seed, state.step);
         let mine = crate::dist::shard(work_k.micro_batches.len(), rank, world);
+        let first_micro = mine.start as u64;
         let batches: Vec<Batch> = work_k.micro_batches[mine]
             .iter()
             .map(|units| model_batch(&data_batch(units, inp.data, plan, inp.pad_id)))
@@ -482,7 +474,11 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
         // its token-loss sum divided by the step's token count.
         let mut loss_sum = 0f64;
         grads.clear();
-        for b in &batches {
+        for (i, b) in batches.iter().enumerate() {
+            // Dropout masks keyed by the micro-batch's index within the whole step: a rank
+            // draws exactly the masks one process would for the same micro-batch.
+            inp.model
+                .set_dropout_position(state.step, first_micro + i as u64);
             let out = runner_model::loss::causal_lm_loss(
                 inp.model,
                 b,
