@@ -9,7 +9,6 @@ use crate::metrics::{MetricsLog, Record};
 use crate::optim::{AdamW, Grads, ParamGroup, clip_coefficient};
 use crate::schedule::LrSchedule;
 use candle_core::Tensor;
-use rand_chacha::rand_core::SeedableRng;
 use runner_data::Prepared;
 use runner_data::pack::{Batch as DataBatch, pad_batch, pad_packs};
 use runner_model::{Adapters, Batch, CausalLm};
