@@ -239,65 +239,70 @@ fn sgd_on_adapters_lowers_the_loss() {
 }
 
 /// Gradient checkpointing recomputes each layer (same dropout masks) and gives the same loss
-/// and adapter gradients as keeping the activations.
+/// and adapter gradients as keeping the activations, in f32 and (issue 12: the same ops, no
+/// fallback) with bf16 activations.
 #[test]
 fn gradient_checkpointing_gives_the_same_gradients() {
-    for targets in [
-        TargetModules::AllLinear,
-        // only layer 0 adapted: layer 1 is checkpointed through its input alone
-        TargetModules::Regex(r"model\.layers\.0\..*".into()),
-        // only layer 1 adapted: layer 0 runs plainly, layer 1 anchors on its adapters
-        TargetModules::Regex(r"model\.layers\.1\.mlp\..*".into()),
-    ] {
-        let run = |ckpt: bool| {
-            let dir = tempfile::tempdir().unwrap();
-            write_tiny_llama(dir.path(), 21).unwrap();
-            let mut m = load_folder(dir.path(), DType::F32, &Device::Cpu).unwrap();
-            let s = LoraSettings {
-                r: 4,
-                alpha: 8.0,
-                dropout: 0.2,
-                scaling: 2.0,
-                targets: targets.clone(),
-                init: LoraInit::Gaussian,
-                use_dora: false,
-            };
-            let ad = inject_settings(&mut m, &s, 5).unwrap();
-            for (name, v) in &ad.params {
-                if name.contains("lora_B") {
-                    v.set(&Tensor::full(0.01f32, v.shape(), &Device::Cpu).unwrap())
-                        .unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        for targets in [
+            TargetModules::AllLinear,
+            // only layer 0 adapted: layer 1 is checkpointed through its input alone
+            TargetModules::Regex(r"model\.layers\.0\..*".into()),
+            // only layer 1 adapted: layer 0 runs plainly, layer 1 anchors on its adapters
+            TargetModules::Regex(r"model\.layers\.1\.mlp\..*".into()),
+        ] {
+            let run = |ckpt: bool| {
+                let dir = tempfile::tempdir().unwrap();
+                write_tiny_llama(dir.path(), 21).unwrap();
+                let mut m = load_folder(dir.path(), dtype, &Device::Cpu).unwrap();
+                let s = LoraSettings {
+                    r: 4,
+                    alpha: 8.0,
+                    dropout: 0.2,
+                    scaling: 2.0,
+                    targets: targets.clone(),
+                    init: LoraInit::Gaussian,
+                    use_dora: false,
+                };
+                let ad = inject_settings(&mut m, &s, 5).unwrap();
+                for (name, v) in &ad.params {
+                    if name.contains("lora_B") {
+                        let b = Tensor::full(0.01f32, v.shape(), &Device::Cpu).unwrap();
+                        v.set(&b.to_dtype(v.dtype()).unwrap()).unwrap();
+                    }
                 }
-            }
-            m.gradient_checkpointing = ckpt;
-            let ids: Vec<u32> = samples().concat();
-            let n = ids.len();
-            let labels = ids.iter().map(|&i| i as i64).collect();
-            let batch = Batch::packed(1, n, ids, &[vec![0, 5, 9, 15]], labels).unwrap();
-            let out = loss::causal_lm_loss(&m, &batch, true, 8).unwrap();
-            let g = runner_model::backward(&out.loss, &m).unwrap();
-            let grads: Vec<Vec<f32>> = ad
-                .params
-                .iter()
-                .map(|(n, v)| {
-                    g.get(v.as_tensor())
-                        .unwrap_or_else(|| panic!("no grad for {n}"))
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap()
-                })
-                .collect();
-            (out.loss.to_scalar::<f32>().unwrap(), grads)
-        };
-        let (l0, g0) = run(false);
-        let (l1, g1) = run(true);
-        assert!(
-            (l0 - l1).abs() < 1e-6 * l0.abs(),
-            "{targets:?}: {l0} vs {l1}"
-        );
-        let e = max_rel(&g1, &g0);
-        assert!(e < 1e-5, "{targets:?}: grad rel err {e}");
+                m.gradient_checkpointing = ckpt;
+                let ids: Vec<u32> = samples().concat();
+                let n = ids.len();
+                let labels = ids.iter().map(|&i| i as i64).collect();
+                let batch = Batch::packed(1, n, ids, &[vec![0, 5, 9, 15]], labels).unwrap();
+                let out = loss::causal_lm_loss(&m, &batch, true, 8).unwrap();
+                let g = runner_model::backward(&out.loss, &m).unwrap();
+                let grads: Vec<Vec<f32>> = ad
+                    .params
+                    .iter()
+                    .map(|(n, v)| {
+                        g.get(v.as_tensor())
+                            .unwrap_or_else(|| panic!("no grad for {n}"))
+                            .to_dtype(DType::F32)
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1()
+                            .unwrap()
+                    })
+                    .collect();
+                (out.loss.to_scalar::<f32>().unwrap(), grads)
+            };
+            let (l0, g0) = run(false);
+            let (l1, g1) = run(true);
+            assert!(
+                (l0 - l1).abs() < 1e-6 * l0.abs(),
+                "{targets:?}: {l0} vs {l1}"
+            );
+            let e = max_rel(&g1, &g0);
+            assert!(e < 1e-5, "{dtype:?} {targets:?}: grad rel err {e}");
+        }
     }
 }
 
