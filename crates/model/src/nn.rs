@@ -147,23 +147,17 @@ impl Linear {
         if let Some(l) = &self.lora {
             let dropping = train && l.dropout > 0.0;
             let xd = dropout(&x2, l.dropout, train, &l.rng)?;
+            // The f32 master factors in the activations' dtype (mixed precision, issue 12).
+            let (a, b, m) = crate::lora::compute_factors(l, x2.dtype())?;
             // s·B(A x'), with s folded into the small B: one fewer (N, out) tensor kept.
-            let z = xd
-                .matmul(&l.a.as_tensor().t()?)?
-                .matmul(&(l.b.as_tensor() * l.scale)?.t()?)?;
-            match &l.magnitude {
+            let z = xd.matmul(&a.t()?)?.matmul(&(&b * l.scale)?.t()?)?;
+            match &m {
                 None => y = (y + z)?,
                 Some(m) => {
                     // PEFT's DoRA: with g = m / ||W + s·BA||_row (the norm detached),
                     // y += (g - 1)·(W x') + g·s·B(A x'), x' = dropout(x).
-                    let wn = dora_row_norm(
-                        &self.dense_weight()?,
-                        l.a.as_tensor(),
-                        l.b.as_tensor(),
-                        l.scale,
-                    )?
-                    .detach();
-                    let g = m.as_tensor().div(&wn)?.unsqueeze(0)?; // (1, out)
+                    let wn = dora_row_norm(&self.dense_weight()?, &a, &b, l.scale)?.detach();
+                    let g = m.div(&wn)?.unsqueeze(0)?; // (1, out)
                     let base_d = if dropping {
                         self.base_matmul(&xd)?
                     } else {
