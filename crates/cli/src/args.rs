@@ -51,6 +51,11 @@ pub enum Command {
         /// Validate and print the stages without running them.
         #[arg(long)]
         dry_run: bool,
+        /// With --dry-run: plan memory for this device instead of the one the run would use:
+        /// `cpu`, a GPU by name (h200, h100, a100-80, a100-40, l40s, a10, l4, rtx4090, rtx3090)
+        /// or `cuda:GB` for any GPU with that much memory (e.g. cuda:24).
+        #[arg(long, value_name = "DEVICE", requires = "dry_run")]
+        plan_device: Option<String>,
         #[command(flatten)]
         parallel: ParallelArgs,
     },

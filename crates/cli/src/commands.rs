@@ -40,22 +40,24 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             recipe,
             dry_run,
+            plan_device,
             parallel,
         } => {
-            let placement = crate::launch::placement(&parallel)?;
             let loaded = match load(&recipe) {
                 Ok(l) => l,
                 Err(e) => return Ok(report(&e, color)),
             };
-            // A launcher's ranks each print this; of a job's ranks only rank 0 does.
-            let launcher = matches!(placement, crate::launch::Placement::Launch { .. });
-            if (placement.is_rank_zero() && !launcher) || dry_run {
+            if dry_run {
                 print_substitutions(&loaded);
                 print!("{}", stages(&loaded.plan));
+                return crate::plan::dry_run(&loaded.plan, plan_device.as_deref(), &parallel);
             }
-            if dry_run {
-                println!("{}", crate::run::model_summary(&loaded.plan)?);
-                return Ok(ExitCode::SUCCESS);
+            let placement = crate::launch::placement(&parallel)?;
+            // A launcher's ranks each print this; of a job's ranks only rank 0 does.
+            let launcher = matches!(placement, crate::launch::Placement::Launch { .. });
+            if placement.is_rank_zero() && !launcher {
+                print_substitutions(&loaded);
+                print!("{}", stages(&loaded.plan));
             }
             let label = match &recipe.recipe {
                 Some(p) => p.display().to_string(),

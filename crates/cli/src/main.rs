@@ -5,6 +5,7 @@ mod commands;
 mod export;
 mod generate;
 mod launch;
+mod plan;
 mod run;
 
 use clap::{CommandFactory, Parser};

@@ -73,6 +73,14 @@ pub fn not_runnable_yet(plan: &Plan) -> Vec<String> {
             }
         }
     }
+    // `fp16` (no loss scaling yet): refused on every device.
+    if let Err(e) = runner_model::precision::compute_precision(
+        plan.train.precision,
+        plan.train.tf32,
+        runner_model::precision::DeviceKind::Cpu,
+    ) {
+        out.push(e);
+    }
     // PiSSA's rank is checked against the model's shapes, from its configuration alone.
     if matches!(
         plan.adapter.init,
@@ -168,7 +176,8 @@ fn run_here(
         dropout: plan.adapter.dropout > 0.0,
         quantized_base: plan.adapter.base_quant != runner_recipe::plan::BaseQuant::None,
     };
-    let dtype = model_dtype(plan, &device);
+    // The compute dtype there (bf16/auto/fp16/tf32 decided per device, said when `auto` chose).
+    let dtype = precision_on(plan, &device, speaks)?;
     if let Err(missing) = runner_model::ops::check_supported(
         runner_model::ops::DeviceKind::of(&device),
         dtype,
@@ -201,19 +210,19 @@ fn run_here(
         eprintln!("{}", data.summary);
     }
 
-    // 2. model + adapters, on this process's device
+    // 2. model + adapters, on this process's device, in the recipe's precision there; a step
+    // that cannot fit is refused before the model loads (issue 12).
     let model_plan = materialized(&plan.model)?;
-    let loaded_model = runner_model::load::load_with(&model_plan, dtype, &device)?;
+    step_fits(plan, &model_plan, &data, &device)?;
+    // QLoRA bases are quantized tensor by tensor while loading.
+    let loaded_model =
+        runner_model::load::load_for_adapter(&model_plan, &plan.adapter, dtype, &device)?;
     let mut model = loaded_model.model;
     grow_vocabulary(&mut model, &tok, Some(&plan.adapter))?;
     model.gradient_checkpointing = plan.train.gradient_checkpointing;
     let adapters = runner_model::inject(&mut model, &plan.adapter, plan.train.seed)?;
     if speaks {
         eprintln!("{}", runner_model::lora::ParamCounts::of(&model, &adapters));
-    }
-    // The estimate is of host memory: the CPU engine's.
-    if device.is_cpu() {
-        step_fits_in_memory(plan, &model, &data)?;
     }
 
     // 3. train (SIGINT/SIGTERM finish the step, save, and stop)
@@ -322,94 +331,34 @@ fn run_here(
     }
 }
 
-/// Refuses a micro-batch whose training step cannot fit in the memory this process may still
-/// use, before the first step (the alternative is the kernel killing the run mid-step).
-fn step_fits_in_memory(
+/// Refuses a micro-batch whose training step cannot fit in the memory of this process's device
+/// (host memory available, or the GPU's free memory), before the model loads: the alternative
+/// is the kernel or the CUDA allocator killing the run mid-step. See [`crate::plan`].
+fn step_fits(
     plan: &Plan,
-    model: &runner_model::CausalLm,
+    model_plan: &ModelPlan,
     data: &runner_data::Prepared,
+    device: &Device,
 ) -> anyhow::Result<()> {
-    let d = &plan.data;
-    // Rows are packs of `sequence_len`, or samples padded to the longest in their micro-batch.
-    let longest = data.train.iter().map(|s| s.len()).max().unwrap_or(0);
-    let row = if d.sample_packing || d.pad_to_sequence_len {
-        d.sequence_len
-    } else {
-        longest.min(d.sequence_len)
+    let gpu = match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => Some(gpu_id),
+        _ => None,
     };
-    // A micro-batch holds at most the rows there are.
-    let rows = match &data.train_packs {
-        Some(packs) => packs.len(),
-        None => data.train.len(),
-    };
-    let batch = plan.train.micro_batch_size.min(rows.max(1));
-    let positions = batch * row;
-    let bytes = model.dtype().size_in_bytes();
-    let est =
-        |ckpt| runner_model::memory::step_activation_bytes(&model.cfg, positions, ckpt, bytes);
-    let need = est(model.gradient_checkpointing);
-    let Some(available) = available_memory() else {
-        return Ok(());
-    };
-    check_fits(
-        need,
-        available,
+    let target = crate::plan::target(None, gpu)?;
+    let summary = runner_model::summarize(model_plan, &plan.adapter)?;
+    let (batch, row) = crate::plan::shape_of_data(plan, data);
+    let estimate = crate::plan::estimate(
+        plan,
+        &summary.cfg,
+        summary.counts.trainable,
+        &target,
         batch,
         row,
-        (!model.gradient_checkpointing).then(|| est(true)),
-    )
-}
-
-/// The refusal itself, apart from reading the machine: `need` and `available` in bytes.
-fn check_fits(
-    need: u64,
-    available: u64,
-    micro_batch_size: usize,
-    row: usize,
-    with_checkpointing: Option<u64>,
-) -> anyhow::Result<()> {
-    if need <= available {
-        return Ok(());
+    )?;
+    match estimate.refusal(&target) {
+        Some(message) => anyhow::bail!(message),
+        None => Ok(()),
     }
-    let gb = |b: u64| b as f64 / 1e9;
-    let mut fix = "lower `micro_batch_size` (raise `gradient_accumulation_steps` to keep the same \
-                   batch per optimizer step) or `sequence_len`"
-        .to_string();
-    if let Some(c) = with_checkpointing {
-        fix.push_str(&format!(
-            ", or set `gradient_checkpointing: true` (about {:.1} GB)",
-            gb(c)
-        ));
-    }
-    anyhow::bail!(
-        "a training step on micro_batch_size {micro_batch_size} × {row} positions needs at least \
-         {:.1} GB besides the weights, and {:.1} GB of memory is available (nothing was \
-         trained); {fix}",
-        gb(need),
-        gb(available)
-    )
-}
-
-/// Memory this process may still use: `MemAvailable`, capped by the cgroup's limit.
-fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    let mut avail = kb * 1024;
-    let read = |f: &str| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok();
-    if let (Some(max), Some(cur)) = (
-        read("/sys/fs/cgroup/memory.max"),
-        read("/sys/fs/cgroup/memory.current"),
-    ) {
-        avail = avail.min(max.saturating_sub(cur));
-    }
-    Some(avail)
 }
 
 /// Tokens the recipe adds (`tokens`, new `special_tokens`) need embedding and LM-head rows:
@@ -453,14 +402,25 @@ fn grow_vocabulary(
     Ok(())
 }
 
-/// The weights' dtype: f32 on the CPU (bf16 is slower there); on a GPU bf16 when the recipe
-/// asks for it (`bf16: true` or `auto`).
-fn model_dtype(plan: &Plan, device: &Device) -> candle_core::DType {
-    use runner_recipe::plan::Precision;
-    match plan.train.precision {
-        Precision::Bf16 | Precision::Auto if device.is_cuda() => candle_core::DType::BF16,
-        _ => candle_core::DType::F32,
+/// The frozen weights' and activations' dtype for the recipe's `bf16` / `fp16` on `device`
+/// (adapters, gradients and optimizer state stay f32); says what `bf16: auto` chose and what
+/// `tf32` does here, and sets cuBLAS's TF32 switch on a GPU.
+fn precision_on(plan: &Plan, device: &Device, speaks: bool) -> anyhow::Result<candle_core::DType> {
+    use runner_model::precision::{DeviceKind, apply_tf32, compute_precision};
+    let kind = if device.is_cuda() {
+        DeviceKind::Cuda
+    } else {
+        DeviceKind::Cpu
+    };
+    let p = compute_precision(plan.train.precision, plan.train.tf32, kind)
+        .map_err(anyhow::Error::msg)?;
+    if speaks {
+        for n in &p.notes {
+            eprintln!("note: {n}");
+        }
     }
+    apply_tf32(plan.train.tf32, kind);
+    Ok(p.dtype)
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), for the figures `runner run` prints.
@@ -523,31 +483,4 @@ pub fn eval(loaded: &Loaded, adapter: Option<PathBuf>, on_train: bool) -> anyhow
         }
     );
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Issue 5: a micro-batch that cannot fit is refused with the figures and the fixes.
-    #[test]
-    fn a_step_that_cannot_fit_is_refused_with_the_fixes() {
-        assert!(check_fits(1 << 30, 2 << 30, 4, 256, None).is_ok());
-        let e = check_fits(
-            40_000_000_000,
-            20_000_000_000,
-            64,
-            4096,
-            Some(3_000_000_000),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("micro_batch_size 64 × 4096 positions"), "{e}");
-        assert!(e.contains("40.0 GB") && e.contains("20.0 GB"), "{e}");
-        assert!(
-            e.contains("gradient_checkpointing: true` (about 3.0 GB)"),
-            "{e}"
-        );
-        assert!(available_memory().is_some_and(|b| b > 0));
-    }
 }

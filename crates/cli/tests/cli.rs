@@ -705,3 +705,113 @@ fn issue_6_run_merges_and_writes_gguf_when_the_recipe_asks() {
     );
     let _ = std::fs::remove_dir_all(tmp);
 }
+
+/// The hub cache fixture holding only Mistral-7B's config.json (see its README).
+fn config_only_hub() -> PathBuf {
+    root().join("crates/cli/tests/fixtures/hub-config-only")
+}
+
+/// The `estimated peak` figure (GB) a dry-run printed.
+fn estimated_peak(stdout: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("estimated peak"))
+        .unwrap_or_else(|| panic!("no estimate in: {stdout}"));
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable estimate: {line}"))
+}
+
+/// Issue 12: `--dry-run` on recipes/mistral-qlora.yaml with only the model's config.json
+/// present plans one H200 at ≤ 20 GB, from the hub cache or from a folder given by `--set`.
+#[test]
+fn issue_12_dry_run_plans_mistral_qlora_on_one_h200_from_config_json_alone() {
+    let hub = config_only_hub();
+    let snapshot = std::fs::read_dir(hub.join("models--mistralai--Mistral-7B-v0.1/snapshots"))
+        .expect("fixture")
+        .next()
+        .expect("one snapshot")
+        .expect("entry")
+        .path();
+    let set_base = format!("base_model={}", snapshot.display());
+    for extra in [vec![], vec!["--set", set_base.as_str()]] {
+        let mut args = vec![
+            "run",
+            "recipes/mistral-qlora.yaml",
+            "--dry-run",
+            "--plan-device",
+            "h200",
+        ];
+        args.extend(extra.iter().copied());
+        let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(&args)
+            .current_dir(root())
+            .env("NO_COLOR", "1")
+            .env("HF_HUB_CACHE", &hub)
+            .output()
+            .expect("runner starts");
+        let (stdout, err) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}\n{stdout}\n{err}");
+        assert!(stdout.contains("model: MistralForCausalLM"), "{stdout}");
+        assert!(stdout.contains("configuration only"), "{stdout}");
+        assert!(
+            stdout.contains("memory plan for NVIDIA H200 (141 GB): BF16"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("NF4 base, micro_batch_size 2 × 8192"),
+            "{stdout}"
+        );
+        for part in [
+            "weights",
+            "adapters + optimizer",
+            "activations",
+            "workspace",
+        ] {
+            assert!(stdout.contains(part), "{part}: {stdout}");
+        }
+        let peak = estimated_peak(&stdout);
+        assert!((15.0..=20.0).contains(&peak), "{peak} GB\n{stdout}");
+    }
+
+    // A GPU too small for it: refused with the figures and the fixes (exit 1).
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "run",
+            "recipes/mistral-qlora.yaml",
+            "--dry-run",
+            "--plan-device",
+            "cuda:16",
+        ])
+        .current_dir(root())
+        .env("HF_HUB_CACHE", &hub)
+        .output()
+        .expect("runner starts");
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("16.0 GB is available"), "{err}");
+    assert!(err.contains("lower `micro_batch_size`"), "{err}");
+}
+
+/// Without CUDA in the build, `--dry-run --gpus 1` cannot ask a GPU its memory: it says how
+/// to name the GPU to plan for.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn issue_12_dry_run_for_a_gpu_without_cuda_points_to_plan_device() {
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "run",
+            "recipes/mistral-qlora.yaml",
+            "--dry-run",
+            "--gpus",
+            "1",
+        ])
+        .current_dir(root())
+        .env("HF_HUB_CACHE", config_only_hub())
+        .output()
+        .expect("runner starts");
+    let (_, err) = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("--plan-device"), "{err}");
+}

@@ -50,6 +50,52 @@ fn cuda_device(ordinal: usize) -> Result<Device, KernelError> {
     })
 }
 
+/// A GPU's memory as its driver reports it, for the memory planner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuMemory {
+    pub name: String,
+    pub free: u64,
+    pub total: u64,
+}
+
+/// Free and total memory of GPU `ordinal` (`cuMemGetInfo`), and its name; an `Err` naming what
+/// is missing without CUDA or a GPU.
+#[cfg(not(feature = "cuda"))]
+pub fn gpu_memory(ordinal: usize) -> Result<GpuMemory, KernelError> {
+    Err(KernelError::NotCompiled { requested: ordinal })
+}
+
+/// Free and total memory of GPU `ordinal` (`cuMemGetInfo`), and its name; an `Err` naming what
+/// is missing without CUDA or a GPU.
+#[cfg(feature = "cuda")]
+pub fn gpu_memory(ordinal: usize) -> Result<GpuMemory, KernelError> {
+    use candle_core::cuda::cudarc::driver::{CudaContext, result};
+    result::init().map_err(|e| KernelError::NoGpu {
+        reason: driver_reason(&e),
+    })?;
+    let available = CudaContext::device_count().map_err(|e| KernelError::NoGpu {
+        reason: driver_reason(&e),
+    })? as usize;
+    if ordinal >= available {
+        return Err(KernelError::NoSuchGpu {
+            requested: ordinal,
+            available,
+        });
+    }
+    let device_err = |e: candle_core::cuda::cudarc::driver::DriverError| KernelError::Device {
+        ordinal,
+        message: e.to_string(),
+    };
+    let ctx = CudaContext::new(ordinal).map_err(device_err)?;
+    ctx.bind_to_thread().map_err(device_err)?;
+    let (free, total) = result::mem_get_info().map_err(device_err)?;
+    Ok(GpuMemory {
+        name: ctx.name().map_err(device_err)?,
+        free: free as u64,
+        total: total as u64,
+    })
+}
+
 #[cfg(feature = "cuda")]
 fn driver_reason(e: &candle_core::cuda::cudarc::driver::DriverError) -> String {
     use candle_core::cuda::cudarc::driver::sys::cudaError_enum as E;

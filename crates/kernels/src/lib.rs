@@ -11,5 +11,5 @@ pub mod source;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-pub use device::{cuda_compiled, select_device};
+pub use device::{GpuMemory, cuda_compiled, gpu_memory, select_device};
 pub use error::KernelError;

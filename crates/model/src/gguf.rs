@@ -5,7 +5,7 @@
 use crate::config::{Arch, ModelConfig, RopeScaling};
 use crate::error::{Error, Result, io_err};
 use crate::llama::CausalLm;
-use crate::weights::{MemorySource, Weights};
+use crate::weights::{TensorSource, Weights};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -208,6 +208,17 @@ pub fn unpermute_qk(w: &Tensor, n_head: usize) -> Result<Tensor> {
 
 /// Loads a llama GGUF: dequantized tensors in `dtype`, Hugging Face names and layout.
 pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(CausalLm, GgufInfo)> {
+    load_gguf_with(path, dtype, device, None)
+}
+
+/// As [`load_gguf`]; with a quantizer the decoder projections are dequantized one at a time and
+/// quantized as they load ([`crate::weights::StreamingQuantizer`]; attach it afterwards).
+pub fn load_gguf_with(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    quantizer: Option<Arc<crate::weights::StreamingQuantizer>>,
+) -> Result<(CausalLm, GgufInfo)> {
     let mut f = std::fs::File::open(path).map_err(io_err(path))?;
     let content = Content::read(&mut f).map_err(|e| gguf_err(path, e.to_string()))?;
     let mut cfg = config_from_gguf(path, &content)?;
@@ -232,10 +243,8 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(CausalLm
         }
         cfg.rope_scaling = RopeScaling::Factors(factors);
     }
-    let mut tensors = HashMap::new();
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    for name in names {
+    let mut names = HashMap::new();
+    for (name, info) in &content.tensor_infos {
         let Some(hf) = hf_name(name) else {
             if name == "rope_freqs.weight" {
                 continue;
@@ -245,25 +254,22 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(CausalLm
                 format!("tensor `{name}` has no place in a llama model (unsupported GGUF layout)"),
             ));
         };
-        let q = content
-            .tensor(&mut f, name, &Device::Cpu)
-            .map_err(|e| gguf_err(path, format!("tensor `{name}`: {e}")))?;
-        let mut t = q
-            .dequantize(&Device::Cpu)
-            .map_err(|e| gguf_err(path, format!("tensor `{name}`: {e}")))?;
-        if hf.ends_with("q_proj.weight") {
-            t = unpermute_qk(&t, cfg.num_attention_heads)?;
-        } else if hf.ends_with("k_proj.weight") {
-            t = unpermute_qk(&t, cfg.num_key_value_heads)?;
-        }
-        let t = t.to_dtype(dtype)?.to_device(device)?;
-        tensors.insert(hf, t);
+        names.insert(hf, (name.clone(), info.shape.dims().to_vec()));
     }
-    let source = MemorySource {
-        name: path.display().to_string(),
-        tensors,
+    let source = GgufSource {
+        path: path.to_path_buf(),
+        heads: (cfg.num_attention_heads, cfg.num_key_value_heads),
+        names,
+        file: std::sync::Mutex::new(f),
+        content,
     };
-    let model = CausalLm::load(&Weights::new(Arc::new(source), dtype, device.clone()), &cfg)?;
+    let source = Arc::new(source);
+    let mut weights = Weights::new(source.clone(), dtype, device.clone());
+    if let Some(q) = quantizer {
+        weights = weights.with_quantizer(q);
+    }
+    let model = CausalLm::load(&weights, &cfg)?;
+    let content = &source.content;
     let md = &content.metadata;
     let info = GgufInfo {
         path: path.to_path_buf(),
@@ -293,6 +299,54 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(CausalLm
         chat_template: meta_s(md, "tokenizer.chat_template"),
     };
     Ok((model, info))
+}
+
+/// A GGUF file read one tensor at a time: each [`TensorSource::load`] reads, dequantizes and
+/// un-permutes (Q/K) one tensor, so the file is never held dequantized as a whole.
+struct GgufSource {
+    path: PathBuf,
+    content: Content,
+    file: std::sync::Mutex<std::fs::File>,
+    /// Hugging Face name → (GGUF name, shape).
+    names: HashMap<String, (String, Vec<usize>)>,
+    /// (attention heads, key/value heads), for un-permuting Q and K.
+    heads: (usize, usize),
+}
+
+impl TensorSource for GgufSource {
+    fn source_name(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.names.get(name).map(|(_, s)| s.clone())
+    }
+    fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let (gguf_name, _) = self.names.get(name).ok_or_else(|| Error::MissingTensor {
+            source_name: self.source_name(),
+            name: name.to_string(),
+        })?;
+        let bad =
+            |e: candle_core::Error| gguf_err(&self.path, format!("tensor `{gguf_name}`: {e}"));
+        let q = {
+            let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            self.content
+                .tensor(&mut *f, gguf_name, &Device::Cpu)
+                .map_err(bad)?
+        };
+        let mut t = q.dequantize(&Device::Cpu).map_err(bad)?;
+        drop(q);
+        if name.ends_with("q_proj.weight") {
+            t = unpermute_qk(&t, self.heads.0)?;
+        } else if name.ends_with("k_proj.weight") {
+            t = unpermute_qk(&t, self.heads.1)?;
+        }
+        Ok(t.to_device(device)?)
+    }
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.names.keys().cloned().collect();
+        v.sort();
+        v
+    }
 }
 
 #[cfg(test)]

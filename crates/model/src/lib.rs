@@ -38,6 +38,7 @@ pub mod memory;
 pub mod nn;
 pub mod ops;
 pub mod pissa;
+pub mod precision;
 pub mod quant;
 pub mod summary;
 pub mod tiny;

@@ -4,9 +4,9 @@
 use crate::config::ModelConfig;
 use crate::error::{Error, Result, io_err};
 use crate::llama::CausalLm;
-use crate::weights::{SafetensorsSource, TensorSource, Weights};
+use crate::weights::{SafetensorsSource, StreamingQuantizer, TensorSource, Weights};
 use candle_core::{DType, Device};
-use runner_recipe::plan::ModelPlan;
+use runner_recipe::plan::{AdapterPlan, BaseQuant, LoraInit, ModelPlan};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -53,6 +53,37 @@ pub fn load(plan: &ModelPlan, device: &Device) -> Result<LoadedModel> {
 
 /// Loads the model a [`ModelPlan`] names, in `dtype` on `device`.
 pub fn load_with(plan: &ModelPlan, dtype: DType, device: &Device) -> Result<LoadedModel> {
+    load_streaming(plan, dtype, device, None)
+}
+
+/// Loads the base for training `adapter`: with `load_in_4bit` / `load_in_8bit` each decoder
+/// projection is quantized as it is read and dropped before the next one
+/// ([`StreamingQuantizer`]), so the peak while loading is the quantized model plus the largest
+/// tensor, not the whole model in `dtype` (issue 12). PiSSA is the exception: it splits the
+/// full-precision weight and the residual is what gets quantized, so that base loads whole and
+/// [`crate::inject`] quantizes after the split.
+pub fn load_for_adapter(
+    plan: &ModelPlan,
+    adapter: &AdapterPlan,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let pissa = matches!(adapter.init, LoraInit::Pissa { .. });
+    if adapter.base_quant == BaseQuant::None || pissa {
+        return load_with(plan, dtype, device);
+    }
+    let quantizer = StreamingQuantizer::new(adapter.base_quant);
+    let mut loaded = load_streaming(plan, dtype, device, Some(quantizer.clone()))?;
+    quantizer.attach(&mut loaded.model)?;
+    Ok(loaded)
+}
+
+fn load_streaming(
+    plan: &ModelPlan,
+    dtype: DType,
+    device: &Device,
+    quantizer: Option<Arc<StreamingQuantizer>>,
+) -> Result<LoadedModel> {
     match resolve(&plan.base_model, plan.revision.as_deref())? {
         Checkpoint::Folder(dir) => {
             let config = match &plan.config {
@@ -62,7 +93,7 @@ pub fn load_with(plan: &ModelPlan, dtype: DType, device: &Device) -> Result<Load
                 },
                 None => None,
             };
-            let model = load_folder_with_config(&dir, config.as_deref(), dtype, device)?;
+            let model = load_folder_with_config(&dir, config.as_deref(), dtype, device, quantizer)?;
             Ok(LoadedModel {
                 model,
                 path: dir,
@@ -70,7 +101,7 @@ pub fn load_with(plan: &ModelPlan, dtype: DType, device: &Device) -> Result<Load
             })
         }
         Checkpoint::Gguf(file) => {
-            let (model, info) = crate::gguf::load_gguf(&file, dtype, device)?;
+            let (model, info) = crate::gguf::load_gguf_with(&file, dtype, device, quantizer)?;
             Ok(LoadedModel {
                 model,
                 path: file,
@@ -82,7 +113,7 @@ pub fn load_with(plan: &ModelPlan, dtype: DType, device: &Device) -> Result<Load
 
 /// Loads a Hugging Face folder (`config.json` + safetensors).
 pub fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<CausalLm> {
-    load_folder_with_config(dir, None, dtype, device)
+    load_folder_with_config(dir, None, dtype, device, None)
 }
 
 fn load_folder_with_config(
@@ -90,6 +121,7 @@ fn load_folder_with_config(
     config: Option<&Path>,
     dtype: DType,
     device: &Device,
+    quantizer: Option<Arc<StreamingQuantizer>>,
 ) -> Result<CausalLm> {
     let files = safetensors_files(dir)?;
     let config_path = config
@@ -103,7 +135,11 @@ fn load_folder_with_config(
     }
     let cfg = ModelConfig::from_file(&config_path)?;
     let source: Arc<dyn TensorSource> = Arc::new(SafetensorsSource::open(&files)?);
-    CausalLm::load(&Weights::new(source, dtype, device.clone()), &cfg)
+    let mut weights = Weights::new(source, dtype, device.clone());
+    if let Some(q) = quantizer {
+        weights = weights.with_quantizer(q);
+    }
+    CausalLm::load(&weights, &cfg)
 }
 
 /// The safetensors files of a folder: `model.safetensors`, or the shards listed by

@@ -168,6 +168,15 @@ impl Adapters {
     }
 }
 
+/// The dtype of adapter master weights (LoRA A/B, DoRA magnitudes): f32 whatever the base's
+/// dtype, as PEFT keeps them (`get_peft_model(..., autocast_adapter_dtype=True)`, its default,
+/// upcasts bf16/fp16 adapters to f32). Under `bf16` the frozen base and the activations are
+/// bf16 and the LoRA op (`ops::lora_linear`, and the composed DoRA path in `nn`) casts the
+/// adapter to the compute dtype in the forward; the
+/// gradients, the optimizer moments and the saved adapter stay f32 (pure-bf16 Adam state does
+/// not move: issue 12).
+pub const ADAPTER_DTYPE: candle_core::DType = candle_core::DType::F32;
+
 /// Puts a fresh adapter on every targeted linear layer. The seed fixes A's initialisation and
 /// the dropout masks.
 pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Result<Adapters> {
@@ -207,8 +216,10 @@ pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Res
                         .map(|_| (normal(&mut rng) * std) as f32)
                         .collect()
                 };
-                let a = Tensor::from_vec(a_vals, (s.r, din), &dev)?.to_dtype(lin.weight.dtype())?;
-                let b = Tensor::zeros((dout, s.r), lin.weight.dtype(), &dev)?;
+                // Master weights in f32 whatever the base's dtype, as PEFT's
+                // `autocast_adapter_dtype=True` keeps them (see [`ADAPTER_DTYPE`]).
+                let a = Tensor::from_vec(a_vals, (s.r, din), &dev)?;
+                let b = Tensor::zeros((dout, s.r), ADAPTER_DTYPE, &dev)?;
                 (a, b)
             }
             LoraInit::Pissa { niter } => {
@@ -227,6 +238,7 @@ pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Res
                 )
                 .map_err(|e| Error::Adapter(format!("{}: {e}", lin.name)))?;
                 lin.weight = residual;
+                let (a, b) = (a.to_dtype(ADAPTER_DTYPE)?, b.to_dtype(ADAPTER_DTYPE)?);
                 for (which, t) in [("lora_A", &a), ("lora_B", &b)] {
                     pissa_initial.push((
                         format!("{PEFT_PREFIX}{}.{which}.weight", lin.name),
@@ -248,7 +260,7 @@ pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Res
         let magnitude = if s.use_dora {
             // PEFT: m = ||W + s·BA||_row at initialisation (= ||W||_row, B being zero).
             let m = crate::nn::dora_row_norm(
-                &lin.dense_weight()?,
+                &lin.dense_weight()?.to_dtype(ADAPTER_DTYPE)?,
                 a.as_tensor(),
                 b.as_tensor(),
                 s.scaling,

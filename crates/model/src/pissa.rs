@@ -64,8 +64,14 @@ pub fn pissa_factors(
     let a = Tensor::from_vec(a, (r, cols), dev)?;
     let b = Tensor::from_vec(b, (rows, r), dev)?;
     let residual = (w.to_dtype(DType::F64)? - (b.matmul(&a)? * scaling)?)?;
+    // The factors are adapter master weights (f32, as PEFT keeps them); the residual is the
+    // base, in its own dtype.
     let dt = w.dtype();
-    Ok((a.to_dtype(dt)?, b.to_dtype(dt)?, residual.to_dtype(dt)?))
+    Ok((
+        a.to_dtype(DType::F32)?,
+        b.to_dtype(DType::F32)?,
+        residual.to_dtype(dt)?,
+    ))
 }
 
 /// Exact top-r SVD through the eigen-decomposition of the smaller Gram matrix.

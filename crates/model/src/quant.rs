@@ -382,7 +382,12 @@ pub fn quantize_frozen(model: &mut CausalLm, kind: BaseQuant) -> Result<QuantSum
 /// The `weight` of a quantized layer: its shape, dtype and device with one NaN behind a
 /// zero-stride view (4 bytes), so shape queries work and any read of its values by code that
 /// should have called [`crate::nn::Linear::dense_weight`] shows as NaN, never as silent zeros.
-fn placeholder(rows: usize, cols: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+pub(crate) fn placeholder(
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
     Ok(Tensor::new(&[f32::NAN], device)?
         .to_dtype(dtype)?
         .reshape(())?

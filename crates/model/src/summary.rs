@@ -14,6 +14,8 @@ pub struct ModelSummary {
     /// The folder or GGUF file `base_model` resolved to.
     pub path: PathBuf,
     pub gguf: bool,
+    /// False for a folder holding only `config.json`: enough to plan (`--dry-run`), not to run.
+    pub weights_present: bool,
     pub cfg: ModelConfig,
     pub settings: LoraSettings,
     /// Targeted module names, in model order.
@@ -24,11 +26,11 @@ pub struct ModelSummary {
 /// Resolves `base_model`, reads its configuration and places the adapters on paper.
 pub fn summarize(model: &ModelPlan, adapter: &AdapterPlan) -> Result<ModelSummary> {
     let rev = model.revision.as_deref();
-    let (path, gguf, cfg) = match resolve(&model.base_model, rev)? {
+    let (path, gguf, weights_present, cfg) = match resolve(&model.base_model, rev)? {
         Checkpoint::Gguf(f) => {
             let content = crate::gguf::read_content(&f)?;
             let cfg = crate::gguf::config_from_gguf(&f, &content)?;
-            (f, true, cfg)
+            (f, true, true, cfg)
         }
         Checkpoint::Folder(d) => {
             let config = match &model.config {
@@ -43,8 +45,13 @@ pub fn summarize(model: &ModelPlan, adapter: &AdapterPlan) -> Result<ModelSummar
                 },
                 None => d.join("config.json"),
             };
-            crate::load::safetensors_files(&d)?;
-            (d, false, ModelConfig::from_file(&config)?)
+            // A configuration-only snapshot still plans; pickle-only or broken folders do not.
+            let weights_present = match crate::load::safetensors_files(&d) {
+                Ok(_) => true,
+                Err(Error::NoWeights { .. }) => false,
+                Err(e) => return Err(e),
+            };
+            (d, false, weights_present, ModelConfig::from_file(&config)?)
         }
     };
     let settings = LoraSettings::from_plan(adapter)?;
@@ -52,6 +59,7 @@ pub fn summarize(model: &ModelPlan, adapter: &AdapterPlan) -> Result<ModelSummar
     Ok(ModelSummary {
         path,
         gguf,
+        weights_present,
         counts: ParamCounts {
             trainable,
             all: cfg.param_count() + trainable,
@@ -107,6 +115,14 @@ impl std::fmt::Display for ModelSummary {
             },
             self.path.display()
         )?;
+        if !self.weights_present {
+            writeln!(
+                f,
+                "  weights: none in {} (configuration only): enough for --dry-run, `runner run` \
+                 needs them",
+                self.path.display()
+            )?;
+        }
         writeln!(
             f,
             "  {} layers, hidden {}, {} heads / {} kv heads × {}, intermediate {}, vocab {}{}",

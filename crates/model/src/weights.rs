@@ -1,5 +1,8 @@
-//! Where base weights come from: memory-mapped safetensors (one file or sharded), a dequantized
-//! GGUF, or tensors in memory. Every lookup checks the shape and names the tensor on failure.
+//! Where base weights come from: memory-mapped safetensors (one file or sharded), a GGUF read one
+//! tensor at a time, or tensors in memory. Every lookup checks the shape and names the tensor on
+//! failure. With a [`StreamingQuantizer`] the decoder projections are quantized as they are read
+//! (read one tensor, quantize it, drop it), so loading a QLoRA base never holds the unquantized
+//! model: its peak is the quantized model plus the largest tensor (issue 12).
 
 use crate::error::{Error, Result};
 use candle_core::safetensors::MmapedSafetensors;
@@ -168,6 +171,71 @@ pub struct Weights {
     device: Device,
     /// Names loaded so far, to find tensors the model never asked for.
     used: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Quantizes decoder projections as they load (`load_in_4bit` / `load_in_8bit`).
+    quantizer: Option<Arc<StreamingQuantizer>>,
+}
+
+/// Quantizes each decoder projection weight (`model.layers.N.{self_attn,mlp}.*_proj.weight`)
+/// when [`Weights::get`] reads it: the tensor is read in f32 on the CPU, quantized, and dropped;
+/// the model receives the shape-carrying placeholder of [`crate::quant`] and
+/// [`StreamingQuantizer::attach`] hands the quantized weights to their layers afterwards. The
+/// result is what [`crate::quant::quantize_frozen`] makes of the loaded model, without ever
+/// holding it unquantized.
+pub struct StreamingQuantizer {
+    kind: runner_recipe::plan::BaseQuant,
+    done: std::sync::Mutex<HashMap<String, Arc<crate::quant::QuantWeight>>>,
+}
+
+impl StreamingQuantizer {
+    pub fn new(kind: runner_recipe::plan::BaseQuant) -> Arc<Self> {
+        Arc::new(Self {
+            kind,
+            done: Default::default(),
+        })
+    }
+
+    /// The projections [`crate::quant::quantize_frozen`] quantizes, by tensor name.
+    fn wants(name: &str) -> bool {
+        let Some(rest) = name.strip_prefix("model.layers.") else {
+            return false;
+        };
+        let Some((layer, module)) = rest.split_once('.') else {
+            return false;
+        };
+        layer.parse::<usize>().is_ok()
+            && [
+                "self_attn.q_proj.weight",
+                "self_attn.k_proj.weight",
+                "self_attn.v_proj.weight",
+                "self_attn.o_proj.weight",
+                "mlp.gate_proj.weight",
+                "mlp.up_proj.weight",
+                "mlp.down_proj.weight",
+            ]
+            .contains(&module)
+    }
+
+    /// Gives every quantized weight to its layer; errors if one has no layer (a name mismatch
+    /// that would leave a NaN placeholder in the model).
+    pub fn attach(&self, model: &mut crate::llama::CausalLm) -> Result<crate::quant::QuantSummary> {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sum = crate::quant::QuantSummary::default();
+        for lin in model.linears_mut() {
+            if let Some(q) = done.remove(&format!("{}.weight", lin.name)) {
+                let (rows, cols) = q.dims();
+                sum.layers += 1;
+                sum.params += rows * cols;
+                sum.bytes += q.nbytes();
+                lin.quant = Some(q);
+            }
+        }
+        if let Some(name) = done.keys().next() {
+            return Err(Error::Adapter(format!(
+                "internal: quantized `{name}` while loading but no layer took it"
+            )));
+        }
+        Ok(sum)
+    }
 }
 
 impl Weights {
@@ -178,7 +246,14 @@ impl Weights {
             dtype,
             device,
             used: Default::default(),
+            quantizer: None,
         }
+    }
+
+    /// The same weights, quantizing decoder projections as they are read.
+    pub fn with_quantizer(mut self, q: Arc<StreamingQuantizer>) -> Self {
+        self.quantizer = Some(q);
+        self
     }
 
     /// A view under `prefix.name`.
@@ -252,6 +327,13 @@ impl Weights {
                 found,
             });
         }
+        if let Some(q) = self
+            .quantizer
+            .as_ref()
+            .filter(|_| StreamingQuantizer::wants(&full))
+        {
+            return self.get_quantized(q, &full, shape);
+        }
         let t = self.source.load(&full, &self.device)?;
         self.used
             .lock()
@@ -262,5 +344,34 @@ impl Weights {
         } else {
             Ok(t.to_dtype(self.dtype)?)
         }
+    }
+}
+
+impl Weights {
+    /// Reads `full` in f32 on the CPU, quantizes it, drops it, and returns the placeholder.
+    fn get_quantized(&self, q: &StreamingQuantizer, full: &str, shape: &[usize]) -> Result<Tensor> {
+        let (rows, cols) = (shape[0], shape[1]);
+        let values: Vec<f32> = self
+            .source
+            .load(full, &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let Some(quantized) = crate::quant::QuantWeight::quantize(&values, rows, cols, q.kind)
+        else {
+            return Err(Error::Adapter(format!(
+                "internal: {full}: a streaming quantizer without a quantization"
+            )));
+        };
+        drop(values);
+        q.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(full.to_string(), Arc::new(quantized));
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(full.to_string());
+        crate::quant::placeholder(rows, cols, self.dtype, &self.device)
     }
 }

@@ -2,6 +2,13 @@
 //! per-parameter step counts), parameter groups with their own learning-rate scale (LoRA+),
 //! global-norm gradient clipping as `torch.nn.utils.clip_grad_norm_`, and gradient
 //! accumulation across micro-batches.
+//!
+//! Mixed precision as PyTorch AMP and PEFT do it (issue 12): the moments, the gradients and the
+//! update are f32 whatever a parameter's dtype. LoRA factors are f32 masters already
+//! (`runner_model::lora::ADAPTER_DTYPE`); a parameter held in a lower precision (the trainable
+//! embedding / LM-head copies of `lora_modules_to_save` in a bf16 model) gets an f32 master copy
+//! here, updated in f32 and written back rounded, so updates smaller than the parameter's bf16
+//! spacing accumulate instead of vanishing.
 
 use crate::error::TrainError;
 use candle_core::backprop::GradStore;
@@ -22,9 +29,16 @@ pub struct ParamGroup {
 #[derive(Debug)]
 struct Moments {
     step: u64,
+    /// f32, the parameter's shape.
     exp_avg: Tensor,
+    /// f32, the parameter's shape.
     exp_avg_sq: Tensor,
+    /// The f32 master copy of a parameter whose own dtype is not f32 (None for f32 ones).
+    master: Option<Tensor>,
 }
+
+/// The dtype of optimizer state and of the update arithmetic.
+pub const STATE_DTYPE: DType = DType::F32;
 
 #[derive(Debug)]
 pub struct AdamW {
@@ -80,9 +94,16 @@ impl AdamW {
                     Some(m) => m,
                     None => Moments {
                         step: 0,
-                        exp_avg: var.as_tensor().zeros_like()?,
-                        exp_avg_sq: var.as_tensor().zeros_like()?,
+                        exp_avg: Tensor::zeros(var.shape(), STATE_DTYPE, var.device())?,
+                        exp_avg_sq: Tensor::zeros(var.shape(), STATE_DTYPE, var.device())?,
+                        master: master_copy(var)?,
                     },
+                };
+                // Gradients arrive in f32 (`Grads::accumulate`); the cast is a no-op then.
+                let grad = grad.to_dtype(STATE_DTYPE)?;
+                let param = match &moments.master {
+                    Some(m) => m.clone(),
+                    None => var.as_tensor().clone(),
                 };
                 let step = moments.step + 1;
                 // exp_avg.lerp_(grad, 1 - beta1)
@@ -94,18 +115,28 @@ impl AdamW {
                 let step_size = lr / bias1;
                 let denom = ((exp_avg_sq.sqrt()? / bias2.sqrt())? + eps)?;
                 let decayed = if group.weight_decay != 0.0 {
-                    (var.as_tensor() * (1.0 - lr * group.weight_decay))?
+                    (&param * (1.0 - lr * group.weight_decay))?
                 } else {
-                    var.as_tensor().clone()
+                    param
                 };
                 let updated = (decayed - ((&exp_avg / &denom)? * step_size)?)?;
-                var.set(&updated)?;
+                let master = match moments.master {
+                    Some(_) => {
+                        var.set(&updated.to_dtype(var.dtype())?)?;
+                        Some(updated)
+                    }
+                    None => {
+                        var.set(&updated)?;
+                        None
+                    }
+                };
                 self.state.insert(
                     name.clone(),
                     Moments {
                         step,
                         exp_avg,
                         exp_avg_sq,
+                        master,
                     },
                 );
             }
@@ -113,21 +144,27 @@ impl AdamW {
         Ok(())
     }
 
-    /// The optimizer state as named tensors (`{param}.exp_avg`, `{param}.exp_avg_sq`) and the
-    /// per-parameter step counts, for checkpoints.
+    /// The optimizer state as named f32 tensors (`{param}.exp_avg`, `{param}.exp_avg_sq`, and
+    /// `{param}.master` for a parameter held below f32) and the per-parameter step counts, for
+    /// checkpoints.
     pub fn state(&self) -> (HashMap<String, Tensor>, HashMap<String, u64>) {
         let mut tensors = HashMap::new();
         let mut steps = HashMap::new();
         for (name, m) in &self.state {
             tensors.insert(format!("{name}.exp_avg"), m.exp_avg.clone());
             tensors.insert(format!("{name}.exp_avg_sq"), m.exp_avg_sq.clone());
+            if let Some(master) = &m.master {
+                tensors.insert(format!("{name}.master"), master.clone());
+            }
             steps.insert(name.clone(), m.step);
         }
         (tensors, steps)
     }
 
     /// Restores what [`AdamW::state`] returned; every parameter with a step count must have
-    /// both moments with its own shape.
+    /// both moments with its own shape. State saved in another dtype is read as f32; a
+    /// parameter held below f32 takes its master from `{param}.master`, or from its current
+    /// value when the checkpoint has none.
     pub fn load_state(
         &mut self,
         tensors: &HashMap<String, Tensor>,
@@ -157,7 +194,12 @@ impl AdamW {
                         var.as_tensor().dims()
                     )));
                 }
-                Ok(t.to_dtype(var.as_tensor().dtype())?)
+                Ok(t.to_dtype(STATE_DTYPE)?)
+            };
+            let master_key = format!("{name}.master");
+            let master = match master_copy(var)? {
+                Some(_) if tensors.contains_key(&master_key) => Some(get("master")?),
+                other => other,
             };
             state.insert(
                 name.clone(),
@@ -165,12 +207,23 @@ impl AdamW {
                     step,
                     exp_avg: get("exp_avg")?,
                     exp_avg_sq: get("exp_avg_sq")?,
+                    master,
                 },
             );
         }
         self.state = state;
         Ok(())
     }
+}
+
+/// An f32 copy of a parameter held in another dtype; None for an f32 parameter (it is its own
+/// master).
+fn master_copy(var: &Var) -> Result<Option<Tensor>, TrainError> {
+    Ok(if var.dtype() == STATE_DTYPE {
+        None
+    } else {
+        Some(var.as_tensor().to_dtype(STATE_DTYPE)?)
+    })
 }
 
 /// Gradients by parameter name, summed over the micro-batches of one optimizer step.
@@ -250,5 +303,128 @@ pub fn clip_coefficient(norm: f64, max_norm: Option<f64>) -> f64 {
     match max_norm {
         Some(max) => (max / (norm + 1e-6)).min(1.0),
         None => 1.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn adamw(var: &Var, lr_scale: f64) -> AdamW {
+        let groups = vec![ParamGroup {
+            params: vec![("p".to_string(), var.clone())],
+            lr_scale,
+            weight_decay: 0.0,
+        }];
+        let cfg = Optimizer {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.0,
+        };
+        AdamW::new(groups, &cfg).unwrap()
+    }
+
+    fn grads_of(value: f32, n: usize) -> Grads {
+        let mut g = Grads::new();
+        g.set(
+            "p".into(),
+            Tensor::full(value, n, &Device::Cpu).unwrap(), // f32, as `accumulate` leaves it
+        );
+        g
+    }
+
+    /// Issue 12: a bf16 parameter used to get bf16 moments (`zeros_like`) while the gradients
+    /// are f32, and the first step failed candle's dtype check. The state is f32 now.
+    #[test]
+    fn issue_12_bf16_parameters_step_with_f32_gradients_and_f32_state() {
+        let var = Var::from_tensor(
+            &Tensor::new(&[0.5f32, -0.25, 1.0], &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap(),
+        )
+        .unwrap();
+        let mut opt = adamw(&var, 1.0);
+        opt.step(&grads_of(0.1, 3), 1e-2, 1.0).expect("a bf16 step");
+        assert_eq!(var.dtype(), DType::BF16, "the parameter keeps its dtype");
+        let (tensors, steps) = opt.state();
+        assert_eq!(steps["p"], 1);
+        for key in ["p.exp_avg", "p.exp_avg_sq", "p.master"] {
+            assert_eq!(tensors[key].dtype(), DType::F32, "{key}");
+        }
+        // torch: the first AdamW step moves every element by lr·sign(g) (bias-corrected).
+        let master: Vec<f32> = tensors["p.master"].to_vec1().unwrap();
+        for (m, p0) in master.iter().zip([0.5f32, -0.25, 1.0]) {
+            assert!((m - (p0 - 1e-2)).abs() < 1e-6, "{m} vs {}", p0 - 1e-2);
+        }
+    }
+
+    /// Issue 12's numerics: with exp_avg_sq at 1.0 and 3000 steps of g² = 0.25, torch's f32
+    /// state reaches 0.25 + 0.75·0.999³⁰⁰⁰ = 0.2873 (bf16 state stays at 1.0: 0.999 rounds to 1
+    /// in bf16). The parameter is bf16; its state must behave as f32.
+    #[test]
+    fn issue_12_exp_avg_sq_of_a_bf16_parameter_decays_as_in_f32() {
+        let var = Var::from_tensor(&Tensor::zeros(4, DType::BF16, &Device::Cpu).unwrap()).unwrap();
+        let mut opt = adamw(&var, 1.0);
+        let mut tensors = HashMap::new();
+        tensors.insert(
+            "p.exp_avg".to_string(),
+            Tensor::zeros(4, DType::BF16, &Device::Cpu).unwrap(),
+        );
+        // Saved in bf16 by an older run: read back as f32.
+        tensors.insert(
+            "p.exp_avg_sq".to_string(),
+            Tensor::ones(4, DType::BF16, &Device::Cpu).unwrap(),
+        );
+        opt.load_state(&tensors, &HashMap::from([("p".to_string(), 1u64)]))
+            .unwrap();
+        let g = grads_of(0.5, 4);
+        for _ in 0..3000 {
+            opt.step(&g, 0.0, 1.0).unwrap();
+        }
+        let got: Vec<f32> = opt.state().0["p.exp_avg_sq"].to_vec1().unwrap();
+        let want = 0.25 + 0.75 * 0.999f64.powi(3000); // computed in f64: 0.287317...
+        assert!((want - 0.2873).abs() < 1e-4);
+        // f32 rounding over 3000 recursive updates moves the last digits (1.3e-5 here); bf16
+        // state would still read 1.0.
+        for v in got {
+            assert!((v as f64 - want).abs() < 1e-4, "{v} vs {want}");
+        }
+    }
+
+    /// Issue 12: a bf16 weight of 0.01 receiving −2.9e-5 updates never moves in pure bf16
+    /// (half its spacing there is 3.05e-5); through the f32 master it moves by the sum.
+    #[test]
+    fn issue_12_small_updates_accumulate_in_the_f32_master() {
+        // x rounded to bf16 (candle's cast), read back as f32.
+        let bf16 = |x: f64| -> f32 {
+            Tensor::new(&[x as f32], &Device::Cpu)
+                .and_then(|t| t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.to_vec1())
+                .unwrap()[0]
+        };
+        let p0 = bf16(0.01);
+        // The independent check that pure bf16 loses the update.
+        assert_eq!(bf16(p0 as f64 - 2.9e-5), p0);
+        let var = Var::from_tensor(
+            &Tensor::new(&[0.01f32], &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap(),
+        )
+        .unwrap();
+        let mut opt = adamw(&var, 1.0);
+        // A constant gradient: every AdamW step moves by lr (up to eps).
+        let g = grads_of(1.0, 1);
+        for _ in 0..100 {
+            opt.step(&g, 2.9e-5, 1.0).unwrap();
+        }
+        let want = p0 as f64 - 100.0 * 2.9e-5;
+        let master: Vec<f32> = opt.state().0["p.master"].to_vec1().unwrap();
+        assert!((master[0] as f64 - want).abs() < 1e-6, "{}", master[0]);
+        let seen: Vec<f32> = var.to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+        assert_eq!(seen[0], bf16(master[0] as f64));
+        assert!(seen[0] < 0.0075, "the bf16 parameter moved: {}", seen[0]);
     }
 }

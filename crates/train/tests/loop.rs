@@ -46,10 +46,14 @@ fn plan(out: &Path, overrides: &[&str]) -> (Plan, String) {
 }
 
 fn run(plan: &Plan, text: &str, model_dir: &Path) -> Outcome {
+    run_in(plan, text, model_dir, DType::F32)
+}
+
+/// As [`run`] with the frozen base (and so the activations) in `dtype`.
+fn run_in(plan: &Plan, text: &str, model_dir: &Path, dtype: DType) -> Outcome {
     let tok = runner_data::load_tokenizer(&plan.model).expect("tokenizer");
     let data = runner_data::prepare(&plan.data, &tok).expect("data");
-    let mut model =
-        runner_model::load_folder(model_dir, DType::F32, &Device::Cpu).expect("tiny model");
+    let mut model = runner_model::load_folder(model_dir, dtype, &Device::Cpu).expect("tiny model");
     model.gradient_checkpointing = plan.train.gradient_checkpointing;
     let adapters =
         runner_model::inject(&mut model, &plan.adapter, plan.train.seed).expect("adapters");
@@ -329,4 +333,58 @@ fn issue_7_modules_to_save_train_checkpoint_resume_and_save() {
     for name in names {
         assert_eq!(scale_of(name), Some(1.0), "{name}");
     }
+}
+
+/// Issue 12, the mixed-precision contract on the tiny model: with the base in bf16 (what
+/// `bf16: true` loads) a run trains (the first optimizer step used to fail: bf16 moments against
+/// f32 gradients), every optimizer tensor is f32, the adapter is saved in f32 (PEFT keeps
+/// adapters f32 under a bf16 base, `autocast_adapter_dtype=True`, and saves them so; the
+/// `lora_modules_to_save` copies live in the base's dtype with f32 masters in the optimizer
+/// state, and are written upcast to f32 like every adapter tensor), and a resumed bf16 run
+/// continues bit for bit.
+#[test]
+fn issue_12_bf16_run_trains_with_f32_adapters_and_optimizer_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = tiny_model(tmp.path());
+    let sets = [
+        "bf16=true",
+        "save_steps=3",
+        "lora_modules_to_save=[embed_tokens]",
+    ];
+    let (full, text) = plan(&tmp.path().join("full"), &sets);
+    let whole = run_in(&full, &text, &model_dir, DType::BF16);
+    assert_eq!(whole.stop, StopReason::Finished);
+    let first = whole.losses.first().unwrap().1;
+    let last = whole.losses.last().unwrap().1;
+    assert!(last.is_finite() && last < first, "{first} → {last}");
+
+    let ckpt = full.train.output_dir.join("checkpoint-3");
+    let opt =
+        candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &Device::Cpu).unwrap();
+    assert!(opt.keys().any(|k| k.ends_with("lora_A.weight.exp_avg_sq")));
+    for (name, t) in &opt {
+        assert_eq!(t.dtype(), DType::F32, "{name}");
+    }
+    let embed = "base_model.model.model.embed_tokens.weight";
+    assert!(
+        opt.contains_key(&format!("{embed}.master")),
+        "no f32 master for the copy"
+    );
+    let saved = candle_core::safetensors::load(
+        full.train.output_dir.join("adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (name, t) in &saved {
+        assert_eq!(t.dtype(), DType::F32, "{name}");
+    }
+
+    let mut sets_resumed = sets.to_vec();
+    let resume = format!("resume_from_checkpoint={}", ckpt.display());
+    sets_resumed.push(&resume);
+    let (resumed, _) = plan(&tmp.path().join("resumed"), &sets_resumed);
+    let rest = run_in(&resumed, &text, &model_dir, DType::BF16);
+    let tail: Vec<u64> = whole.losses[3..].iter().map(|(_, l)| l.to_bits()).collect();
+    let again: Vec<u64> = rest.losses.iter().map(|(_, l)| l.to_bits()).collect();
+    assert_eq!(tail, again, "a resumed bf16 run must give the same losses");
 }
