@@ -20,11 +20,13 @@ pub struct ComputePrecision {
     pub notes: Vec<String>,
 }
 
-/// Measured on this project's 2-core CPU machines, SmolLM2-135M, LoRA r=16 on all seven
-/// projections, 1 × 256 tokens (`tools/train/bench_bf16.sh`): the bf16 step ran slower than the
-/// f32 one (the fused CPU ops are f32-only, so bf16 takes the composed path; and candle's CPU
-/// bf16 matmul converts through f32 on machines without AVX512-BF16). See the README's
-/// mixed-precision section for the figures.
+/// Why `bf16: auto` keeps f32 on the CPU. Measured with `tools/train/bench_precision.sh` on
+/// this project's 2-core AMD EPYC (Zen 3, no AVX512-BF16; load average 7-10 from other jobs),
+/// SmolLM2-135M LoRA, recipes/smollm2-lora.yaml at micro-batch 1 × 64, 10 steps: 9 tokens/s
+/// and 0.87 GB peak RSS in f32 against 5 tokens/s and 0.99 GB in bf16 (QLoRA at 1 × 256 in
+/// bf16: 3 tokens/s, 2.05 GB against 0.73 GB in f32). The fused CPU ops are f32-only, so bf16
+/// takes candle's composed path (full attention matrices, elementwise ops through its thread
+/// pool), and candle's CPU bf16 matmul has no native kernel on such machines.
 pub const CPU_AUTO_REASON: &str = "bf16 measured slower than f32 on the CPU engine (its fused \
      ops are f32; bf16 takes the composed path)";
 
