@@ -54,7 +54,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", stages(&loaded.plan));
             }
             if dry_run {
-                println!("{}", crate::run::model_summary(&loaded.plan)?);
+                println!("{}", runner_pipeline::inputs::model_summary(&loaded.plan)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let label = match &recipe.recipe {
@@ -185,7 +185,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(l) => l,
                 Err(e) => return Ok(report(&e, color)),
             };
-            crate::export::export_gguf(
+            crate::generate::export_gguf(
                 &loaded,
                 model.as_deref(),
                 adapter.as_deref(),
@@ -214,7 +214,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::args::MergedDtype::F16 => candle_core::DType::F16,
             };
             if base.to_ascii_lowercase().ends_with(".gguf") {
-                return crate::export::merge_gguf_base(
+                return runner_pipeline::export::merge_gguf_base(
                     std::path::Path::new(&base),
                     &adapter,
                     &out,
@@ -266,12 +266,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schema { output } => {
             let text = runner_recipe::schema::recipe_schema_text();
             match output {
-                Some(path) => runner_export::peft::write_atomically(&path, text.as_bytes())
+                Some(path) => runner_io::atomic::write(&path, text.as_bytes())
                     .with_context(|| format!("writing the schema to {}", path.display()))?,
                 None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reproduce { output_dir, out } => crate::reproduce::reproduce(&output_dir, out),
+        Command::Diff { run_a, run_b } => crate::reproduce::diff(&run_a, &run_b),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "runner", &mut std::io::stdout());

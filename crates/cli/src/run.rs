@@ -1,88 +1,15 @@
-//! `runner run`: validate → data → model → train → export, wiring the stage crates in order.
+//! `runner run` and `runner eval`: the process around the pipeline (device, ranks, signals)
+//! and what is printed; the stages themselves run in `runner_pipeline`.
 
 use anyhow::Context;
 use candle_core::Device;
 use runner_recipe::Loaded;
-use runner_recipe::plan::{ModelPlan, Plan};
-use runner_train::trainer::{Control, Inputs, StopReason};
+use runner_train::trainer::{Inputs, StopReason};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// The model plan with `builtin:NAME` replaced by the folder runner generates it into.
-pub(crate) fn materialized(model: &ModelPlan) -> anyhow::Result<ModelPlan> {
-    let Some(name) = model.base_model.strip_prefix("builtin:") else {
-        return Ok(model.clone());
-    };
-    let dir = runner_model::tiny::builtin(name)
-        .with_context(|| format!("generating the built-in model `{name}`"))?;
-    Ok(ModelPlan {
-        base_model: dir.display().to_string(),
-        // The tokenizer of a built-in model is built in too.
-        tokenizer: model.tokenizer.clone().or(Some(model.base_model.clone())),
-        ..model.clone()
-    })
-}
-
-/// `runner run --dry-run`: the model stage's summary, from the configuration only.
-pub fn model_summary(plan: &Plan) -> anyhow::Result<String> {
-    let model = materialized(&plan.model)?;
-    let summary = runner_model::summarize(&model, &plan.adapter)?;
-    Ok(summary.to_string())
-}
-
-/// Recipe values that validate (they are part of the recipe language) but that this build's
-/// engine cannot run yet: refused before any work starts, each named. (The NF4 and int8 bases
-/// are quantized by `runner_model::inject`.)
-pub fn not_runnable_yet(plan: &Plan) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(dir) = &plan.adapter.init_from {
-        // `lora_model_dir`: the recipe's adapter shape must be the saved adapter's.
-        match runner_export::peft::read_config(dir) {
-            Err(e) => out.push(format!("`lora_model_dir`: {e}")),
-            Ok(saved) => {
-                let a = &plan.adapter;
-                for (what, recipe, adapter) in [
-                    ("lora_r", a.r.to_string(), saved.r.to_string()),
-                    ("lora_alpha", a.alpha.to_string(), saved.alpha.to_string()),
-                    (
-                        "peft_use_dora",
-                        a.use_dora.to_string(),
-                        saved.use_dora.to_string(),
-                    ),
-                    (
-                        "peft_use_rslora",
-                        a.use_rslora.to_string(),
-                        saved.use_rslora.to_string(),
-                    ),
-                    (
-                        "lora_modules_to_save",
-                        format!("{:?}", a.modules_to_save),
-                        format!("{:?}", saved.modules_to_save),
-                    ),
-                ] {
-                    if recipe != adapter {
-                        out.push(format!(
-                            "`{what}` is {recipe} in the recipe but {adapter} in {}/adapter_config.json; make them equal",
-                            dir.display()
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    // PiSSA's rank is checked against the model's shapes, from its configuration alone.
-    if matches!(
-        plan.adapter.init,
-        runner_recipe::plan::LoraInit::Pissa { .. }
-    ) && let Err(e) = model_summary(plan)
-    {
-        out.push(format!("{e:#}"));
-    }
-    out
-}
 
 pub fn run(
     loaded: &Loaded,
@@ -149,8 +76,8 @@ fn run_here(
     placement: &crate::launch::Placement,
 ) -> anyhow::Result<ExitCode> {
     let plan = &loaded.plan;
-    let speaks = placement.is_rank_zero();
-    let missing = not_runnable_yet(plan);
+    // Refused before a device or a job is set up (the pipeline checks again, as a library).
+    let missing = runner_pipeline::inputs::not_runnable_yet(plan);
     if !missing.is_empty() {
         for m in &missing {
             eprintln!("error: {m}");
@@ -164,41 +91,7 @@ fn run_here(
     // This process's device and, in a job, the other ranks.
     let (device, comm) = device_and_comm(placement)?;
 
-    // 1. data. In a job rank 0 prepares first and the others then read its cache, instead of
-    // every rank tokenizing the same data and racing to write the same cache entry.
-    let rank = comm.as_ref().map_or(0, |c| c.rank());
-    let data_barrier = |c: &Arc<dyn runner_train::dist::Communicator>| {
-        c.all_reduce_f64("data preparation (rank 0 first)", &mut [0.0])
-    };
-    if let Some(c) = comm.as_ref().filter(|_| rank != 0) {
-        data_barrier(c)?;
-    }
-    let tok = runner_data::load_tokenizer(&plan.model)?;
-    let data = runner_data::prepare(&plan.data, &tok)?;
-    if let Some(c) = comm.as_ref().filter(|_| rank == 0) {
-        data_barrier(c)?;
-    }
-    if speaks {
-        eprintln!("{}", data.summary);
-    }
-
-    // 2. model + adapters, on this process's device
-    let model_plan = materialized(&plan.model)?;
-    let loaded_model =
-        runner_model::load::load_with(&model_plan, model_dtype(plan, &device), &device)?;
-    let mut model = loaded_model.model;
-    grow_vocabulary(&mut model, &tok, Some(&plan.adapter))?;
-    model.gradient_checkpointing = plan.train.gradient_checkpointing;
-    let adapters = runner_model::inject(&mut model, &plan.adapter, plan.train.seed)?;
-    if speaks {
-        eprintln!("{}", runner_model::lora::ParamCounts::of(&model, &adapters));
-    }
-    // The estimate is of host memory: the CPU engine's.
-    if device.is_cpu() {
-        step_fits_in_memory(plan, &model, &data)?;
-    }
-
-    // 3. train (SIGINT/SIGTERM finish the step, save, and stop)
+    // SIGINT/SIGTERM finish the step, save, and stop.
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -212,25 +105,24 @@ fn run_here(
             );
         });
     }
-    // The tokenizer beside the adapter, as Axolotl saves it: the vocabulary it was trained
-    // with, added tokens included.
-    tok.save_pretrained(&plan.train.output_dir)?;
-    let inputs = Inputs {
-        plan,
-        recipe_text: &loaded.sources.text,
-        model: &model,
-        adapters: &adapters,
-        data: &data,
-        pad_id: tok.pad_id(),
+    let print = |s: &str| eprintln!("{s}");
+    let report = runner_pipeline::run(
+        loaded,
+        runner_pipeline::RunOptions {
+            recipe_label,
+            device,
+            comm,
+            stop,
+            progress_bar: std::io::stderr().is_terminal(),
+            report: &print,
+        },
+    );
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => return Err(e),
     };
-    let control = Control {
-        stop,
-        progress_bar: speaks && std::io::stderr().is_terminal(),
-        quiet: !speaks,
-        comm,
-    };
-    let outcome = runner_train::trainer::train(&inputs, &control)?;
-    if !speaks {
+    let outcome = &report.outcome;
+    if !report.writer {
         // Rank 0 reports the run and wrote its files.
         return Ok(match outcome.stop {
             StopReason::Finished | StopReason::EarlyStopping { .. } => ExitCode::SUCCESS,
@@ -239,7 +131,6 @@ fn run_here(
         });
     }
 
-    // 4. export: the trainer wrote the PEFT adapter, metrics.jsonl and loss.svg.
     let out = &plan.train.output_dir;
     // The same recipe and overrides, plus the checkpoint to continue from.
     let overrides: String = loaded
@@ -272,15 +163,12 @@ fn run_here(
                 eprintln!("early stopping: best eval loss {best_eval_loss:.4}");
             }
             println!(
-                "adapter: {}\nmetrics: {}\nchart:   {}",
+                "adapter: {}\nmetrics: {}\nchart:   {}\nrun:     {}",
                 out.display(),
                 out.join("metrics.jsonl").display(),
-                out.join("loss.svg").display()
+                out.join("loss.svg").display(),
+                out.join(runner_pipeline::manifest::FILE).display()
             );
-            // `merge_adapter` / `export_gguf`: from the adapter just saved and the trained
-            // model in memory.
-            crate::export::after_training(plan, &tok, &model, &model_plan)
-                .context("exporting after training (the adapter is saved)")?;
             Ok(ExitCode::SUCCESS)
         }
         StopReason::Interrupted => {
@@ -304,147 +192,6 @@ fn run_here(
     }
 }
 
-/// Refuses a micro-batch whose training step cannot fit in the memory this process may still
-/// use, before the first step (the alternative is the kernel killing the run mid-step).
-fn step_fits_in_memory(
-    plan: &Plan,
-    model: &runner_model::CausalLm,
-    data: &runner_data::Prepared,
-) -> anyhow::Result<()> {
-    let d = &plan.data;
-    // Rows are packs of `sequence_len`, or samples padded to the longest in their micro-batch.
-    let longest = data.train.iter().map(|s| s.len()).max().unwrap_or(0);
-    let row = if d.sample_packing || d.pad_to_sequence_len {
-        d.sequence_len
-    } else {
-        longest.min(d.sequence_len)
-    };
-    // A micro-batch holds at most the rows there are.
-    let rows = match &data.train_packs {
-        Some(packs) => packs.len(),
-        None => data.train.len(),
-    };
-    let batch = plan.train.micro_batch_size.min(rows.max(1));
-    let positions = batch * row;
-    let bytes = model.dtype().size_in_bytes();
-    let est =
-        |ckpt| runner_model::memory::step_activation_bytes(&model.cfg, positions, ckpt, bytes);
-    let need = est(model.gradient_checkpointing);
-    let Some(available) = available_memory() else {
-        return Ok(());
-    };
-    check_fits(
-        need,
-        available,
-        batch,
-        row,
-        (!model.gradient_checkpointing).then(|| est(true)),
-    )
-}
-
-/// The refusal itself, apart from reading the machine: `need` and `available` in bytes.
-fn check_fits(
-    need: u64,
-    available: u64,
-    micro_batch_size: usize,
-    row: usize,
-    with_checkpointing: Option<u64>,
-) -> anyhow::Result<()> {
-    if need <= available {
-        return Ok(());
-    }
-    let gb = |b: u64| b as f64 / 1e9;
-    let mut fix = "lower `micro_batch_size` (raise `gradient_accumulation_steps` to keep the same \
-                   batch per optimizer step) or `sequence_len`"
-        .to_string();
-    if let Some(c) = with_checkpointing {
-        fix.push_str(&format!(
-            ", or set `gradient_checkpointing: true` (about {:.1} GB)",
-            gb(c)
-        ));
-    }
-    anyhow::bail!(
-        "a training step on micro_batch_size {micro_batch_size} × {row} positions needs at least \
-         {:.1} GB besides the weights, and {:.1} GB of memory is available (nothing was \
-         trained); {fix}",
-        gb(need),
-        gb(available)
-    )
-}
-
-/// Memory this process may still use: `MemAvailable`, capped by the cgroup's limit.
-fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    let mut avail = kb * 1024;
-    let read = |f: &str| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok();
-    if let (Some(max), Some(cur)) = (
-        read("/sys/fs/cgroup/memory.max"),
-        read("/sys/fs/cgroup/memory.current"),
-    ) {
-        avail = avail.min(max.saturating_sub(cur));
-    }
-    Some(avail)
-}
-
-/// Tokens the recipe adds (`tokens`, new `special_tokens`) need embedding and LM-head rows:
-/// when the tokenizer has more ids than the embeddings have rows, the model grows as
-/// transformers' `resize_token_embeddings` grows it (new rows at the mean; Axolotl does the
-/// same). Under an adapter (`adapter` given) the new rows only train as trainable copies, so
-/// `lora_modules_to_save` must hold both modules, as Axolotl requires (a new pad token alone
-/// is exempt there too: its row is never trained).
-fn grow_vocabulary(
-    model: &mut runner_model::CausalLm,
-    tok: &runner_data::tokenizer::TextTokenizer,
-    adapter: Option<&runner_recipe::plan::AdapterPlan>,
-) -> anyhow::Result<()> {
-    let rows = model.cfg.vocab_size;
-    let tokenizer_ids = tok.vocab_size();
-    if tokenizer_ids <= rows {
-        return Ok(());
-    }
-    let pad = tok.pad.as_ref().map(|p| p.id as usize);
-    let trained_new = (rows..tokenizer_ids).any(|id| Some(id) != pad);
-    if let (Some(a), true) = (adapter, trained_new) {
-        let has = |m: &str| {
-            a.modules_to_save
-                .iter()
-                .any(|s| s == m || s.ends_with(&format!(".{m}")))
-        };
-        if !(has("embed_tokens") && has("lm_head")) {
-            anyhow::bail!(
-                "the tokenizer has {tokenizer_ids} ids (tokens added by `tokens` or `special_tokens`) \
-                 but the model's embeddings have {rows} rows: the new rows only train with \
-                 `lora_modules_to_save: [embed_tokens, lm_head]` (Axolotl requires the same); add it \
-                 (nothing was trained)"
-            );
-        }
-    }
-    model.resize_token_embeddings(tokenizer_ids)?;
-    eprintln!(
-        "vocabulary grown from {rows} to {tokenizer_ids} tokens (new rows at the mean embedding, \
-         as transformers' resize_token_embeddings)"
-    );
-    Ok(())
-}
-
-/// The weights' dtype: f32 on the CPU (bf16 is slower there); on a GPU bf16 when the recipe
-/// asks for it (`bf16: true` or `auto`).
-fn model_dtype(plan: &Plan, device: &Device) -> candle_core::DType {
-    use runner_recipe::plan::Precision;
-    match plan.train.precision {
-        Precision::Bf16 | Precision::Auto if device.is_cuda() => candle_core::DType::BF16,
-        _ => candle_core::DType::F32,
-    }
-}
-
 /// Peak resident memory of this process (Linux `VmHWM`), for the figures `runner run` prints.
 fn peak_rss_gb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -457,7 +204,7 @@ fn peak_rss_gb() -> Option<f64> {
 pub fn eval(loaded: &Loaded, adapter: Option<PathBuf>, on_train: bool) -> anyhow::Result<ExitCode> {
     let mut plan = loaded.plan.clone();
     if let Some(dir) = adapter {
-        let saved = runner_export::peft::read_config(&dir)?;
+        let saved = runner_model::peft::read_config(&dir)?;
         plan.adapter = saved.adapter_plan(Some(dir));
     }
     let tok = runner_data::load_tokenizer(&plan.model)?;
@@ -471,9 +218,9 @@ pub fn eval(loaded: &Loaded, adapter: Option<PathBuf>, on_train: bool) -> anyhow
             "there is nothing to evaluate: the recipe has no evaluation set (set val_set_size or test_datasets, or pass --train)"
         );
     }
-    let model_plan = materialized(&plan.model)?;
+    let model_plan = runner_pipeline::inputs::materialized(&plan.model)?;
     let mut model = runner_model::load(&model_plan, &Device::Cpu)?.model;
-    grow_vocabulary(&mut model, &tok, None)?;
+    runner_pipeline::model::grow_vocabulary(&mut model, &tok, None)?;
     let adapters = match &plan.adapter.init_from {
         Some(_) => runner_model::inject(&mut model, &plan.adapter, plan.train.seed)?,
         None => runner_model::Adapters {
@@ -492,6 +239,7 @@ pub fn eval(loaded: &Loaded, adapter: Option<PathBuf>, on_train: bool) -> anyhow
         adapters: &adapters,
         data: &data,
         pad_id: tok.pad_id(),
+        checkpoint_manifest: None,
     };
     let loss = runner_train::trainer::evaluate(&inputs)?
         .ok_or_else(|| anyhow::anyhow!("the evaluation set has no trained tokens"))?;
@@ -505,31 +253,4 @@ pub fn eval(loaded: &Loaded, adapter: Option<PathBuf>, on_train: bool) -> anyhow
         }
     );
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Issue 5: a micro-batch that cannot fit is refused with the figures and the fixes.
-    #[test]
-    fn a_step_that_cannot_fit_is_refused_with_the_fixes() {
-        assert!(check_fits(1 << 30, 2 << 30, 4, 256, None).is_ok());
-        let e = check_fits(
-            40_000_000_000,
-            20_000_000_000,
-            64,
-            4096,
-            Some(3_000_000_000),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("micro_batch_size 64 × 4096 positions"), "{e}");
-        assert!(e.contains("40.0 GB") && e.contains("20.0 GB"), "{e}");
-        assert!(
-            e.contains("gradient_checkpointing: true` (about 3.0 GB)"),
-            "{e}"
-        );
-        assert!(available_memory().is_some_and(|b| b > 0));
-    }
 }

@@ -28,7 +28,13 @@ pub struct Inputs<'a> {
     pub adapters: &'a Adapters,
     pub data: &'a Prepared,
     pub pad_id: u32,
+    /// Builds the run manifest (`run.json`) saved into every checkpoint, from the checkpoint's
+    /// other files (name, bytes); the pipeline records in it what went into the run.
+    pub checkpoint_manifest: Option<&'a CheckpointManifest>,
 }
+
+/// See [`Inputs::checkpoint_manifest`].
+pub type CheckpointManifest = dyn Fn(&[(&str, Vec<u8>)]) -> Vec<u8> + Sync;
 
 /// How the loop reports and when it stops early.
 #[derive(Clone, Default)]
@@ -271,7 +277,7 @@ fn checkpoint_files(
     opt: &AdamW,
     state: &LoopState,
 ) -> Result<Vec<(&'static str, Vec<u8>)>, TrainError> {
-    let mut files = runner_export::peft::adapter_files(
+    let mut files = runner_model::peft::adapter_files(
         &inp.plan.adapter,
         inp.adapters,
         &inp.plan.model.base_model,
@@ -302,6 +308,10 @@ fn checkpoint_files(
         serde_json::to_vec_pretty(inp.plan).unwrap_or_default(),
     ));
     files.push(("recipe.yaml", inp.recipe_text.as_bytes().to_vec()));
+    if let Some(manifest) = inp.checkpoint_manifest {
+        let bytes = manifest(&files);
+        files.push(("run.json", bytes));
+    }
     Ok(files)
 }
 
@@ -644,7 +654,7 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
     }
 
     if writer && !matches!(stop, StopReason::NonFinite { .. }) {
-        runner_export::peft::save_adapter(
+        runner_model::peft::save_adapter(
             &out_dir,
             &plan.adapter,
             inp.adapters,
@@ -658,11 +668,12 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
             &records,
             &format!("{} — {}", plan.model.base_model, out_dir.display()),
         );
-        runner_export::peft::write_atomically(&out_dir.join("loss.svg"), chart.as_bytes())
-            .map_err(|source| TrainError::Io {
-                path: out_dir.join("loss.svg"),
-                source,
-            })?;
+        runner_io::atomic::write(&out_dir.join("loss.svg"), chart.as_bytes()).map_err(|e| {
+            TrainError::Io {
+                path: e.path,
+                source: e.source,
+            }
+        })?;
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(Outcome {

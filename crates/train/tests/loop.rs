@@ -60,6 +60,7 @@ fn run(plan: &Plan, text: &str, model_dir: &Path) -> Outcome {
         adapters: &adapters,
         data: &data,
         pad_id: tok.pad_id(),
+        checkpoint_manifest: None,
     };
     train(
         &inputs,
@@ -236,6 +237,7 @@ fn issue_5_a_non_finite_loss_stops_with_the_last_good_state_saved() {
         adapters: &adapters,
         data: &data,
         pad_id: tok.pad_id(),
+        checkpoint_manifest: None,
     };
     let control = Control {
         quiet: true,
