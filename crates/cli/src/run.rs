@@ -116,11 +116,7 @@ fn run_here(
             progress_bar: std::io::stderr().is_terminal(),
             report: &print,
         },
-    );
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => return Err(e),
-    };
+    )?;
     let outcome = &report.outcome;
     if !report.writer {
         // Rank 0 reports the run and wrote its files.

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const PEFT_PREFIX: &str = "base_model.model.";
+use runner_model::peft::PEFT_PREFIX;
 const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// Files copied unchanged from the base folder (besides `config.json`, which gets the new dtype).
