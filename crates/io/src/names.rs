@@ -36,13 +36,12 @@ const LAYER_NORMS: [(&str, &str); 2] = [
     ("post_attention_layernorm", "ffn_norm"),
 ];
 
-/// Whole-model tensors: (Hugging Face name, GGUF name).
-const GLOBAL: [(&str, &str); 4] = [
+/// Whole-model weights: (Hugging Face name, GGUF name). (llama.cpp's `rope_freqs.weight` is
+/// not a weight: the GGUF reader turns it into the RoPE configuration.)
+const GLOBAL: [(&str, &str); 3] = [
     ("model.embed_tokens.weight", "token_embd.weight"),
     ("model.norm.weight", "output_norm.weight"),
     ("lm_head.weight", "output.weight"),
-    // llama.cpp's precomputed Llama-3 RoPE frequencies: the same name on both sides.
-    ("rope_freqs.weight", "rope_freqs.weight"),
 ];
 
 fn layer_pairs() -> impl Iterator<Item = (&'static str, &'static str)> {
@@ -124,7 +123,13 @@ mod tests {
             assert_eq!(hf_from_gguf(g).as_deref(), Some(*h), "{g}");
             assert_eq!(gguf_from_hf(h).as_deref(), Some(*g), "{h}");
         }
-        for unknown in ["blk.x.attn_q.weight", "blk.0.attn_qkv.weight", "foo", ""] {
+        for unknown in [
+            "blk.x.attn_q.weight",
+            "blk.0.attn_qkv.weight",
+            "rope_freqs.weight",
+            "foo",
+            "",
+        ] {
             assert_eq!(hf_from_gguf(unknown), None, "{unknown}");
         }
         assert_eq!(gguf_from_hf("model.layers.0.self_attn.q_norm.weight"), None);

@@ -212,11 +212,10 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(CausalLm
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
-        // Read above, into the config: not a weight of the model.
-        if name == "rope_freqs.weight" {
-            continue;
-        }
         let Some(hf) = hf_name(name) else {
+            if name == "rope_freqs.weight" {
+                continue;
+            }
             return Err(gguf_err(
                 path,
                 format!("tensor `{name}` has no place in a llama model (unsupported GGUF layout)"),

@@ -115,7 +115,11 @@ pub fn write_gguf(
     use candle_core::quantized::gguf_file::Value;
     use candle_core::quantized::{GgmlDType, QTensor};
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let to_gguf = runner_io::names::gguf_from_hf;
+    // llama.cpp's RoPE frequencies keep their name; every weight goes through the one table.
+    let to_gguf = |hf: &str| match hf {
+        "rope_freqs.weight" => Some(hf.to_string()),
+        _ => runner_io::names::gguf_from_hf(hf),
+    };
     for (name, t) in weights {
         let Some(g) = to_gguf(name) else {
             return Err(Error::Adapter(format!("no GGUF name for {name}")));
