@@ -199,6 +199,26 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Rerun a finished run from its manifest (OUTPUT_DIR/run.json) into a new folder
+    /// (OUTPUT_DIR/reproduce-N unless --out) and compare the adapters. Refuses, listing the
+    /// differences, when an input (data, model, tokenizer, template) no longer has its recorded
+    /// hash. Run it from the folder the run started in (it changes there when the data paths
+    /// are relative).
+    Reproduce {
+        /// The output folder of the run (holding run.json).
+        output_dir: PathBuf,
+        /// Where the rerun writes (must not exist yet).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// What differs between two runs (their run.json): runner version and build, recipe keys,
+    /// input hashes, device and threads, metrics, and the files each wrote.
+    Diff {
+        /// An output folder (or its run.json).
+        run_a: PathBuf,
+        /// Another output folder (or its run.json).
+        run_b: PathBuf,
+    },
     /// Print the recipe JSON Schema (for editors; committed as schemas/recipe.schema.json).
     Schema {
         /// Write to this file (atomically) instead of standard output.

@@ -50,7 +50,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if dry_run {
                 print_substitutions(&loaded);
                 print!("{}", stages(&loaded.plan));
-                return crate::plan::dry_run(&loaded.plan, plan_device.as_deref(), &parallel);
+                let (text, refusal) = runner_pipeline::memory::dry_run(
+                    &loaded.plan,
+                    plan_device.as_deref(),
+                    parallel.gpus,
+                )?;
+                print!("{text}");
+                return Ok(match refusal {
+                    Some(message) => {
+                        eprintln!("error: {message}");
+                        ExitCode::FAILURE
+                    }
+                    None => ExitCode::SUCCESS,
+                });
             }
             let placement = crate::launch::placement(&parallel)?;
             // A launcher's ranks each print this; of a job's ranks only rank 0 does.
@@ -187,7 +199,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(l) => l,
                 Err(e) => return Ok(report(&e, color)),
             };
-            crate::export::export_gguf(
+            crate::generate::export_gguf(
                 &loaded,
                 model.as_deref(),
                 adapter.as_deref(),
@@ -216,7 +228,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::args::MergedDtype::F16 => candle_core::DType::F16,
             };
             if base.to_ascii_lowercase().ends_with(".gguf") {
-                return crate::export::merge_gguf_base(
+                return runner_pipeline::export::merge_gguf_base(
                     std::path::Path::new(&base),
                     &adapter,
                     &out,
@@ -268,12 +280,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schema { output } => {
             let text = runner_recipe::schema::recipe_schema_text();
             match output {
-                Some(path) => runner_export::peft::write_atomically(&path, text.as_bytes())
+                Some(path) => runner_io::atomic::write(&path, text.as_bytes())
                     .with_context(|| format!("writing the schema to {}", path.display()))?,
                 None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reproduce { output_dir, out } => crate::reproduce::reproduce(&output_dir, out),
+        Command::Diff { run_a, run_b } => crate::reproduce::diff(&run_a, &run_b),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "runner", &mut std::io::stdout());

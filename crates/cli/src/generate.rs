@@ -3,9 +3,8 @@
 
 use anyhow::{Context, bail};
 use candle_core::Device;
-use runner_data::template::{ChatTemplate, Message};
+use runner_data::template::Message;
 use runner_recipe::Loaded;
-use runner_recipe::plan::DatasetFormat;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,7 +39,7 @@ fn adapter_dir(loaded: &Loaded, given: Option<&Path>, none: bool) -> Option<Path
         return Some(d.clone());
     }
     let out = &plan.train.output_dir;
-    out.join(runner_export::peft::WEIGHTS_FILE)
+    out.join(runner_model::peft::WEIGHTS_FILE)
         .is_file()
         .then(|| out.clone())
 }
@@ -86,7 +85,7 @@ pub fn choose(
     }
     let adapter = adapter_dir(loaded, adapter, no_adapter || model.is_some());
     if let Some(dir) = &adapter {
-        let saved = runner_export::peft::read_config(dir)
+        let saved = runner_model::peft::read_config(dir)
             .with_context(|| format!("reading the adapter in {}", dir.display()))?;
         let quant = plan.adapter.base_quant;
         plan.adapter = saved.adapter_plan(Some(dir.clone()));
@@ -94,7 +93,7 @@ pub fn choose(
         plan.adapter.base_quant = quant;
     }
     let tok = runner_data::load_tokenizer(&plan.model)?;
-    let model_plan = crate::run::materialized(&plan.model)?;
+    let model_plan = runner_pipeline::inputs::materialized(&plan.model)?;
     let mut model = runner_model::load(&model_plan, &Device::Cpu)?.model;
     if adapter.is_some() {
         runner_model::inject(&mut model, &plan.adapter, plan.train.seed)?;
@@ -249,7 +248,7 @@ fn prompt_ids(
             });
         }
     }
-    let (source, t) = training_template(plan, tok)?;
+    let (source, t) = runner_pipeline::export::training_template(plan, tok)?;
     let origin = t.origin.clone();
     let text = t
         .render(&messages, true)
@@ -258,27 +257,33 @@ fn prompt_ids(
     Ok((ids, runner_data::chat::turn_end_ids(&source, tok)))
 }
 
-/// The chat template the recipe trains with (its first `chat_template` dataset's, else the
-/// recipe-wide one), compiled with the tokenizer's special tokens as the data stage does.
-pub fn training_template(
-    plan: &runner_recipe::plan::Plan,
-    tok: &runner_data::tokenizer::TextTokenizer,
-) -> anyhow::Result<(String, ChatTemplate)> {
-    let template = plan
-        .data
-        .datasets
-        .iter()
-        .find_map(|d| match &d.format {
-            DatasetFormat::ChatTemplate(f) => Some(f.template.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| plan.data.chat_template.clone());
-    let (source, origin) = runner_data::prepare::template_source(&template, tok)?;
-    let bos = tok.bos.as_ref().map(|t| t.text.as_str()).unwrap_or("");
-    let eos_text = tok.eos.as_ref().map(|t| t.text.as_str()).unwrap_or("");
-    let mut t = ChatTemplate::new(&source, &origin, bos, eos_text)?;
-    if let Some(p) = &tok.pad {
-        t = t.with_variable("pad_token", &p.text);
+/// `runner export-gguf`: the recipe's model with its adapter merged (or a merged folder, or a
+/// GGUF) written as a llama GGUF with tokenizer and chat template, then read back and compared.
+pub fn export_gguf(
+    loaded: &Loaded,
+    model: Option<&str>,
+    adapter: Option<&Path>,
+    no_adapter: bool,
+    out: &Path,
+    ty: &str,
+    force: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    let ty = runner_export::gguf::GgufType::parse(ty)?;
+    if out.exists() && !force {
+        anyhow::bail!(
+            "{} already exists; choose another name or pass --force to overwrite it",
+            out.display()
+        );
     }
-    Ok((source, t))
+    let c = choose(loaded, model, adapter, no_adapter)?;
+    runner_pipeline::export::write_and_check(
+        &c.plan,
+        &c.tok,
+        &c.model,
+        c.adapter.as_deref(),
+        out,
+        ty,
+        force,
+    )?;
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -1,11 +1,11 @@
-//! The `runner` binary: argument parsing and wiring of the pipeline stages, nothing else.
+//! The `runner` binary: argument parsing, process set-up (devices, ranks, signals) and
+//! printing; the pipeline itself is `runner_pipeline`.
 
 mod args;
 mod commands;
-mod export;
 mod generate;
 mod launch;
-mod plan;
+mod reproduce;
 mod run;
 
 use clap::{CommandFactory, Parser};

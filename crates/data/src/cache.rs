@@ -167,13 +167,12 @@ pub fn write_entry(dir: &Path, files: &[(&str, &[Sample])], summary_json: &str) 
             write_samples(&tmp.join(file), samples)?;
         }
         let s = tmp.join("summary.json");
-        std::fs::write(&s, summary_json).map_err(|e| DataError::io(&s, e))?;
-        if dir.exists() {
-            // Another run finished the same key first; its content is identical.
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Ok(());
-        }
-        std::fs::rename(&tmp, dir).map_err(|e| DataError::io(dir, e))
+        runner_io::atomic::write_synced(&s, summary_json.as_bytes())
+            .map_err(|e| DataError::io(&e.path, e.source))?;
+        // Another run may have finished the same key first; its content is identical.
+        runner_io::atomic::publish_dir(&tmp, dir, runner_io::atomic::Existing::Keep)
+            .map_err(|e| DataError::io(&e.path, e.source))?;
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);

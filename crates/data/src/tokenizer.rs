@@ -496,13 +496,8 @@ impl TextTokenizer {
             ("tokenizer_config.json", config),
         ] {
             let path = dir.join(name);
-            let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-            std::fs::write(&tmp, text.as_bytes())
-                .and_then(|_| std::fs::rename(&tmp, &path))
-                .map_err(|e| {
-                    let _ = std::fs::remove_file(&tmp);
-                    DataError::io(&path, e)
-                })?;
+            runner_io::atomic::write(&path, text.as_bytes())
+                .map_err(|e| DataError::io(&e.path, e.source))?;
             written.push(path);
         }
         Ok(written)

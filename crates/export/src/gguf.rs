@@ -354,48 +354,52 @@ pub fn write_gguf(
         tensors.push((gguf, q));
         Ok::<(), ExportError>(())
     };
+    // Every name goes through the one GGUF <-> Hugging Face table.
+    let g = |hf: String| {
+        runner_io::names::gguf_from_hf(&hf)
+            .ok_or_else(|| ExportError::Invalid(format!("internal: no GGUF name for {hf}")))
+    };
     add(
-        "token_embd.weight".into(),
+        g("model.embed_tokens.weight".into())?,
         model.embed_tokens.clone(),
         true,
         &mut report,
     )?;
     for (i, layer) in model.layers.iter().enumerate() {
-        let a = &layer.self_attn;
-        let m = &layer.mlp;
+        let p = format!("model.layers.{i}");
         add(
-            format!("blk.{i}.attn_norm.weight"),
+            g(format!("{p}.input_layernorm.weight"))?,
             layer.input_layernorm.weight.clone(),
             false,
             &mut report,
         )?;
-        for (gname, lin) in [
-            ("attn_q", &a.q_proj),
-            ("attn_k", &a.k_proj),
-            ("attn_v", &a.v_proj),
-            ("attn_output", &a.o_proj),
-            ("ffn_gate", &m.gate_proj),
-            ("ffn_up", &m.up_proj),
-            ("ffn_down", &m.down_proj),
-        ] {
+        for (proj, lin) in runner_io::names::PROJECTIONS
+            .iter()
+            .zip(layer.projections())
+        {
             report.merged_modules += usize::from(lin.lora.is_some());
             let mut w = merged_weight(lin)?;
-            if gname == "attn_q" {
+            if proj.leaf == "q_proj" {
                 w = permute_qk(&w, cfg.num_attention_heads)?;
-            } else if gname == "attn_k" {
+            } else if proj.leaf == "k_proj" {
                 w = permute_qk(&w, cfg.num_key_value_heads)?;
             }
-            add(format!("blk.{i}.{gname}.weight"), w, true, &mut report)?;
+            add(
+                g(format!("{p}.{}.weight", proj.module))?,
+                w,
+                true,
+                &mut report,
+            )?;
         }
         add(
-            format!("blk.{i}.ffn_norm.weight"),
+            g(format!("{p}.post_attention_layernorm.weight"))?,
             layer.post_attention_layernorm.weight.clone(),
             false,
             &mut report,
         )?;
     }
     add(
-        "output_norm.weight".into(),
+        g("model.norm.weight".into())?,
         model.norm.weight.clone(),
         false,
         &mut report,
@@ -406,7 +410,7 @@ pub fn write_gguf(
     if !tied {
         report.merged_modules += usize::from(model.lm_head.lora.is_some());
         add(
-            "output.weight".into(),
+            g("lm_head.weight".into())?,
             merged_weight(&model.lm_head)?,
             true,
             &mut report,

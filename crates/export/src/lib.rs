@@ -1,9 +1,12 @@
-//! Export stage: PEFT adapter files, merged weights, GGUF and the run manifest.
+//! Export stage: merged weights and GGUF. The PEFT adapter format itself lives in
+//! `runner_model::peft` (training writes adapters too), re-exported here as [`peft`]; atomic
+//! writes come from `runner_io`.
 
 pub mod gguf;
 pub mod merge;
-pub mod peft;
 mod st;
+
+pub use runner_model::peft;
 
 pub use gguf::{GgufReport, GgufTokenizer, GgufType, write_gguf};
 pub use merge::{MergeReport, merge_folder};
@@ -40,6 +43,8 @@ pub enum ExportError {
     Invalid(String),
     #[error(transparent)]
     Model(#[from] runner_model::Error),
+    #[error(transparent)]
+    Write(#[from] runner_io::Error),
     #[error("tensor maths: {0}")]
     Candle(#[from] candle_core::Error),
 }

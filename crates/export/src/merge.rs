@@ -9,15 +9,15 @@
 //! and every output file goes to a temporary name that is renamed only when all are written.
 
 use crate::ExportError;
-use crate::peft::{self, PeftConfig};
 use crate::st::{self, Staged};
 use candle_core::{DType, Device, Tensor};
+use runner_model::peft::{self, PeftConfig};
 use runner_recipe::plan::BaseQuant;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const PEFT_PREFIX: &str = "base_model.model.";
+use runner_model::peft::PEFT_PREFIX;
 const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// Files copied unchanged from the base folder (besides `config.json`, which gets the new dtype).
@@ -329,17 +329,9 @@ pub fn merge_folder_into(
 /// A decoder projection weight, the tensors `load_in_4bit` / `load_in_8bit` quantize.
 fn is_projection(name: &str) -> bool {
     name.starts_with("model.layers.")
-        && [
-            "self_attn.q_proj.weight",
-            "self_attn.k_proj.weight",
-            "self_attn.v_proj.weight",
-            "self_attn.o_proj.weight",
-            "mlp.gate_proj.weight",
-            "mlp.up_proj.weight",
-            "mlp.down_proj.weight",
-        ]
-        .iter()
-        .any(|s| name.ends_with(s))
+        && runner_io::names::PROJECTIONS
+            .iter()
+            .any(|p| name.ends_with(&format!(".{}.weight", p.module)))
 }
 
 /// `w` quantized to `kind` and back, in f32: the weight a QLoRA forward computed with.
@@ -596,7 +588,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value, ExportError> {
 fn stage_json(staged: &mut Staged, path: &Path, v: &serde_json::Value) -> Result<(), ExportError> {
     let mut bytes = serde_json::to_vec_pretty(v).unwrap_or_default();
     bytes.push(b'\n');
-    staged.write(path, &bytes)
+    Ok(staged.write(path, &bytes)?)
 }
 
 /// Loads the base model of `base_dir` with the PEFT adapter of `adapter_dir` applied, in f32.
@@ -733,16 +725,11 @@ pub fn write_model_folder(
                 put(format!("{p}.self_attn.{n}.weight"), norm.weight.clone())?;
             }
         }
-        let m = &layer.mlp;
-        for (n, lin) in [
-            ("self_attn.q_proj", &a.q_proj),
-            ("self_attn.k_proj", &a.k_proj),
-            ("self_attn.v_proj", &a.v_proj),
-            ("self_attn.o_proj", &a.o_proj),
-            ("mlp.gate_proj", &m.gate_proj),
-            ("mlp.up_proj", &m.up_proj),
-            ("mlp.down_proj", &m.down_proj),
-        ] {
+        for (proj, lin) in runner_io::names::PROJECTIONS
+            .iter()
+            .zip(layer.projections())
+        {
+            let n = proj.module;
             merged_modules += usize::from(lin.lora.is_some());
             put(format!("{p}.{n}.weight"), crate::gguf::merged_weight(lin)?)?;
             if let Some(b) = &lin.bias {

@@ -4,7 +4,7 @@
 use crate::ExportError;
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One tensor entry of a safetensors header.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,101 +158,12 @@ pub fn load(
     })
 }
 
-/// Temporary files written beside their final names, renamed together at the end and removed
-/// if anything fails first: no half-written file is ever left under a final name.
-#[derive(Default)]
-pub struct Staged {
-    files: Vec<(PathBuf, PathBuf)>,
-    committed: bool,
-}
-
-impl Staged {
-    /// Writes `bytes` to a temporary name for `path` (synced to disk).
-    pub fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-        use std::io::Write;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        self.files.push((tmp.clone(), path.to_path_buf()));
-        let io = |source| ExportError::Io {
-            path: tmp.clone(),
-            source,
-        };
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        Ok(())
-    }
-
-    /// Creates the temporary file for `path`, for writing in pieces; call `std::fs::File::sync_all`
-    /// before [`Staged::commit`].
-    pub fn create(&mut self, path: &Path) -> Result<(std::fs::File, PathBuf), ExportError> {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        self.files.push((tmp.clone(), path.to_path_buf()));
-        let f = std::fs::File::create(&tmp).map_err(|source| ExportError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        Ok((f, tmp))
-    }
-
-    /// The final names, in the order written.
-    pub fn finals(&self) -> impl Iterator<Item = &Path> {
-        self.files.iter().map(|(_, f)| f.as_path())
-    }
-
-    /// Renames every temporary file to its final name.
-    pub fn commit(mut self) -> Result<(), ExportError> {
-        for (tmp, path) in &self.files {
-            std::fs::rename(tmp, path).map_err(|source| ExportError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        }
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.committed {
-            for (tmp, _) in &self.files {
-                let _ = std::fs::remove_file(tmp);
-            }
-        }
-    }
-}
+/// The one atomic multi-file writer, shared by every stage.
+pub use runner_io::atomic::Staged;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn staged_files_vanish_unless_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("model.safetensors");
-        {
-            let mut s = Staged::default();
-            s.write(&path, b"abc").unwrap();
-            let (mut f, _) = s.create(&dir.path().join("b.json")).unwrap();
-            std::io::Write::write_all(&mut f, b"x").unwrap();
-            // dropped: a failure before commit
-        }
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        let mut s = Staged::default();
-        s.write(&path, b"abc").unwrap();
-        assert!(!path.exists(), "nothing under the final name before commit");
-        s.commit().unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"abc");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
 
     #[test]
     fn header_round_trips_through_the_safetensors_reader() {

@@ -374,16 +374,10 @@ impl ModelConfig {
         let mut v = Vec::new();
         for l in 0..self.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            for (m, din, dout) in [
-                ("self_attn.q_proj", h, q),
-                ("self_attn.k_proj", h, kv),
-                ("self_attn.v_proj", h, kv),
-                ("self_attn.o_proj", q, h),
-                ("mlp.gate_proj", h, i),
-                ("mlp.up_proj", h, i),
-                ("mlp.down_proj", i, h),
-            ] {
-                v.push((format!("{p}.{m}"), din, dout));
+            // (in, out) in the order of `runner_io::names::PROJECTIONS`.
+            let dims = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)];
+            for (proj, (din, dout)) in runner_io::names::PROJECTIONS.iter().zip(dims) {
+                v.push((format!("{p}.{}", proj.module), din, dout));
             }
         }
         v.push(("lm_head".to_string(), h, self.vocab_size));

@@ -96,6 +96,10 @@ pub enum Error {
     #[error("lora target regex `{pattern}` is invalid: {message}")]
     BadTargetRegex { pattern: String, message: String },
 
+    /// An `adapter_config.json` that is invalid or asks for something not implemented.
+    #[error("{path}: {message}")]
+    AdapterConfig { path: PathBuf, message: String },
+
     #[error("adapter: {0}")]
     Adapter(String),
 

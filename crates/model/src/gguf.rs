@@ -166,34 +166,10 @@ pub fn config_from_gguf(path: &Path, content: &Content) -> Result<ModelConfig> {
     })
 }
 
-/// The Hugging Face name of a GGUF tensor (llama layout), or None for tensors we do not use.
+/// The Hugging Face name of a GGUF tensor (llama layout), or None for tensors we do not use:
+/// the one table in `runner_io::names`.
 pub fn hf_name(gguf_name: &str) -> Option<String> {
-    let fixed = match gguf_name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
-    }
-    let rest = gguf_name.strip_prefix("blk.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, kind) = tail.rsplit_once('.')?;
-    let hf = match module {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+    runner_io::names::hf_from_gguf(gguf_name)
 }
 
 /// Undoes llama.cpp's Q/K row permutation (its RoPE pairs adjacent rows, transformers pairs

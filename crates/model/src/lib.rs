@@ -1,6 +1,7 @@
 //! Model stage: Llama-family architectures, checkpoint loading (safetensors, GGUF, hub cache)
 //! and LoRA/DoRA adapter injection, all differentiable on candle and checked against
-//! transformers + PEFT.
+//! transformers + PEFT. The PEFT adapter format (both directions, and the check of a saved
+//! adapter against a plan) is [`peft`], used by training and export alike.
 //!
 //! ```no_run
 //! # fn demo(plan: &runner_recipe::plan::Plan, batch: &runner_model::Batch) -> runner_model::Result<()> {
@@ -37,6 +38,7 @@ pub mod loss;
 pub mod memory;
 pub mod nn;
 pub mod ops;
+pub mod peft;
 pub mod pissa;
 pub mod precision;
 pub mod quant;

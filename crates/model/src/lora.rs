@@ -7,10 +7,10 @@ use crate::nn::{LoraAdapter, shared_rng};
 use candle_core::{Tensor, Var};
 use rand::{Rng, SeedableRng};
 use runner_recipe::plan::{AdapterPlan, LoraInit, TargetModules};
-use std::path::Path;
 
-/// The prefix PEFT's `PeftModelForCausalLM` puts before module names.
-pub const PEFT_PREFIX: &str = "base_model.model.";
+// The PEFT format (names, files, reading adapters back) lives in `crate::peft`.
+use crate::peft::saved_vocab_rows;
+pub use crate::peft::{PEFT_PREFIX, load_adapter_file, load_adapter_weights};
 
 /// Names of the modules the targets select, in model order. `names` are all linear layers'
 /// module names (`lm_head` included). Every list entry must match at least one module.
@@ -303,7 +303,7 @@ pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Res
 pub fn inject(model: &mut CausalLm, plan: &AdapterPlan, seed: u64) -> Result<Adapters> {
     let s = LoraSettings::from_plan(plan)?;
     if let Some(dir) = &plan.init_from {
-        let rows = saved_vocab_rows(&dir.join("adapter_model.safetensors"))?;
+        let rows = saved_vocab_rows(&dir.join(crate::peft::WEIGHTS_FILE))?;
         if let Some(rows) = rows.filter(|&r| r > model.cfg.vocab_size) {
             model.resize_token_embeddings(rows)?;
         }
@@ -322,20 +322,6 @@ pub fn inject(model: &mut CausalLm, plan: &AdapterPlan, seed: u64) -> Result<Ada
         load_adapter_weights(&adapters, dir)?;
     }
     Ok(adapters)
-}
-
-/// The vocabulary rows of the embedding / LM-head copies in a saved adapter file, if any.
-fn saved_vocab_rows(file: &Path) -> Result<Option<usize>> {
-    if !file.exists() {
-        return Ok(None); // reported by `load_adapter_weights`
-    }
-    use crate::weights::TensorSource;
-    let src = crate::weights::SafetensorsSource::open(&[file.to_path_buf()])?;
-    Ok(MODULES_TO_SAVE
-        .iter()
-        .filter_map(|m| src.shape_of(&format!("{PEFT_PREFIX}{m}.weight")))
-        .filter_map(|shape| shape.first().copied())
-        .max())
 }
 
 /// The modules `lora_modules_to_save` can name: the token embeddings and the LM head.
@@ -398,42 +384,6 @@ pub fn add_modules_to_save(
         };
         adapters.params.push((name, var));
         adapters.modules_to_save.push(module.to_string());
-    }
-    Ok(())
-}
-
-/// Loads `adapter_model.safetensors` (PEFT names, no `.default`) into the injected adapters.
-pub fn load_adapter_weights(adapters: &Adapters, dir: &Path) -> Result<()> {
-    let file = dir.join("adapter_model.safetensors");
-    if !file.exists() {
-        return Err(Error::Adapter(format!(
-            "{}: no adapter_model.safetensors (a PEFT adapter folder is expected)",
-            dir.display()
-        )));
-    }
-    load_adapter_file(adapters, &file)
-}
-
-/// Loads adapter weights from one safetensors file with PEFT names.
-pub fn load_adapter_file(adapters: &Adapters, file: &Path) -> Result<()> {
-    let file = file.to_path_buf();
-    let src = crate::weights::SafetensorsSource::open(std::slice::from_ref(&file))?;
-    use crate::weights::TensorSource;
-    for (name, var) in &adapters.params {
-        let found = src.shape_of(name).ok_or_else(|| Error::MissingTensor {
-            source_name: file.display().to_string(),
-            name: name.clone(),
-        })?;
-        if found != var.dims() {
-            return Err(Error::ShapeMismatch {
-                source_name: file.display().to_string(),
-                name: name.clone(),
-                expected: var.dims().to_vec(),
-                found,
-            });
-        }
-        let t = src.load(name, var.device())?.to_dtype(var.dtype())?;
-        var.set(&t)?;
     }
     Ok(())
 }

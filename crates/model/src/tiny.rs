@@ -115,33 +115,10 @@ pub fn write_gguf(
     use candle_core::quantized::gguf_file::Value;
     use candle_core::quantized::{GgmlDType, QTensor};
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let to_gguf = |hf: &str| -> Option<String> {
-        let fixed = match hf {
-            "model.embed_tokens.weight" => Some("token_embd.weight"),
-            "model.norm.weight" => Some("output_norm.weight"),
-            "lm_head.weight" => Some("output.weight"),
-            "rope_freqs.weight" => Some("rope_freqs.weight"),
-            _ => None,
-        };
-        if let Some(f) = fixed {
-            return Some(f.to_string());
-        }
-        let rest = hf.strip_prefix("model.layers.")?;
-        let (layer, tail) = rest.split_once('.')?;
-        let (module, kind) = tail.rsplit_once('.')?;
-        let g = match module {
-            "self_attn.q_proj" => "attn_q",
-            "self_attn.k_proj" => "attn_k",
-            "self_attn.v_proj" => "attn_v",
-            "self_attn.o_proj" => "attn_output",
-            "mlp.gate_proj" => "ffn_gate",
-            "mlp.up_proj" => "ffn_up",
-            "mlp.down_proj" => "ffn_down",
-            "input_layernorm" => "attn_norm",
-            "post_attention_layernorm" => "ffn_norm",
-            _ => return None,
-        };
-        Some(format!("blk.{layer}.{g}.{kind}"))
+    // llama.cpp's RoPE frequencies keep their name; every weight goes through the one table.
+    let to_gguf = |hf: &str| match hf {
+        "rope_freqs.weight" => Some(hf.to_string()),
+        _ => runner_io::names::gguf_from_hf(hf),
     };
     for (name, t) in weights {
         let Some(g) = to_gguf(name) else {
@@ -240,12 +217,12 @@ pub fn builtin(name: &str) -> Result<std::path::PathBuf> {
         let _ = std::fs::remove_dir_all(&tmp);
         write_tiny(&tmp, &cfg, 0x7153_5eed)?;
         let _ = std::fs::remove_dir_all(&dir);
-        if let Err(e) = std::fs::rename(&tmp, &dir) {
-            let _ = std::fs::remove_dir_all(&tmp);
-            // Another process generated it first: the same bytes, keep theirs.
-            if !dir.join("model.safetensors").is_file() {
-                return Err(crate::error::io_err(&dir)(e));
-            }
+        // Another process may have generated it since: the same bytes, keep theirs.
+        if let Err(e) =
+            runner_io::atomic::publish_dir(&tmp, &dir, runner_io::atomic::Existing::Keep)
+            && !dir.join("model.safetensors").is_file()
+        {
+            return Err(crate::error::io_err(e.path)(e.source));
         }
     }
     Ok(dir)

@@ -24,45 +24,21 @@ pub fn save(
     let final_dir = output_dir.join(format!("{PREFIX}{step}"));
     let tmp = output_dir.join(format!("{TMP_PREFIX}{step}-{}", std::process::id()));
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
-    let result = (|| {
+    let written = (|| {
         for (name, bytes) in files {
-            let path = tmp.join(name);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-            let file = std::fs::File::create(&path).map_err(io(&path))?;
-            use std::io::Write;
-            let mut w = std::io::BufWriter::new(file);
-            w.write_all(bytes).map_err(io(&path))?;
-            let file = w.into_inner().map_err(|e| TrainError::Io {
-                path: path.clone(),
-                source: e.into_error(),
-            })?;
-            file.sync_all().map_err(io(&path))?;
+            runner_io::atomic::write_synced(&tmp.join(name), bytes)?;
         }
-        sync_dir(&tmp)?;
-        if final_dir.exists() {
-            // Re-saving the same step (after a resume) replaces it.
-            std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
-        }
-        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
-        sync_dir(output_dir)
+        // Re-saving the same step (after a resume) replaces it.
+        runner_io::atomic::publish_dir(&tmp, &final_dir, runner_io::atomic::Existing::Replace)
     })();
-    if result.is_err() {
+    written.map_err(|e| {
         let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result.map(|_| final_dir)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), TrainError> {
-    // Directory fsync makes the rename durable; not every platform allows opening a folder.
-    if let Ok(f) = std::fs::File::open(dir) {
-        f.sync_all().map_err(|source| TrainError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
-    Ok(())
+        TrainError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    })?;
+    Ok(final_dir)
 }
 
 fn remove_leftovers(output_dir: &Path) -> Result<(), TrainError> {

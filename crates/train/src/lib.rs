@@ -1,4 +1,6 @@
 //! Training stage: the loop, optimizer, schedules, accumulation, evaluation, checkpoints and metrics.
+//! Adapters are written through `runner_model::peft`, files through `runner_io::atomic`; the
+//! stage depends on nothing downstream of it (no export).
 
 pub mod checkpoint;
 pub mod dist;

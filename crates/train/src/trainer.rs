@@ -27,7 +27,13 @@ pub struct Inputs<'a> {
     pub adapters: &'a Adapters,
     pub data: &'a Prepared,
     pub pad_id: u32,
+    /// Builds the run manifest (`run.json`) saved into every checkpoint, from the checkpoint's
+    /// other files (name, bytes); the pipeline records in it what went into the run.
+    pub checkpoint_manifest: Option<&'a CheckpointManifest>,
 }
+
+/// See [`Inputs::checkpoint_manifest`].
+pub type CheckpointManifest = dyn Fn(&[(&str, Vec<u8>)]) -> Vec<u8> + Sync;
 
 /// How the loop reports and when it stops early.
 #[derive(Clone, Default)]
@@ -270,13 +276,15 @@ fn checkpoint_files(
     opt: &AdamW,
     state: &LoopState,
 ) -> Result<Vec<(&'static str, Vec<u8>)>, TrainError> {
-    let mut files = runner_export::peft::adapter_files(
+    let mut files = runner_model::peft::adapter_files(
         &inp.plan.adapter,
         inp.adapters,
         &inp.plan.model.base_model,
     )
     .map_err(|e| TrainError::Model(e.to_string()))?;
     let (tensors, steps) = opt.state();
+    // Sorted, so that identical runs write byte-identical checkpoints (run.json hashes them).
+    let steps: std::collections::BTreeMap<String, u64> = steps.into_iter().collect();
     let mut sorted: Vec<(String, Tensor)> = tensors.into_iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let optimizer = safetensors::serialize(sorted.iter().map(|(n, t)| (n.as_str(), t)), None)
@@ -301,6 +309,10 @@ fn checkpoint_files(
         serde_json::to_vec_pretty(inp.plan).unwrap_or_default(),
     ));
     files.push(("recipe.yaml", inp.recipe_text.as_bytes().to_vec()));
+    if let Some(manifest) = inp.checkpoint_manifest {
+        let bytes = manifest(&files);
+        files.push(("run.json", bytes));
+    }
     Ok(files)
 }
 
@@ -639,7 +651,7 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
     }
 
     if writer && !matches!(stop, StopReason::NonFinite { .. }) {
-        runner_export::peft::save_adapter(
+        runner_model::peft::save_adapter(
             &out_dir,
             &plan.adapter,
             inp.adapters,
@@ -653,11 +665,12 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
             &records,
             &format!("{} — {}", plan.model.base_model, out_dir.display()),
         );
-        runner_export::peft::write_atomically(&out_dir.join("loss.svg"), chart.as_bytes())
-            .map_err(|source| TrainError::Io {
-                path: out_dir.join("loss.svg"),
-                source,
-            })?;
+        runner_io::atomic::write(&out_dir.join("loss.svg"), chart.as_bytes()).map_err(|e| {
+            TrainError::Io {
+                path: e.path,
+                source: e.source,
+            }
+        })?;
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(Outcome {

@@ -64,6 +64,7 @@ fn run_in(plan: &Plan, text: &str, model_dir: &Path, dtype: DType) -> Outcome {
         adapters: &adapters,
         data: &data,
         pad_id: tok.pad_id(),
+        checkpoint_manifest: None,
     };
     train(
         &inputs,
@@ -240,6 +241,7 @@ fn issue_5_a_non_finite_loss_stops_with_the_last_good_state_saved() {
         adapters: &adapters,
         data: &data,
         pad_id: tok.pad_id(),
+        checkpoint_manifest: None,
     };
     let control = Control {
         quiet: true,

@@ -274,7 +274,7 @@ pub fn stream_of(module: &str) -> Stream {
     let last = module.rsplit('.').next().unwrap_or(module);
     let projection = super::PROJECTIONS
         .iter()
-        .position(|p| *p == last)
+        .position(|p| p.leaf == last)
         .unwrap_or(super::PROJECTIONS.len()) as u32;
     Stream { layer, projection }
 }

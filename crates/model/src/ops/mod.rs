@@ -25,17 +25,9 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
-/// The linear projections of a decoder layer, in model order: the one list (layers, adapter
-/// targets and dropout streams number them by it).
-pub const PROJECTIONS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+/// The linear projections of a decoder layer, in model order: the one list, kept in the shared
+/// I/O crate (layers, adapter targets, the GGUF table and the dropout streams number them by it).
+pub use runner_io::names::PROJECTIONS;
 
 // ---------------------------------------------------------------------------------------------
 // The (op, device, dtype) table

@@ -48,17 +48,6 @@ pub struct Resolved {
 /// Built-in tiny models runner generates itself, for smoke runs and CI (`base_model: builtin:NAME`).
 pub const BUILTIN_MODELS: &[&str] = &["tiny-llama", "tiny-qwen3"];
 
-/// The linear projections of a Llama-family decoder layer.
-pub(super) const LLAMA_LINEAR: &[&str] = &[
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
-
 pub(super) struct Resolver<'a> {
     tree: &'a Node,
     errors: Vec<Diagnostic>,

@@ -1,7 +1,7 @@
 //! The model and adapter sections: base model location, quantization, LoRA settings.
 
+use super::BUILTIN_MODELS;
 use super::Resolver;
-use super::{BUILTIN_MODELS, LLAMA_LINEAR};
 use crate::keys;
 use crate::plan::*;
 use crate::raw::*;
@@ -208,7 +208,11 @@ fn resolve_adapter(r: &mut Resolver, raw: &RawRecipe) -> Option<AdapterPlan> {
             if let Some(StringOrList::Many(list)) = modules {
                 let extra: Vec<&String> = list
                     .iter()
-                    .filter(|m| !LLAMA_LINEAR.contains(&m.as_str()))
+                    .filter(|m| {
+                        !runner_io::names::PROJECTIONS
+                            .iter()
+                            .any(|p| p.leaf == m.as_str())
+                    })
                     .collect();
                 if !extra.is_empty() {
                     r.error(

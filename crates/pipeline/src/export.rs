@@ -1,11 +1,28 @@
-//! `runner export-gguf`: the recipe's model with its adapter merged (or a merged folder, or a
-//! GGUF) written as a llama GGUF with tokenizer and chat template, then read back and compared.
+//! Stage 5, export: what `merge_adapter` / `export_gguf` ask for after training (a merged
+//! Hugging Face folder, GGUF files), each read back and compared with the trained model; the
+//! same functions serve `runner export-gguf` and `runner merge --base FILE.gguf`.
 
-use crate::generate::{choose, training_template};
 use anyhow::Context;
+use runner_data::template::ChatTemplate;
 use runner_export::gguf::{GgufTokenizer, GgufType, SpecialIds};
-use runner_recipe::Loaded;
 use std::path::Path;
+
+/// The chat template the recipe trains with (its first `chat_template` dataset's, else the
+/// recipe-wide one), compiled with the tokenizer's special tokens as the data stage does.
+pub fn training_template(
+    plan: &runner_recipe::plan::Plan,
+    tok: &runner_data::tokenizer::TextTokenizer,
+) -> anyhow::Result<(String, ChatTemplate)> {
+    let template = crate::inputs::training_template_choice(plan);
+    let (source, origin) = runner_data::prepare::template_source(&template, tok)?;
+    let bos = tok.bos.as_ref().map(|t| t.text.as_str()).unwrap_or("");
+    let eos_text = tok.eos.as_ref().map(|t| t.text.as_str()).unwrap_or("");
+    let mut t = ChatTemplate::new(&source, &origin, bos, eos_text)?;
+    if let Some(p) = &tok.pad {
+        t = t.with_variable("pad_token", &p.text);
+    }
+    Ok((source, t))
+}
 
 /// The GGUF tokenizer metadata for `tok`: copied from its GGUF when it came from one (exactly
 /// what llama.cpp wrote), else converted from its tokenizer.json; the chat template is the one
@@ -86,35 +103,6 @@ pub fn model_name(plan: &runner_recipe::plan::Plan) -> String {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into())
-}
-
-pub fn export_gguf(
-    loaded: &Loaded,
-    model: Option<&str>,
-    adapter: Option<&Path>,
-    no_adapter: bool,
-    out: &Path,
-    ty: &str,
-    force: bool,
-) -> anyhow::Result<std::process::ExitCode> {
-    let ty = GgufType::parse(ty)?;
-    if out.exists() && !force {
-        anyhow::bail!(
-            "{} already exists; choose another name or pass --force to overwrite it",
-            out.display()
-        );
-    }
-    let c = choose(loaded, model, adapter, no_adapter)?;
-    write_and_check(
-        &c.plan,
-        &c.tok,
-        &c.model,
-        c.adapter.as_deref(),
-        out,
-        ty,
-        force,
-    )?;
-    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// What `merge_adapter` / `export_gguf` ask for at the end of `runner run`, from the trained
@@ -211,7 +199,7 @@ pub fn merge_gguf_base(
     base_quant: runner_recipe::plan::BaseQuant,
     force: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let saved = runner_export::peft::read_config(adapter)?;
+    let saved = runner_model::peft::read_config(adapter)?;
     let mut plan = saved.adapter_plan(Some(adapter.to_path_buf()));
     plan.base_quant = base_quant;
     let (mut model, _) =

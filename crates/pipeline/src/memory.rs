@@ -1,4 +1,4 @@
-//! The memory plan of `runner run`: the device it is for (`--plan-device`, else the one the run
+//! The memory plan of a run: the device it is for (`--plan-device`, else the one the run
 //! would use), the compute dtype there, the estimated peak of one training step by part (printed
 //! by `--dry-run`), and the refusal of a micro-batch that cannot fit, before the model loads.
 
@@ -134,19 +134,20 @@ impl Estimate {
     }
 }
 
-/// `runner run --dry-run`: the model stage's summary and the memory plan for the device the run
-/// would use (or `--plan-device`), from the configuration alone: the weights need not be here.
-/// A step that cannot fit there exits 1 with the figures and the fixes.
+/// What `runner run --dry-run` shows: the model stage's summary and the memory plan for the
+/// device the run would use (or `plan_device`), from the configuration alone: the weights need
+/// not be here. `gpus` is the recipe's data-parallel GPU count, if any. Returns the text to
+/// print and, when the step cannot fit there, the refusal (the CLI exits 1 with it).
 pub fn dry_run(
     plan: &Plan,
     plan_device: Option<&str>,
-    parallel: &crate::args::ParallelArgs,
-) -> anyhow::Result<std::process::ExitCode> {
-    let model_plan = crate::run::materialized(&plan.model)?;
+    gpus: Option<usize>,
+) -> anyhow::Result<(String, Option<String>)> {
+    let model_plan = crate::inputs::materialized(&plan.model)?;
     let summary = runner_model::summarize(&model_plan, &plan.adapter)?;
-    println!("{summary}");
+    let mut out = format!("{summary}\n");
     // Data-parallel ranks each hold a whole replica: the plan of one GPU is the plan of each.
-    let device = target(plan_device, parallel.gpus.map(|_| 0))?;
+    let device = target(plan_device, gpus.map(|_| 0))?;
     let d = &plan.data;
     // Without packing or padding rows are as long as their longest sample: `sequence_len` is
     // the bound the data can reach.
@@ -159,20 +160,46 @@ pub fn dry_run(
         plan.train.micro_batch_size,
         row,
     )?;
-    print!("{}", estimate.render(plan, &device));
+    out.push_str(&estimate.render(plan, &device));
     if !(d.sample_packing || d.pad_to_sequence_len) {
-        println!("  (rows at their longest: sequence_len; shorter samples need less)");
+        out.push_str("  (rows at their longest: sequence_len; shorter samples need less)\n");
     }
-    if let Some(n) = parallel.gpus.filter(|&n| n > 1) {
-        println!("  (per GPU: each of the {n} data-parallel ranks holds this)");
+    if let Some(n) = gpus.filter(|&n| n > 1) {
+        out.push_str(&format!(
+            "  (per GPU: each of the {n} data-parallel ranks holds this)\n"
+        ));
     }
-    Ok(match estimate.refusal(&device) {
-        Some(message) => {
-            eprintln!("error: {message}");
-            std::process::ExitCode::FAILURE
-        }
-        None => std::process::ExitCode::SUCCESS,
-    })
+    Ok((out, estimate.refusal(&device)))
+}
+
+/// Refuses a micro-batch whose training step cannot fit in the memory of this process's device
+/// (host memory available, or the GPU's free memory), before the model loads: the alternative
+/// is the kernel or the CUDA allocator killing the run mid-step.
+pub fn step_fits(
+    plan: &Plan,
+    model_plan: &runner_recipe::plan::ModelPlan,
+    data: &runner_data::Prepared,
+    device: &candle_core::Device,
+) -> anyhow::Result<()> {
+    let gpu = match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => Some(gpu_id),
+        _ => None,
+    };
+    let target = target(None, gpu)?;
+    let summary = runner_model::summarize(model_plan, &plan.adapter)?;
+    let (batch, row) = shape_of_data(plan, data);
+    let estimate = estimate(
+        plan,
+        &summary.cfg,
+        summary.counts.trainable,
+        &target,
+        batch,
+        row,
+    )?;
+    match estimate.refusal(&target) {
+        Some(message) => bail!(message),
+        None => Ok(()),
+    }
 }
 
 /// The positions per row a run's micro-batches have: `sequence_len` when packing or padding to

@@ -1,11 +1,17 @@
-//! PEFT adapter files: `adapter_config.json` and `adapter_model.safetensors` with PEFT's names
-//! (`base_model.model.<module>.lora_A.weight`, no `.default`), loadable with
-//! `PeftModel.from_pretrained`.
+//! The PEFT adapter format, both directions, in one place: `adapter_config.json` and
+//! `adapter_model.safetensors` with PEFT's names (`base_model.model.<module>.lora_A.weight`,
+//! no `.default`), loadable with `PeftModel.from_pretrained`; reading them back into injected
+//! adapters; and the check that a saved adapter fits a recipe's adapter plan
+//! (`lora_model_dir`). Training (checkpoints, the final adapter), export and evaluation all
+//! go through this module.
 
-use crate::ExportError;
-use runner_model::Adapters;
+use crate::error::{Error, Result, io_err};
+use crate::lora::{Adapters, MODULES_TO_SAVE};
 use runner_recipe::plan::{AdapterPlan, LoraInit, TargetModules};
 use std::path::Path;
+
+/// The prefix PEFT's `PeftModelForCausalLM` puts before module names.
+pub const PEFT_PREFIX: &str = "base_model.model.";
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -67,25 +73,17 @@ pub fn adapter_config(
 }
 
 /// The adapter's tensors serialized as safetensors (f32, PEFT names).
-pub fn adapter_weights(adapters: &Adapters) -> Result<Vec<u8>, ExportError> {
+pub fn adapter_weights(adapters: &Adapters) -> Result<Vec<u8>> {
     let mut tensors = Vec::with_capacity(adapters.params.len());
     for (name, var) in &adapters.params {
-        let t = var
-            .as_tensor()
-            .to_dtype(candle_core::DType::F32)
-            .map_err(|e| ExportError::Io {
-                path: name.into(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let t = var.as_tensor().to_dtype(candle_core::DType::F32)?;
         tensors.push((name.clone(), t));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    Ok(safetensors::serialize(
-        tensors.iter().map(|(n, t)| (n.as_str(), t)),
-        Some(meta),
-    )?)
+    safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+        .map_err(|e| Error::Adapter(format!("serializing the adapter weights: {e}")))
 }
 
 /// Both adapter files as (file name, bytes), for writing into a folder or a checkpoint.
@@ -93,7 +91,7 @@ pub fn adapter_files(
     plan: &AdapterPlan,
     adapters: &Adapters,
     base_model: &str,
-) -> Result<Vec<(&'static str, Vec<u8>)>, ExportError> {
+) -> Result<Vec<(&'static str, Vec<u8>)>> {
     let mut config =
         serde_json::to_vec_pretty(&adapter_config(plan, adapters, base_model)).unwrap_or_default();
     config.push(b'\n');
@@ -109,12 +107,8 @@ pub fn save_adapter(
     plan: &AdapterPlan,
     adapters: &Adapters,
     base_model: &str,
-) -> Result<(), ExportError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ExportError::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     // A PiSSA adapter only works on its residual base; the saved adapter is converted to a
     // plain LoRA of the original base, as PEFT recommends (path_initial_model_for_weight_conversion),
     // so PEFT, `runner eval` and `runner merge` use it with the unmodified base model.
@@ -123,10 +117,11 @@ pub fn save_adapter(
         Some(a) => (pissa_plan_as_lora(plan), a),
         None => (plan.clone(), adapters),
     };
+    let mut staged = runner_io::atomic::Staged::default();
     for (name, bytes) in adapter_files(&plan, adapters, base_model)? {
-        write_atomically(&dir.join(name), &bytes).map_err(io(&dir.join(name)))?;
+        staged.write(&dir.join(name), &bytes).map_err(from_io)?;
     }
-    Ok(())
+    staged.commit().map_err(from_io)
 }
 
 /// The adapter plan of a PiSSA adapter converted to LoRA: rank 2r, `init_lora_weights: true`
@@ -143,26 +138,6 @@ pub fn pissa_plan_as_lora(plan: &AdapterPlan) -> AdapterPlan {
         init: LoraInit::Kaiming,
         ..plan.clone()
     }
-}
-
-/// Writes to `.{name}.tmp-{pid}` beside the target, syncs, then renames over it.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// What an `adapter_config.json` written by PEFT (or by us) says, reduced to what the model
@@ -208,17 +183,14 @@ impl PeftConfig {
 
 /// Reads `adapter_config.json` (a folder holding it, or the file itself). Fields PEFT writes
 /// that change what the adapter computes and that we do not implement are refused by name.
-pub fn read_config(path: &Path) -> Result<PeftConfig, ExportError> {
+pub fn read_config(path: &Path) -> Result<PeftConfig> {
     let file = if path.is_dir() {
         path.join(CONFIG_FILE)
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file).map_err(|source| ExportError::Io {
-        path: file.clone(),
-        source,
-    })?;
-    let err = |message: String| ExportError::AdapterConfig {
+    let text = std::fs::read_to_string(&file).map_err(io_err(&file))?;
+    let err = |message: String| Error::AdapterConfig {
         path: file.clone(),
         message,
     };
@@ -352,7 +324,7 @@ pub fn read_config(path: &Path) -> Result<PeftConfig, ExportError> {
                 let name = x
                     .as_str()
                     .ok_or_else(|| err(format!("`modules_to_save` entry {x} is not a string")))?;
-                if !runner_model::lora::MODULES_TO_SAVE
+                if !MODULES_TO_SAVE
                     .iter()
                     .any(|m| *m == name || m.ends_with(&format!(".{name}")))
                 {
@@ -388,4 +360,99 @@ pub fn read_config(path: &Path) -> Result<PeftConfig, ExportError> {
         base_model: get("base_model_name_or_path").as_str().map(str::to_string),
         modules_to_save,
     })
+}
+
+fn from_io(e: runner_io::Error) -> Error {
+    Error::Io {
+        path: e.path,
+        source: e.source,
+    }
+}
+
+/// The vocabulary rows of the embedding / LM-head copies in a saved adapter file, if any.
+pub(crate) fn saved_vocab_rows(file: &Path) -> Result<Option<usize>> {
+    if !file.exists() {
+        return Ok(None); // reported by `load_adapter_weights`
+    }
+    use crate::weights::TensorSource;
+    let src = crate::weights::SafetensorsSource::open(&[file.to_path_buf()])?;
+    Ok(MODULES_TO_SAVE
+        .iter()
+        .filter_map(|m| src.shape_of(&format!("{PEFT_PREFIX}{m}.weight")))
+        .filter_map(|shape| shape.first().copied())
+        .max())
+}
+
+/// Loads `adapter_model.safetensors` (PEFT names, no `.default`) into the injected adapters.
+pub fn load_adapter_weights(adapters: &Adapters, dir: &Path) -> Result<()> {
+    let file = dir.join(WEIGHTS_FILE);
+    if !file.exists() {
+        return Err(Error::Adapter(format!(
+            "{}: no adapter_model.safetensors (a PEFT adapter folder is expected)",
+            dir.display()
+        )));
+    }
+    load_adapter_file(adapters, &file)
+}
+
+/// Loads adapter weights from one safetensors file with PEFT names.
+pub fn load_adapter_file(adapters: &Adapters, file: &Path) -> Result<()> {
+    let file = file.to_path_buf();
+    let src = crate::weights::SafetensorsSource::open(std::slice::from_ref(&file))?;
+    use crate::weights::TensorSource;
+    for (name, var) in &adapters.params {
+        let found = src.shape_of(name).ok_or_else(|| Error::MissingTensor {
+            source_name: file.display().to_string(),
+            name: name.clone(),
+        })?;
+        if found != var.dims() {
+            return Err(Error::ShapeMismatch {
+                source_name: file.display().to_string(),
+                name: name.clone(),
+                expected: var.dims().to_vec(),
+                found,
+            });
+        }
+        let t = src.load(name, var.device())?.to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// Why the adapter saved in `dir` cannot continue under `plan` (`lora_model_dir`): each
+/// setting that shapes the adapter must be the saved one. Empty when they agree.
+pub fn incompatibilities(plan: &AdapterPlan, dir: &Path) -> Vec<String> {
+    let saved = match read_config(dir) {
+        Ok(saved) => saved,
+        Err(e) => return vec![format!("`lora_model_dir`: {e}")],
+    };
+    let a = plan;
+    let mut out = Vec::new();
+    for (what, recipe, adapter) in [
+        ("lora_r", a.r.to_string(), saved.r.to_string()),
+        ("lora_alpha", a.alpha.to_string(), saved.alpha.to_string()),
+        (
+            "peft_use_dora",
+            a.use_dora.to_string(),
+            saved.use_dora.to_string(),
+        ),
+        (
+            "peft_use_rslora",
+            a.use_rslora.to_string(),
+            saved.use_rslora.to_string(),
+        ),
+        (
+            "lora_modules_to_save",
+            format!("{:?}", a.modules_to_save),
+            format!("{:?}", saved.modules_to_save),
+        ),
+    ] {
+        if recipe != adapter {
+            out.push(format!(
+                "`{what}` is {recipe} in the recipe but {adapter} in {}/{CONFIG_FILE}; make them equal",
+                dir.display()
+            ));
+        }
+    }
+    out
 }

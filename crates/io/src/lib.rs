@@ -1,0 +1,34 @@
+//! Shared I/O for every stage, in one leaf crate (it depends on no other workspace crate):
+//!
+//! - [`atomic`]: the one way runner writes files and folders — a temporary name beside the
+//!   final one, synced, then renamed — so a crash never leaves half a file under a final name.
+//! - [`hash`]: blake3 content hashes of files, remembered by (path, size, mtime) so that large
+//!   model files are hashed once, not on every start.
+//! - [`names`]: the single table between llama.cpp's GGUF tensor names and Hugging Face's.
+
+pub mod atomic;
+pub mod hash;
+pub mod names;
+
+use std::path::PathBuf;
+
+/// An I/O failure and the path it happened on.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct Error {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Error {
+    /// A closure for `map_err` that attaches `path`.
+    pub fn at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
