@@ -8,14 +8,12 @@
 #     RUNNER=path/to/runner tools/train/bench_precision.sh
 #     EXTRA="--set sequence_len=64 --set micro_batch_size=1" tools/train/bench_precision.sh
 #
-# bf16 on the CPU takes candle's composed path (the fused CPU ops are f32), which is far slower
-# (measured: QLoRA at micro-batch 1 × 256 in bf16, 3 tokens/s), hence EXTRA to shrink both runs
-# alike. Measured 2026-12-03 (AMD EPYC, 2 cores, load 7-10), EXTRA as above, STEPS=10:
-#   f32  losses 0.9160 0.5254 0.6467 0.7957 0.4932 0.1523 0.5378 0.4743 0.2610 0.1630
-#        9 tokens/s, peak RSS 0.872 GB
-#   bf16 losses 0.8934 0.5235 0.7042 0.8617 0.5621 0.2035 0.5686 0.5081 0.2925 0.2474
-#        5 tokens/s, peak RSS 0.986 GB
-# and QLORA=1 STEPS=2: f32 LoRA 1.124 GB, QLoRA 0.727 GB peak RSS (micro-batch 1 × 256).
+# Measured 2026-12-03 (AMD EPYC, 2 cores, dev profile with optimised crates), STEPS=10, after
+# the ops layer gave bf16 its fused CPU sides:
+#   f32  losses 0.6563 0.7764 0.6208 0.5799 0.4209 0.4093 0.4189 0.3763 0.3369 0.2956, 2.254 GB
+#   bf16 losses 0.6522 0.7725 0.6208 0.5839 0.4175 0.4103 0.4177 0.3805 0.3350 0.2996, 1.537 GB
+# and QLORA=1 STEPS=2: f32 LoRA 1.128 GB, QLoRA 0.712 GB peak RSS (micro-batch 1 × 256).
+# (Before the ops layer, bf16 took candle's composed path: 9% above f32 on average, 5 tokens/s.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS=${STEPS:-10}

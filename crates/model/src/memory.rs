@@ -9,12 +9,12 @@ use crate::precision::DeviceKind;
 use candle_core::DType;
 use runner_recipe::plan::BaseQuant;
 
-/// Values one decoder layer keeps per position for its backward pass on the fused f32 path
+/// Values one decoder layer keeps per position for its backward pass through the ops layer
 /// ([`crate::ops`]): the two norm outputs, the o_proj and down_proj outputs and the two residual
 /// sums (hidden each); q before and after RoPE and the attention output (heads·head_dim each);
 /// k, k after RoPE and v (kv_heads·head_dim each); gate, up and their SwiGLU product
-/// (intermediate each). Qwen3's q/k norms keep one more q and k. The composed path (other
-/// dtypes, quantized or DoRA layers) keeps more: this is a lower bound for it.
+/// (intermediate each). Qwen3's q/k norms keep one more q and k. DoRA layers (composed
+/// from ops) keep more: this is a lower bound for them.
 pub fn values_per_position_per_layer(cfg: &ModelConfig) -> usize {
     let q = cfg.num_attention_heads * cfg.head_dim;
     let kv = cfg.num_key_value_heads * cfg.head_dim;

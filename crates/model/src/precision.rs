@@ -20,15 +20,16 @@ pub struct ComputePrecision {
     pub notes: Vec<String>,
 }
 
-/// Why `bf16: auto` keeps f32 on the CPU. Measured with `tools/train/bench_precision.sh` on
-/// this project's 2-core AMD EPYC (Zen 3, no AVX512-BF16; load average 7-10 from other jobs),
-/// SmolLM2-135M LoRA, recipes/smollm2-lora.yaml at micro-batch 1 × 64, 10 steps: 9 tokens/s
-/// and 0.87 GB peak RSS in f32 against 5 tokens/s and 0.99 GB in bf16 (QLoRA at 1 × 256 in
-/// bf16: 3 tokens/s, 2.05 GB against 0.73 GB in f32). The fused CPU ops are f32-only, so bf16
-/// takes candle's composed path (full attention matrices, elementwise ops through its thread
-/// pool), and candle's CPU bf16 matmul has no native kernel on such machines.
-pub const CPU_AUTO_REASON: &str = "bf16 measured slower than f32 on the CPU engine (its fused \
-     ops are f32; bf16 takes the composed path)";
+/// Why `bf16: auto` keeps f32 on the CPU. Measured side by side on this project's 2-core AMD
+/// EPYC (no AVX512-BF16), recipes/smollm2-lora.yaml (SmolLM2-135M, LoRA r=16 on all seven
+/// projections, 4 × 256 packed tokens), 3 steps each, alternating, with the ops layer's bf16
+/// CPU sides (which compute in f32 inside): f32 50 and 61 tokens/s at 2.15 GB peak RSS, bf16
+/// 43 and 48 tokens/s at 1.44 GB (dev profile with optimised crates, so absolute figures are
+/// below a release build's). The bf16 ops convert to f32 and back around f32 GEMMs, which costs
+/// more than the halved memory traffic saves on such a CPU; `bf16: true` is the choice when
+/// memory matters more than speed.
+pub const CPU_AUTO_REASON: &str = "bf16 measured about 0.8× the speed of f32 on a CPU without \
+     native bf16 arithmetic, at 0.67× the peak memory";
 
 /// The dtype of the frozen weights and activations for `precision` on `device`, or the reason
 /// the combination cannot run. `bf16: true` is honoured everywhere (on the CPU too, for tests
