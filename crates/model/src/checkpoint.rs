@@ -5,7 +5,6 @@
 //! a custom op, so the recomputation deposits them in a [`GradSink`] and [`backward`] merges them.
 
 use crate::error::Result;
-use crate::llama::{CausalLm, DecoderLayer, LayerInputs};
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, TensorId, Var};
 use std::collections::HashMap;
@@ -31,11 +30,19 @@ impl GradSink {
     }
 }
 
-/// `loss.backward()`, plus the adapter gradients of checkpointed layers.
-pub fn backward(loss: &Tensor, model: &CausalLm) -> Result<GradStore> {
-    model.grad_sink.drain(); // stale entries from a forward that was never backpropagated
+/// A block that can run its forward pass again in the backward pass: a decoder layer with the
+/// inputs it shares with the others (positions, masks), owned so the backward can hold it.
+pub trait Recomputable: Send + Sync + 'static {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+    /// The parameters whose gradients the recomputation deposits in the [`GradSink`].
+    fn adapter_vars(&self) -> Vec<Var>;
+}
+
+/// `loss.backward()`, plus the adapter gradients that checkpointed blocks left in `sink`.
+pub fn backward(loss: &Tensor, sink: &GradSink) -> Result<GradStore> {
+    sink.drain(); // stale entries from a forward that was never backpropagated
     let mut grads = loss.backward()?;
-    for (param, g) in model.grad_sink.drain() {
+    for (param, g) in sink.drain() {
         let total = match grads.remove(&param) {
             Some(existing) => (existing + g)?,
             None => g,
@@ -47,8 +54,7 @@ pub fn backward(loss: &Tensor, model: &CausalLm) -> Result<GradStore> {
 
 /// Everything a layer's recomputation needs.
 struct Recompute {
-    layer: DecoderLayer,
-    inputs: LayerInputs,
+    block: Box<dyn Recomputable>,
     train: bool,
     sink: GradSink,
     /// The forward output, handed over once in `cpu_fwd`.
@@ -83,11 +89,11 @@ impl Recompute {
     fn backward(&self, x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
         let xv = Var::from_tensor(&x.detach())?;
         let y = self
-            .layer
-            .forward(xv.as_tensor(), &self.inputs, self.train)
+            .block
+            .forward(xv.as_tensor(), self.train)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let gs = (y * grad.detach())?.sum_all()?.backward()?;
-        for v in self.layer.adapter_vars() {
+        for v in self.block.adapter_vars() {
             if let Some(g) = gs.get(v.as_tensor()) {
                 self.sink.add(v.as_tensor(), g.clone())?;
             }
@@ -157,26 +163,21 @@ impl CustomOp2 for CheckpointOp2 {
     }
 }
 
-/// Runs `layer` on `x` keeping only `x` for the backward pass.
-pub(crate) fn checkpointed_layer(
-    layer: &DecoderLayer,
+/// Runs `block` on `x` keeping only `x` for the backward pass.
+pub(crate) fn checkpointed(
+    block: impl Recomputable,
     x: &Tensor,
-    inputs: &LayerInputs,
     train: bool,
     sink: &GradSink,
 ) -> Result<Tensor> {
-    let vars = layer.adapter_vars();
+    let vars = block.adapter_vars();
     if vars.is_empty() && !x.track_op() {
         // Nothing upstream or inside needs a gradient: no graph to save.
-        return layer.forward(x, inputs, train);
+        return block.forward(x, train);
     }
-    let y = layer
-        .forward(&x.detach(), inputs, train)?
-        .contiguous()?
-        .detach();
+    let y = block.forward(&x.detach(), train)?.contiguous()?.detach();
     let op = Recompute {
-        layer: layer.clone(),
-        inputs: inputs.clone(),
+        block: Box::new(block),
         train,
         sink: sink.clone(),
         output: Mutex::new(Some(y)),

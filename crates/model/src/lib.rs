@@ -25,8 +25,6 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
-#[cfg(feature = "cuda")]
-mod cuda;
 pub mod error;
 pub mod generate;
 pub mod gguf;
@@ -47,12 +45,11 @@ pub mod tiny;
 pub mod weights;
 
 pub use batch::{Batch, IGNORE_INDEX};
-pub use checkpoint::backward;
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, KvCache, Sampler, Sampling, generate};
-pub use llama::CausalLm;
-pub use load::{LoadedModel, load, load_folder};
-pub use lora::{Adapters, ParamCounts, inject};
-pub use quant::{QuantSummary, quantize_frozen};
+pub use llama::{CausalLm, backward, quantize_frozen};
+pub use load::{LoadedModel, inject, load, load_folder};
+pub use lora::{Adapters, ParamCounts};
+pub use quant::QuantSummary;
 pub use summary::{ModelSummary, summarize};

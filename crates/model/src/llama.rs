@@ -219,7 +219,7 @@ pub struct CausalLm {
     pub lm_head: Linear,
     pub rope: Rope,
     /// Recompute each decoder layer in the backward pass instead of keeping its activations
-    /// (`gradient_checkpointing`); use [`crate::checkpoint::backward`] for the gradients.
+    /// (`gradient_checkpointing`); use [`backward`] for the gradients.
     pub gradient_checkpointing: bool,
     pub grad_sink: crate::checkpoint::GradSink,
 }
@@ -299,7 +299,11 @@ impl CausalLm {
         let inputs = LayerInputs::new(&self.rope, batch, &windows);
         for layer in &self.layers {
             x = if self.gradient_checkpointing && train {
-                crate::checkpoint::checkpointed_layer(layer, &x, &inputs, train, &self.grad_sink)?
+                let block = Checkpointed {
+                    layer: layer.clone(),
+                    inputs: inputs.clone(),
+                };
+                crate::checkpoint::checkpointed(block, &x, train, &self.grad_sink)?
             } else {
                 layer.forward(&x, &inputs, train)?
             };
@@ -408,4 +412,75 @@ impl CausalLm {
         }
         n
     }
+}
+
+/// Quantizes the frozen weights of every decoder linear layer (`q/k/v/o_proj`,
+/// `gate/up/down_proj`) in place, as `load_in_4bit` / `load_in_8bit` do; embeddings, norms,
+/// biases and the LM head stay in the compute dtype. Layers already quantized are skipped, so
+/// it may run twice. Run it after loading and before [`crate::inject`] (which calls it itself
+/// when the plan asks for a quantized base).
+pub fn quantize_frozen(
+    model: &mut CausalLm,
+    kind: runner_recipe::plan::BaseQuant,
+) -> Result<crate::quant::QuantSummary> {
+    let mut sum = crate::quant::QuantSummary::default();
+    if kind == runner_recipe::plan::BaseQuant::None {
+        return Ok(sum);
+    }
+    for layer in &mut model.layers {
+        let a = &mut layer.self_attn;
+        let m = &mut layer.mlp;
+        for lin in [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ] {
+            if lin.quant.is_some() {
+                continue;
+            }
+            let (rows, cols) = lin.weight.dims2()?;
+            let w: Vec<f32> = lin
+                .weight
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()
+                .map_err(|e| crate::error::Error::Adapter(format!("{}: {e}", lin.name)))?;
+            let Some(q) = crate::quant::QuantWeight::quantize(&w, rows, cols, kind) else {
+                continue;
+            };
+            drop(w);
+            sum.layers += 1;
+            sum.params += rows * cols;
+            sum.bytes += q.nbytes();
+            lin.weight =
+                crate::quant::placeholder(rows, cols, lin.weight.dtype(), lin.weight.device())?;
+            lin.quant = Some(std::sync::Arc::new(q));
+        }
+    }
+    Ok(sum)
+}
+
+/// A decoder layer with its shared inputs, recomputed in the backward pass when
+/// `gradient_checkpointing` is on.
+struct Checkpointed {
+    layer: DecoderLayer,
+    inputs: LayerInputs,
+}
+
+impl crate::checkpoint::Recomputable for Checkpointed {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.layer.forward(x, &self.inputs, train)
+    }
+    fn adapter_vars(&self) -> Vec<candle_core::Var> {
+        self.layer.adapter_vars()
+    }
+}
+
+/// `loss.backward()` for `model`, including the adapter gradients of checkpointed layers.
+pub fn backward(loss: &Tensor, model: &CausalLm) -> Result<candle_core::backprop::GradStore> {
+    crate::checkpoint::backward(loss, &model.grad_sink)
 }

@@ -74,7 +74,7 @@ pub fn load_for_adapter(
     }
     let quantizer = StreamingQuantizer::new(adapter.base_quant);
     let mut loaded = load_streaming(plan, dtype, device, Some(quantizer.clone()))?;
-    quantizer.attach(&mut loaded.model)?;
+    attach(&quantizer, &mut loaded.model)?;
     Ok(loaded)
 }
 
@@ -204,4 +204,61 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Err(Error::NoWeights {
         path: dir.to_path_buf(),
     })
+}
+
+/// Gives every weight `quantizer` quantized while loading to its layer; errors if one has no
+/// layer (a name mismatch that would leave a NaN placeholder in the model).
+fn attach(
+    quantizer: &StreamingQuantizer,
+    model: &mut CausalLm,
+) -> Result<crate::quant::QuantSummary> {
+    let mut sum = crate::quant::QuantSummary::default();
+    for lin in model.linears_mut() {
+        if let Some(q) = quantizer.take(&format!("{}.weight", lin.name)) {
+            let (rows, cols) = q.dims();
+            sum.layers += 1;
+            sum.params += rows * cols;
+            sum.bytes += q.nbytes();
+            lin.quant = Some(q);
+        }
+    }
+    if let Some(name) = quantizer.leftover() {
+        return Err(Error::Adapter(format!(
+            "internal: quantized `{name}` while loading but no layer took it"
+        )));
+    }
+    Ok(sum)
+}
+
+/// Injects the adapters the plan describes; with `lora_model_dir` the weights come from that
+/// PEFT adapter. With `load_in_4bit` / `load_in_8bit` (`plan.base_quant`) the frozen decoder
+/// weights are quantized first ([`crate::quantize_frozen`]). `lora_modules_to_save`
+/// become trainable copies ([`crate::lora::add_modules_to_save`]); a saved adapter whose embedding copy has
+/// more rows than the model (tokens added when it was trained) grows the vocabulary first.
+pub fn inject(
+    model: &mut CausalLm,
+    plan: &AdapterPlan,
+    seed: u64,
+) -> Result<crate::lora::Adapters> {
+    let s = crate::lora::LoraSettings::from_plan(plan)?;
+    if let Some(dir) = &plan.init_from {
+        let rows = crate::peft::saved_vocab_rows(&dir.join(crate::peft::WEIGHTS_FILE))?;
+        if let Some(rows) = rows.filter(|&r| r > model.cfg.vocab_size) {
+            model.resize_token_embeddings(rows)?;
+        }
+    }
+    // PiSSA splits the full-precision weight; the residual is what gets quantized (QLoRA).
+    let pissa = matches!(s.init, LoraInit::Pissa { .. });
+    if !pissa {
+        crate::llama::quantize_frozen(model, plan.base_quant)?;
+    }
+    let mut adapters = crate::lora::inject_settings(model, &s, seed)?;
+    if pissa {
+        crate::llama::quantize_frozen(model, plan.base_quant)?;
+    }
+    crate::lora::add_modules_to_save(model, &mut adapters, &plan.modules_to_save)?;
+    if let Some(dir) = &plan.init_from {
+        crate::peft::load_adapter_weights(&adapters, dir)?;
+    }
+    Ok(adapters)
 }

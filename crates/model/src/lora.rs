@@ -3,14 +3,17 @@
 
 use crate::error::{Error, Result};
 use crate::llama::CausalLm;
-use crate::nn::{LoraAdapter, shared_rng};
+use crate::nn::{LoraAdapter, normal, shared_rng};
 use candle_core::{Tensor, Var};
 use rand::{Rng, SeedableRng};
 use runner_recipe::plan::{AdapterPlan, LoraInit, TargetModules};
 
-// The PEFT format (names, files, reading adapters back) lives in `crate::peft`.
-use crate::peft::saved_vocab_rows;
-pub use crate::peft::{PEFT_PREFIX, load_adapter_file, load_adapter_weights};
+// The PEFT format (files, reading adapters back) lives in `crate::peft`, above this module;
+// `crate::load::inject` puts a plan's adapters on a model.
+
+/// The prefix PEFT's `PeftModelForCausalLM` puts before module names: the trainable
+/// parameters are named as PEFT saves them.
+pub const PEFT_PREFIX: &str = "base_model.model.";
 
 /// Names of the modules the targets select, in model order. `names` are all linear layers'
 /// module names (`lm_head` included). Every list entry must match at least one module.
@@ -295,35 +298,6 @@ pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Res
     })
 }
 
-/// Injects the adapters the plan describes; with `lora_model_dir` the weights come from that
-/// PEFT adapter. With `load_in_4bit` / `load_in_8bit` (`plan.base_quant`) the frozen decoder
-/// weights are quantized first ([`crate::quant::quantize_frozen`]). `lora_modules_to_save`
-/// become trainable copies ([`add_modules_to_save`]); a saved adapter whose embedding copy has
-/// more rows than the model (tokens added when it was trained) grows the vocabulary first.
-pub fn inject(model: &mut CausalLm, plan: &AdapterPlan, seed: u64) -> Result<Adapters> {
-    let s = LoraSettings::from_plan(plan)?;
-    if let Some(dir) = &plan.init_from {
-        let rows = saved_vocab_rows(&dir.join(crate::peft::WEIGHTS_FILE))?;
-        if let Some(rows) = rows.filter(|&r| r > model.cfg.vocab_size) {
-            model.resize_token_embeddings(rows)?;
-        }
-    }
-    // PiSSA splits the full-precision weight; the residual is what gets quantized (QLoRA).
-    let pissa = matches!(s.init, LoraInit::Pissa { .. });
-    if !pissa {
-        crate::quant::quantize_frozen(model, plan.base_quant)?;
-    }
-    let mut adapters = inject_settings(model, &s, seed)?;
-    if pissa {
-        crate::quant::quantize_frozen(model, plan.base_quant)?;
-    }
-    add_modules_to_save(model, &mut adapters, &plan.modules_to_save)?;
-    if let Some(dir) = &plan.init_from {
-        load_adapter_weights(&adapters, dir)?;
-    }
-    Ok(adapters)
-}
-
 /// The modules `lora_modules_to_save` can name: the token embeddings and the LM head.
 pub const MODULES_TO_SAVE: [&str; 2] = ["model.embed_tokens", "lm_head"];
 
@@ -386,13 +360,6 @@ pub fn add_modules_to_save(
         adapters.modules_to_save.push(module.to_string());
     }
     Ok(())
-}
-
-/// Standard normal by Box–Muller (avoids another dependency).
-pub(crate) fn normal(rng: &mut impl Rng) -> f64 {
-    let u1: f64 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random::<f64>();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 /// Trainable and total parameter counts, as PEFT's `get_nb_trainable_parameters()`.

@@ -15,6 +15,13 @@ use std::sync::{Arc, Mutex};
 /// its projection and the element index.
 pub type SharedRng = SharedKey;
 
+/// Standard normal by Box–Muller (avoids another dependency).
+pub(crate) fn normal(rng: &mut impl rand::Rng) -> f64 {
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
 /// A fresh dropout key for `seed` (step 0, micro-batch 0).
 pub fn shared_rng(seed: u64) -> SharedRng {
     Arc::new(Mutex::new(DropoutKey {

@@ -10,8 +10,7 @@ use crate::lora::{Adapters, MODULES_TO_SAVE};
 use runner_recipe::plan::{AdapterPlan, LoraInit, TargetModules};
 use std::path::Path;
 
-/// The prefix PEFT's `PeftModelForCausalLM` puts before module names.
-pub const PEFT_PREFIX: &str = "base_model.model.";
+pub use crate::lora::PEFT_PREFIX;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";

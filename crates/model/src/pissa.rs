@@ -120,9 +120,7 @@ pub fn top_svd(w: &[f64], rows: usize, cols: usize, r: usize) -> TopSvd {
 /// subspace iteration with re-orthonormalisation, then the exact SVD of the small `Qᵀ W`.
 pub fn lowrank_svd(w: &[f64], rows: usize, cols: usize, r: usize, niter: u32, seed: u64) -> TopSvd {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let omega: Vec<f64> = (0..cols * r)
-        .map(|_| crate::lora::normal(&mut rng))
-        .collect();
+    let omega: Vec<f64> = (0..cols * r).map(|_| crate::nn::normal(&mut rng)).collect();
     let wt = {
         let mut o = vec![0.0; rows * cols];
         for i in 0..rows {

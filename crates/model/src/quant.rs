@@ -10,11 +10,14 @@
 //! dynamic map, in blocks of 256 with one fp32 scale each. Resident size per parameter:
 //! 1/2 + 1/64 + 4/(64·256) ≈ 0.5159 bytes.
 
-use crate::error::{Error, Result};
-use crate::llama::CausalLm;
+use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 use runner_recipe::plan::BaseQuant;
 use std::sync::{Arc, OnceLock};
+
+// NF4 on a GPU: the packed parts uploaded once, dequantized by the kernel.
+#[cfg(feature = "cuda")]
+mod cuda;
 
 /// The 16 NF4 code values: the one table, in [`crate::ops::dequant`].
 pub use crate::ops::dequant::NF4_CODE;
@@ -333,52 +336,6 @@ pub struct QuantSummary {
     pub bytes: usize,
 }
 
-/// Quantizes the frozen weights of every decoder linear layer (`q/k/v/o_proj`,
-/// `gate/up/down_proj`) in place, as `load_in_4bit` / `load_in_8bit` do; embeddings, norms,
-/// biases and the LM head stay in the compute dtype. Layers already quantized are skipped, so
-/// it may run twice. Run it after loading and before [`crate::inject`] (which calls it itself
-/// when the plan asks for a quantized base).
-pub fn quantize_frozen(model: &mut CausalLm, kind: BaseQuant) -> Result<QuantSummary> {
-    let mut sum = QuantSummary::default();
-    if kind == BaseQuant::None {
-        return Ok(sum);
-    }
-    for layer in &mut model.layers {
-        let a = &mut layer.self_attn;
-        let m = &mut layer.mlp;
-        for lin in [
-            &mut a.q_proj,
-            &mut a.k_proj,
-            &mut a.v_proj,
-            &mut a.o_proj,
-            &mut m.gate_proj,
-            &mut m.up_proj,
-            &mut m.down_proj,
-        ] {
-            if lin.quant.is_some() {
-                continue;
-            }
-            let (rows, cols) = lin.weight.dims2()?;
-            let w: Vec<f32> = lin
-                .weight
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1()
-                .map_err(|e| Error::Adapter(format!("{}: {e}", lin.name)))?;
-            let Some(q) = QuantWeight::quantize(&w, rows, cols, kind) else {
-                continue;
-            };
-            drop(w);
-            sum.layers += 1;
-            sum.params += rows * cols;
-            sum.bytes += q.nbytes();
-            lin.weight = placeholder(rows, cols, lin.weight.dtype(), lin.weight.device())?;
-            lin.quant = Some(Arc::new(q));
-        }
-    }
-    Ok(sum)
-}
-
 /// The `weight` of a quantized layer: its shape, dtype and device with one NaN behind a
 /// zero-stride view (4 bytes), so shape queries work and any read of its values by code that
 /// should have called [`crate::nn::Linear::dense_weight`] shows as NaN, never as silent zeros.
@@ -414,7 +371,7 @@ impl crate::ops::dequant::Dequantize for QuantWeight {
     fn dense_on(self: Arc<Self>, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
         #[cfg(feature = "cuda")]
         if device.is_cuda()
-            && let Some(t) = crate::cuda::nf4_dense(&self, dtype, device)
+            && let Some(t) = cuda::nf4_dense(&self, dtype, device)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?
         {
             return Ok(t);

@@ -215,26 +215,16 @@ impl StreamingQuantizer {
             .contains(&module)
     }
 
-    /// Gives every quantized weight to its layer; errors if one has no layer (a name mismatch
-    /// that would leave a NaN placeholder in the model).
-    pub fn attach(&self, model: &mut crate::llama::CausalLm) -> Result<crate::quant::QuantSummary> {
+    /// Takes the quantized weight of tensor `name` (once); the caller gives it to its layer.
+    pub(crate) fn take(&self, name: &str) -> Option<Arc<crate::quant::QuantWeight>> {
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        let mut sum = crate::quant::QuantSummary::default();
-        for lin in model.linears_mut() {
-            if let Some(q) = done.remove(&format!("{}.weight", lin.name)) {
-                let (rows, cols) = q.dims();
-                sum.layers += 1;
-                sum.params += rows * cols;
-                sum.bytes += q.nbytes();
-                lin.quant = Some(q);
-            }
-        }
-        if let Some(name) = done.keys().next() {
-            return Err(Error::Adapter(format!(
-                "internal: quantized `{name}` while loading but no layer took it"
-            )));
-        }
-        Ok(sum)
+        done.remove(name)
+    }
+
+    /// A quantized tensor no layer took (a name mismatch that would leave a NaN placeholder).
+    pub(crate) fn leftover(&self) -> Option<String> {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        done.keys().next().cloned()
     }
 }
 

@@ -9,7 +9,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use runner_model::generate::{GenerateOptions, KvCache, Sampler, Sampling, generate};
-use runner_model::lora::{LoraSettings, inject_settings, load_adapter_file};
+use runner_model::lora::{LoraSettings, inject_settings};
+use runner_model::peft::load_adapter_file;
 use runner_model::{Batch, CausalLm, load_folder};
 use runner_recipe::plan::{LoraInit, TargetModules};
 use std::path::PathBuf;

@@ -17,9 +17,8 @@
 //! Tolerances (f32): logits max-abs error / max-abs value ≤ 1e-5; gradients ≤ 1e-4 relative.
 
 use candle_core::{DType, Device, Tensor};
-use runner_model::lora::{
-    LoraSettings, ParamCounts, add_modules_to_save, inject_settings, load_adapter_file,
-};
+use runner_model::lora::{LoraSettings, ParamCounts, add_modules_to_save, inject_settings};
+use runner_model::peft::load_adapter_file;
 use runner_model::{Adapters, Batch, CausalLm, load_folder, loss};
 use runner_recipe::plan::{LoraInit, TargetModules};
 use std::collections::HashMap;

@@ -331,7 +331,7 @@ fn resume_from(dir: &Path, inp: &Inputs, opt: &mut AdamW) -> Result<LoopState, T
         path: dir.to_path_buf(),
         message,
     };
-    runner_model::lora::load_adapter_weights(inp.adapters, dir).map_err(|e| bad(e.to_string()))?;
+    runner_model::peft::load_adapter_weights(inp.adapters, dir).map_err(|e| bad(e.to_string()))?;
     let dev = inp.model.device();
     let tensors = candle_core::safetensors::load(dir.join("optimizer.safetensors"), dev)
         .map_err(|e| bad(format!("optimizer.safetensors: {e}")))?;
@@ -501,8 +501,7 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
                 continue;
             }
             let scaled = (&out.loss_sum / n_tokens.max(1) as f64)?;
-            let store =
-                runner_model::checkpoint::backward(&scaled, inp.model).map_err(model_err)?;
+            let store = runner_model::backward(&scaled, inp.model).map_err(model_err)?;
             grads.accumulate(&store, opt.groups())?;
             loss_sum += out
                 .loss_sum

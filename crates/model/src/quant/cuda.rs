@@ -1,10 +1,10 @@
 //! NF4 weights on a GPU (feature `cuda`): the packed parts uploaded once per weight and device,
 //! dequantized there by the `nf4` kernel whenever a product needs the dense weight
-//! ([`crate::quant::QuantWeight`]'s `Dequantize::dense_on`). The CPU path never comes here.
+//! ([`super::QuantWeight`]'s `Dequantize::dense_on`). The CPU path never comes here.
 
+use super::{QuantWeight, dynamic_map};
 use crate::error::Result;
 use crate::ops::dequant::Nf4Parts;
-use crate::quant::{QuantWeight, dynamic_map};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
