@@ -10,7 +10,6 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
 use runner_model::config::{Arch, RopeScaling};
-use runner_model::nn::Linear;
 use runner_model::{CausalLm, ModelConfig};
 use std::path::{Path, PathBuf};
 
@@ -253,26 +252,6 @@ pub struct GgufReport {
     pub merged_modules: usize,
 }
 
-/// The weight a linear layer computes with: its (dequantized) frozen weight with an injected
-/// LoRA/DoRA adapter merged in (`W + s·B·A`, DoRA rescaled per row), in f32.
-pub fn merged_weight(lin: &Linear) -> Result<Tensor, ExportError> {
-    let w = lin.dense_weight()?.to_dtype(DType::F32)?;
-    match &lin.lora {
-        None => Ok(w),
-        Some(l) => {
-            let m = crate::merge::ModuleAdapter {
-                a: l.a.as_tensor().to_dtype(DType::F32)?,
-                b: l.b.as_tensor().to_dtype(DType::F32)?,
-                magnitude: match &l.magnitude {
-                    Some(m) => Some(m.as_tensor().to_dtype(DType::F32)?),
-                    None => None,
-                },
-            };
-            crate::merge::merge_weight(&w, &m, l.scale)
-        }
-    }
-}
-
 /// llama.cpp's row permutation of Q and K: `w.reshape(n_head, 2, rows/n_head/2, cols)
 /// .swapaxes(1, 2).reshape(rows, cols)` (the inverse of the one the GGUF loader undoes).
 pub fn permute_qk(w: &Tensor, n_head: usize) -> Result<Tensor, ExportError> {
@@ -378,7 +357,7 @@ pub fn write_gguf(
             .zip(layer.projections())
         {
             report.merged_modules += usize::from(lin.lora.is_some());
-            let mut w = merged_weight(lin)?;
+            let mut w = crate::merge::merged_weight(lin)?;
             if proj.leaf == "q_proj" {
                 w = permute_qk(&w, cfg.num_attention_heads)?;
             } else if proj.leaf == "k_proj" {
@@ -411,7 +390,7 @@ pub fn write_gguf(
         report.merged_modules += usize::from(model.lm_head.lora.is_some());
         add(
             g("lm_head.weight".into())?,
-            merged_weight(&model.lm_head)?,
+            crate::merge::merged_weight(&model.lm_head)?,
             true,
             &mut report,
         )?;

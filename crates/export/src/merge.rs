@@ -731,7 +731,7 @@ pub fn write_model_folder(
         {
             let n = proj.module;
             merged_modules += usize::from(lin.lora.is_some());
-            put(format!("{p}.{n}.weight"), crate::gguf::merged_weight(lin)?)?;
+            put(format!("{p}.{n}.weight"), merged_weight(lin)?)?;
             if let Some(b) = &lin.bias {
                 put(format!("{p}.{n}.bias"), b.clone())?;
             }
@@ -741,10 +741,7 @@ pub fn write_model_folder(
     let tied = model.lm_head.lora.is_none() && model.lm_head.weight.id() == model.embed_tokens.id();
     if !tied {
         merged_modules += usize::from(model.lm_head.lora.is_some());
-        put(
-            "lm_head.weight".into(),
-            crate::gguf::merged_weight(&model.lm_head)?,
-        )?;
+        put("lm_head.weight".into(), merged_weight(&model.lm_head)?)?;
     }
     let mut cfg = model.cfg.clone();
     cfg.tie_word_embeddings = tied;
@@ -785,4 +782,24 @@ pub fn write_model_folder(
         bytes_written: bytes.len() as u64,
         merged_modules,
     })
+}
+
+/// The weight a linear layer computes with: its (dequantized) frozen weight with an injected
+/// LoRA/DoRA adapter merged in (`W + s·B·A`, DoRA rescaled per row), in f32.
+pub fn merged_weight(lin: &runner_model::nn::Linear) -> Result<Tensor, ExportError> {
+    let w = lin.dense_weight()?.to_dtype(DType::F32)?;
+    match &lin.lora {
+        None => Ok(w),
+        Some(l) => {
+            let m = ModuleAdapter {
+                a: l.a.as_tensor().to_dtype(DType::F32)?,
+                b: l.b.as_tensor().to_dtype(DType::F32)?,
+                magnitude: match &l.magnitude {
+                    Some(m) => Some(m.as_tensor().to_dtype(DType::F32)?),
+                    None => None,
+                },
+            };
+            merge_weight(&w, &m, l.scale)
+        }
+    }
 }
