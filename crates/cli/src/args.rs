@@ -115,7 +115,8 @@ pub enum Command {
         #[arg(long)]
         model: Option<String>,
         /// A PEFT adapter folder (default: the recipe's lora_model_dir, else the adapter in its
-        /// output_dir if a run left one there, else none).
+        /// output_dir if a run left one there, else none). A run's adapter is refused unless
+        /// the run is complete: name a checkpoint (OUTPUT_DIR/checkpoint-N) to use another.
         #[arg(long)]
         adapter: Option<PathBuf>,
         /// Use no adapter, even when the recipe names or produced one.

@@ -128,6 +128,7 @@ fn issue_17_kill_at_every_file_system_operation_of_a_save_and_the_export_then_re
         let _ = std::fs::remove_dir_all(&out);
     }
     // Two checkpoint saves (one with a rotation) and the export: well over 20 operations.
+    eprintln!("{killed} runs killed, each resumed to the reference adapter");
     assert!(killed >= 20, "only {killed} operations were interrupted");
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -125,6 +125,10 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
 
     // The output folder: whose it is, where training continues from. Every rank decides from
     // the same files before rank 0 changes any.
+    let _lock = match writer {
+        true => Some(outdir::lock(&plan.train.output_dir)?),
+        false => None,
+    };
     let claim = outdir::claim(plan, &resolved.ids, opts.folder)?;
     if let Some(c) = &opts.comm {
         c.all_reduce_f64("output folder check", &mut [0.0])

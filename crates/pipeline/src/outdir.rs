@@ -139,18 +139,24 @@ pub struct Claim {
 /// What a folder holds.
 struct Held {
     manifest: Option<Manifest>,
+    /// Why a run.json there could not be read (another runner's format, damaged).
+    unreadable: Option<String>,
     checkpoints: Vec<(u64, PathBuf)>,
     files: Vec<&'static str>,
 }
 
 impl Held {
     fn read(dir: &Path) -> anyhow::Result<Held> {
-        let manifest = match dir.join(manifest::FILE).is_file() {
-            true => Some(Manifest::read(dir)?),
-            false => None,
+        let (manifest, unreadable) = match dir.join(manifest::FILE).is_file() {
+            true => match Manifest::read(dir) {
+                Ok(m) => (Some(m), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            },
+            false => (None, None),
         };
         Ok(Held {
             manifest,
+            unreadable,
             checkpoints: checkpoint::list(dir)?,
             files: RUN_FILES
                 .iter()
@@ -170,8 +176,12 @@ impl Held {
             format!("; newest checkpoint {}", p.display())
         });
         let Some(m) = &self.manifest else {
+            let why = match &self.unreadable {
+                Some(e) => format!("a run.json this runner cannot read ({e})"),
+                None => "no run.json".to_string(),
+            };
             return format!(
-                "{} holds the files of a run ({}) with no run.json{newest}",
+                "{} holds the files of a run ({}) with {why}{newest}",
                 dir.display(),
                 self.files.join(", ")
             );
@@ -272,20 +282,22 @@ pub fn claim(plan: &Plan, ids: &InputIds, flags: FolderFlags) -> anyhow::Result<
                     ));
                 } else {
                     let mut msg = held.describe(out_dir);
+                    let mut same_run = false;
                     if let Some(m) = recorded {
                         let diffs = differences(&m.plan, Some(&m.inputs), &plan_json, ids);
-                        if diffs.is_empty() {
+                        same_run = diffs.is_empty();
+                        if same_run {
                             msg.push_str(" (the same recipe and inputs as this run)");
                         } else {
-                            msg.push_str(": another run; what differs:");
+                            msg.push_str(": another run; what differs (recorded → now):");
                             for d in &diffs {
                                 msg.push_str(&format!("\n  {d}"));
                             }
                         }
                     }
-                    let resume_hint = match held.checkpoints.last() {
-                        Some(_) => ", resume it with auto_resume_from_checkpoints: true",
-                        None => "",
+                    let resume_hint = match (same_run && !finished, held.checkpoints.is_empty()) {
+                        (true, false) => "; or resume it: auto_resume_from_checkpoints: true",
+                        _ => "",
                     };
                     bail!("{msg}\n{options}{resume_hint}");
                 }
@@ -320,6 +332,33 @@ pub fn claim(plan: &Plan, ids: &InputIds, flags: FolderFlags) -> anyhow::Result<
     })
 }
 
+/// The advisory lock a run holds on its output folder (`.runner.lock`; the system releases it
+/// when the process ends, however it ends): a second process writing into the same folder
+/// is refused instead of mixing two runs' files.
+pub const LOCK_FILE: &str = ".runner.lock";
+
+/// Takes the output folder's lock (creating the folder), for as long as the file lives.
+pub fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is in use by another runner process (it holds {LOCK_FILE}); wait for it to end or choose another output_dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 /// Acts on a [`Claim`] (the writing rank only): clears the folder under `--overwrite`, then
 /// removes the temporaries interrupted runs left in it. Returns the temporaries removed.
 pub fn prepare(plan: &Plan, claim: &Claim) -> anyhow::Result<Vec<PathBuf>> {
@@ -341,7 +380,7 @@ pub fn clear(dir: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
         let entry = entry?;
         let path = entry.path();
-        if path == trash {
+        if path == trash || entry.file_name() == LOCK_FILE {
             continue;
         }
         let abs = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
@@ -424,5 +463,16 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["prepared"]);
+    }
+
+    #[test]
+    fn issue_17_group_1_a_second_writer_of_the_folder_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        let held = lock(&out).unwrap();
+        let e = lock(&out).unwrap_err().to_string();
+        assert!(e.contains("in use by another runner process"), "{e}");
+        drop(held);
+        lock(&out).unwrap();
     }
 }
