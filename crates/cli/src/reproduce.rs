@@ -8,6 +8,13 @@ use std::process::ExitCode;
 
 pub fn reproduce(output_dir: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let recorded = Manifest::read(output_dir)?;
+    if recorded.status() != runner_pipeline::manifest::RunStatus::Complete {
+        anyhow::bail!(
+            "{}: the run is not complete (run.json says {:?}); reproduce reruns finished runs (resume it first)",
+            output_dir.display(),
+            recorded.status()
+        );
+    }
     let output_dir = std::path::absolute(output_dir)?;
     let out = match out {
         Some(o) if o.exists() => anyhow::bail!(
