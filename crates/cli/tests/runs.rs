@@ -297,6 +297,17 @@ fn issue_17_group_2_resume_is_exact_or_refused() {
     );
     let steps: Vec<u64> = losses(&out).iter().map(|l| l.0).collect();
     assert_eq!(steps, [1, 2, 4, 6, 8]);
+
+    // Even so, a checkpoint past the new schedule's end is not passed off as its result.
+    let mut shorter = sets.to_vec();
+    shorter.extend(["max_steps=2", resume.as_str()]);
+    let r = s.run(&shorter, &["--allow-changed"]);
+    let err = stderr(&r);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("past the 2 steps of this run's schedule"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -125,15 +125,23 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
 
     // The output folder: whose it is, where training continues from. Every rank decides from
     // the same files before rank 0 changes any.
-    let _lock = match writer {
-        true => Some(outdir::lock(&plan.train.output_dir)?),
-        false => None,
-    };
-    let claim = outdir::claim(plan, &resolved.ids, opts.folder)?;
+    let claimed = (|| -> anyhow::Result<(Option<std::fs::File>, outdir::Claim)> {
+        let lock = match writer {
+            true => Some(outdir::lock(&plan.train.output_dir)?),
+            false => None,
+        };
+        Ok((lock, outdir::claim(plan, &resolved.ids, opts.folder)?))
+    })();
     if let Some(c) = &opts.comm {
-        c.all_reduce_f64("output folder check", &mut [0.0])
+        // Every rank stops when one refuses, instead of waiting for it at the next collective.
+        let mut refused = [claimed.is_err() as u8 as f64];
+        c.all_reduce_f64("output folder check", &mut refused)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if refused[0] > 0.0 && claimed.is_ok() {
+            anyhow::bail!("another rank refused the output folder (rank 0 says why)");
+        }
     }
+    let (_lock, claim) = claimed?;
     for n in &claim.notes {
         report(&format!("note: {n}"));
     }
