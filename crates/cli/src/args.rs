@@ -58,6 +58,8 @@ pub enum Command {
         plan_device: Option<String>,
         #[command(flatten)]
         parallel: ParallelArgs,
+        #[command(flatten)]
+        folder: FolderArgs,
     },
     /// Prepare the recipe's datasets (through the cache) and print a summary: rows read,
     /// dropped and truncated, tokens, trained fraction, packing efficiency, time.
@@ -113,7 +115,8 @@ pub enum Command {
         #[arg(long)]
         model: Option<String>,
         /// A PEFT adapter folder (default: the recipe's lora_model_dir, else the adapter in its
-        /// output_dir if a run left one there, else none).
+        /// output_dir if a run left one there, else none). A run's adapter is refused unless
+        /// the run is complete: name a checkpoint (OUTPUT_DIR/checkpoint-N) to use another.
         #[arg(long)]
         adapter: Option<PathBuf>,
         /// Use no adapter, even when the recipe names or produced one.
@@ -244,6 +247,19 @@ pub struct ParallelArgs {
     /// multi-GPU code path without GPUs, for tests and debugging.
     #[arg(long, value_name = "N")]
     pub processes: Option<usize>,
+}
+
+/// What `runner run` may do with an output folder that already holds a run.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct FolderArgs {
+    /// Clear output_dir first when it holds a run (another one, or this one), and start afresh.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Resume although the recipe changed what is trained (schedule, learning rate, data,
+    /// model, adapter shape): the differences are listed and the run continues with the new
+    /// values from the checkpoint's step.
+    #[arg(long)]
+    pub allow_changed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

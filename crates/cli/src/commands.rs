@@ -17,6 +17,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Color::Never => false,
         Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
+    // Named in the message of a process ended by SIGINT/SIGTERM (`runner run` names its stages).
+    let name = format!("{:?}", cli.command);
+    runner_io::interrupt::set_stage(name.split([' ', '{']).next().unwrap_or_default());
     match cli.command {
         Command::Validate { recipe, explain } => {
             let loaded = match load(&recipe) {
@@ -42,6 +45,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
             plan_device,
             parallel,
+            folder,
         } => {
             let loaded = match load(&recipe) {
                 Ok(l) => l,
@@ -78,7 +82,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if let crate::launch::Placement::Launch { processes } = placement {
                 return crate::launch::launch(processes);
             }
-            crate::run::run(&loaded, &label, &placement)
+            let folder = runner_pipeline::outdir::FolderFlags {
+                overwrite: folder.overwrite,
+                allow_changed: folder.allow_changed,
+            };
+            crate::run::run(&loaded, &label, &placement, folder)
         }
         Command::Preprocess {
             recipe,
@@ -217,6 +225,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dequantized_base,
             force,
         } => {
+            runner_pipeline::outdir::check_adapter(&adapter)?;
             let base_quant = match dequantized_base {
                 crate::args::DequantizedBase::None => BaseQuant::None,
                 crate::args::DequantizedBase::Nf4 => BaseQuant::Nf4,

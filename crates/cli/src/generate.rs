@@ -85,6 +85,7 @@ pub fn choose(
     }
     let adapter = adapter_dir(loaded, adapter, no_adapter || model.is_some());
     if let Some(dir) = &adapter {
+        runner_pipeline::outdir::check_adapter(dir)?;
         let saved = runner_model::peft::read_config(dir)
             .with_context(|| format!("reading the adapter in {}", dir.display()))?;
         let quant = plan.adapter.base_quant;

@@ -9,6 +9,10 @@ use runner_train::dist::RankInfo;
 use std::process::{Child, Command, ExitCode};
 use std::time::Duration;
 
+/// Set in a launcher: SIGINT/SIGTERM are for its ranks, it only waits for them.
+pub static IGNORE_SIGNALS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
     /// This process trains alone: on the CPU (`None`) or one GPU.
@@ -74,7 +78,7 @@ pub fn launch(n: usize) -> anyhow::Result<ExitCode> {
     };
     // Ctrl-C reaches every rank through the terminal; each finishes its step and saves. The
     // launcher only waits.
-    let _ = ctrlc::set_handler(|| {});
+    IGNORE_SIGNALS.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut children: Vec<(usize, Child)> = Vec::with_capacity(n);
     for rank in 0..n {
         let child = Command::new(&exe)

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose);
+    install_signal_handler();
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -55,6 +56,37 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// SIGINT/SIGTERM (and SIGHUP): while training, a first signal finishes the step and saves a
+/// checkpoint; anywhere else, or on a second signal, the process ends at once with a message
+/// naming the stage, after removing the temporary files it had open (every file is written to
+/// a temporary name and renamed, so nothing half-written is left under a final name).
+fn install_signal_handler() {
+    let _ = ctrlc::set_handler(|| {
+        use std::sync::atomic::Ordering;
+        if launch::IGNORE_SIGNALS.load(Ordering::SeqCst) {
+            return;
+        }
+        let stop = runner_io::interrupt::stop_flag();
+        if runner_io::interrupt::is_graceful() && !stop.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "\nstopping after this step (saving a checkpoint); press Ctrl-C again to abort"
+            );
+            return;
+        }
+        runner_io::atomic::remove_live_temporaries();
+        let stage = runner_io::interrupt::stage();
+        eprintln!(
+            "\ninterrupted{}: stopped now; nothing was left half-written under a final name (a run resumes from its last checkpoint)",
+            if stage.is_empty() {
+                String::new()
+            } else {
+                format!(" during {stage}")
+            }
+        );
+        std::process::exit(130);
+    });
 }
 
 fn init_logging(verbose: u8) {

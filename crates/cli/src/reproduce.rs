@@ -8,6 +8,13 @@ use std::process::ExitCode;
 
 pub fn reproduce(output_dir: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let recorded = Manifest::read(output_dir)?;
+    if recorded.status() != runner_pipeline::manifest::RunStatus::Complete {
+        anyhow::bail!(
+            "{}: the run is not complete (run.json says {:?}); reproduce reruns finished runs (resume it first)",
+            output_dir.display(),
+            recorded.status()
+        );
+    }
     let output_dir = std::path::absolute(output_dir)?;
     let out = match out {
         Some(o) if o.exists() => anyhow::bail!(
@@ -66,7 +73,12 @@ pub fn reproduce(output_dir: &Path, out: Option<PathBuf>) -> anyhow::Result<Exit
     }
     let gpu = recorded.device.starts_with("Cuda").then_some(0);
     let placement = crate::launch::Placement::Single { gpu };
-    let code = crate::run::run(&loaded, &recorded.recipe.name, &placement)?;
+    let code = crate::run::run(
+        &loaded,
+        &recorded.recipe.name,
+        &placement,
+        Default::default(),
+    )?;
     if code != ExitCode::SUCCESS {
         anyhow::bail!("the rerun did not finish; nothing to compare");
     }

@@ -9,19 +9,20 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 pub fn run(
     loaded: &Loaded,
     recipe_label: &str,
     placement: &crate::launch::Placement,
+    folder: runner_pipeline::outdir::FolderFlags,
 ) -> anyhow::Result<ExitCode> {
     match placement {
         crate::launch::Placement::Rank { info, .. } if info.world_size > 1 => {
             let rank = info.rank;
-            run_here(loaded, recipe_label, placement).with_context(|| format!("rank {rank}"))
+            run_here(loaded, recipe_label, placement, folder)
+                .with_context(|| format!("rank {rank}"))
         }
-        _ => run_here(loaded, recipe_label, placement),
+        _ => run_here(loaded, recipe_label, placement, folder),
     }
 }
 
@@ -74,6 +75,7 @@ fn run_here(
     loaded: &Loaded,
     recipe_label: &str,
     placement: &crate::launch::Placement,
+    folder: runner_pipeline::outdir::FolderFlags,
 ) -> anyhow::Result<ExitCode> {
     let plan = &loaded.plan;
     // Refused before a device or a job is set up (the pipeline checks again, as a library).
@@ -91,20 +93,8 @@ fn run_here(
     // This process's device and, in a job, the other ranks.
     let (device, comm) = device_and_comm(placement)?;
 
-    // SIGINT/SIGTERM finish the step, save, and stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                // A second signal: the user insists.
-                std::process::exit(130);
-            }
-            eprintln!(
-                "\nstopping after this step (saving a checkpoint); press Ctrl-C again to abort"
-            );
-        });
-    }
+    // SIGINT/SIGTERM during training finish the step, save, and stop (main.rs's handler).
+    let stop = runner_io::interrupt::stop_flag();
     let print = |s: &str| eprintln!("{s}");
     let report = runner_pipeline::run(
         loaded,
@@ -115,6 +105,7 @@ fn run_here(
             stop,
             progress_bar: std::io::stderr().is_terminal(),
             report: &print,
+            folder,
         },
     )?;
     let outcome = &report.outcome;
@@ -199,6 +190,9 @@ fn peak_rss_gb() -> Option<f64> {
 /// `runner eval`: mean token loss and perplexity of base (+ adapter) on the prepared data.
 pub fn eval(loaded: &Loaded, adapter: Option<PathBuf>, on_train: bool) -> anyhow::Result<ExitCode> {
     let mut plan = loaded.plan.clone();
+    if let Some(dir) = adapter.as_ref().or(plan.adapter.init_from.as_ref()) {
+        runner_pipeline::outdir::check_adapter(dir)?;
+    }
     if let Some(dir) = adapter {
         let saved = runner_model::peft::read_config(&dir)?;
         plan.adapter = saved.adapter_plan(Some(dir));
@@ -236,6 +230,7 @@ pub fn eval(loaded: &Loaded, adapter: Option<PathBuf>, on_train: bool) -> anyhow
         data: &data,
         pad_id: tok.pad_id(),
         checkpoint_manifest: None,
+        run_id: None,
     };
     let loss = runner_train::trainer::evaluate(&inputs)?
         .ok_or_else(|| anyhow::anyhow!("the evaluation set has no trained tokens"))?;

@@ -4,10 +4,15 @@
 //!   final one, synced, then renamed — so a crash never leaves half a file under a final name.
 //! - [`hash`]: blake3 content hashes of files, remembered by (path, size, mtime) so that large
 //!   model files are hashed once, not on every start.
+//! - [`interrupt`]: the process's stop request (SIGINT/SIGTERM) and whether the running stage
+//!   can honour it at a safe point.
+//! - [`fault`]: the fault-injection hook the crash tests use (`RUNNER_FAULT_AT`).
 //! - [`names`]: the single table between llama.cpp's GGUF tensor names and Hugging Face's.
 
 pub mod atomic;
+pub mod fault;
 pub mod hash;
+pub mod interrupt;
 pub mod names;
 
 use std::path::PathBuf;

@@ -10,6 +10,8 @@
 //!
 //! [`run()`] chains them, times each stage (a `tracing` span per stage) and writes the run
 //! manifest [`manifest::Manifest`] (`run.json`) into the output folder and every checkpoint.
+//! Before anything is written, [`outdir`] decides what the run may do with its output folder
+//! (refuse another run's, resume exactly, clear it under `--overwrite`).
 //! [`reproduce`] reruns a run from its manifest and compares the adapters; it and `runner diff`
 //! read manifests only. The CLI parses arguments, calls [`run()`] and prints.
 
@@ -19,10 +21,11 @@ pub mod inputs;
 pub mod manifest;
 pub mod memory;
 pub mod model;
+pub mod outdir;
 pub mod reproduce;
 
 use candle_core::Device;
-use manifest::{Manifest, OutcomeRecord, PreparedRecord, RecipeRecord, StageTime};
+use manifest::{Manifest, OutcomeRecord, PreparedRecord, RecipeRecord, RunStatus, StageTime};
 use runner_recipe::Loaded;
 use runner_train::dist::Communicator;
 use runner_train::trainer::{Control, Inputs, Outcome, StopReason};
@@ -43,6 +46,8 @@ pub struct RunOptions<'a> {
     pub progress_bar: bool,
     /// Human-readable progress lines (data summary, parameter counts); rank 0's only.
     pub report: &'a dyn Fn(&str),
+    /// `--overwrite`, `--allow-changed`: what the run may do with its output folder.
+    pub folder: outdir::FolderFlags,
 }
 
 /// What a run produced.
@@ -62,6 +67,8 @@ fn stage<T>(
 ) -> anyhow::Result<T> {
     let span = tracing::info_span!("stage", name);
     let _entered = span.enter();
+    runner_io::interrupt::set_stage(name);
+    hold_for_tests(name);
     let start = Instant::now();
     tracing::info!("start");
     let out = f();
@@ -72,6 +79,15 @@ fn stage<T>(
         seconds,
     });
     out
+}
+
+/// A test hook: with `RUNNER_TEST_HOLD_STAGE=NAME` the stage NAME waits (up to a minute)
+/// before it starts, so that a test can signal the process inside it.
+fn hold_for_tests(name: &str) {
+    if std::env::var("RUNNER_TEST_HOLD_STAGE").is_ok_and(|v| v == name) {
+        eprintln!("holding in stage {name} (RUNNER_TEST_HOLD_STAGE)");
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
 }
 
 /// Runs the whole pipeline for `loaded` (a validated recipe): resolve inputs, prepare data,
@@ -106,6 +122,48 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
         Ok(r)
     })?;
     let tok = &resolved.tokenizer;
+
+    // The output folder: whose it is, where training continues from. Every rank decides from
+    // the same files before rank 0 changes any.
+    let claimed = (|| -> anyhow::Result<(Option<std::fs::File>, outdir::Claim)> {
+        let lock = match writer {
+            true => Some(outdir::lock(&plan.train.output_dir)?),
+            false => None,
+        };
+        Ok((lock, outdir::claim(plan, &resolved.ids, opts.folder)?))
+    })();
+    if let Some(c) = &opts.comm {
+        // Every rank stops when one refuses, instead of waiting for it at the next collective.
+        let mut refused = [claimed.is_err() as u8 as f64];
+        c.all_reduce_f64("output folder check", &mut refused)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if refused[0] > 0.0 && claimed.is_ok() {
+            anyhow::bail!("another rank refused the output folder (rank 0 says why)");
+        }
+    }
+    let (_lock, claim) = claimed?;
+    for n in &claim.notes {
+        report(&format!("note: {n}"));
+    }
+    if let Some(dir) = &plan.adapter.init_from {
+        outdir::check_adapter(dir)?;
+    }
+    if writer {
+        let removed = outdir::prepare(plan, &claim)?;
+        if !removed.is_empty() {
+            report(&format!(
+                "note: removed {} temporary file(s) left by an interrupted run in {}",
+                removed.len(),
+                plan.train.output_dir.display()
+            ));
+        }
+    }
+    // The trainer continues from the checkpoint decided here.
+    let mut train_plan = plan.clone();
+    train_plan.train.resume = match &claim.resume {
+        Some(d) => runner_recipe::plan::Resume::From(d.clone()),
+        None => runner_recipe::plan::Resume::Fresh,
+    };
 
     // 2. data
     let data = stage(&mut stages, "prepare_data", || {
@@ -150,25 +208,33 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
         stages: Vec::new(),
         outcome: None,
         files: Vec::new(),
+        status: Some(RunStatus::Running),
+        run_id: Some(claim.run_id.clone()),
     };
 
     // 4. train. The tokenizer goes beside the adapter, as Axolotl saves it: the vocabulary it
     // was trained with, added tokens included.
     let out_dir = &plan.train.output_dir;
-    tok.save_pretrained(out_dir)?;
+    if writer {
+        // First: until it is rewritten at the end, nothing in the folder is final.
+        std::fs::create_dir_all(out_dir)?;
+        manifest.write(out_dir)?;
+        tok.save_pretrained(out_dir)?;
+    }
     let checkpoint_manifest = {
         let mut m = manifest.clone();
         m.stages = stages.clone();
         move |files: &[(&str, Vec<u8>)]| m.for_checkpoint(files)
     };
     let train_inputs = Inputs {
-        plan,
+        plan: &train_plan,
         recipe_text: &loaded.sources.text,
         model: &built.model,
         adapters: &built.adapters,
         data: &data,
         pad_id: tok.pad_id(),
         checkpoint_manifest: Some(&checkpoint_manifest),
+        run_id: Some(&claim.run_id),
     };
     let control = Control {
         stop: opts.stop.clone(),
@@ -215,6 +281,13 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
     manifest.stages = stages;
     let since = started - std::time::Duration::from_secs(2);
     manifest.files = manifest::written_files(out_dir, since)?;
+    manifest.status = Some(if finished {
+        RunStatus::Complete
+    } else {
+        RunStatus::Partial
+    });
+    // Last: the marker that the folder's adapter is the run's result.
+    let _faults = runner_io::fault::scope();
     manifest.write(out_dir)?;
     exported?;
     Ok(RunReport {

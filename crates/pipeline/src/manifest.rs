@@ -1,6 +1,8 @@
 //! The run manifest, `run.json`: what a run was built from, read and wrote, so that a recipe in
 //! git plus the manifest pin a result and `runner reproduce` / `runner diff` can check it.
-//! Written atomically into every output folder and every checkpoint.
+//! Written atomically into every output folder and every checkpoint. In an output folder it is
+//! also the marker of a finished run: written with `status: running` before training writes
+//! anything there, and rewritten last, `complete` or `partial`, when the run ends.
 
 use crate::inputs::InputIds;
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,28 @@ pub struct Manifest {
     /// Every file the run wrote under its folder (relative paths), with content hashes;
     /// `run.json` itself excluded.
     pub files: Vec<WrittenFile>,
+    /// Whether the folder's adapter is the run's result (see [`RunStatus`]); absent in
+    /// manifests written before it existed ([`Manifest::status`] derives it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunStatus>,
+    /// The run the folder or checkpoint belongs to (`crate::outdir::run_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+/// What an output folder's adapter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// The run started and has not ended (still training, or killed): nothing there is final.
+    Running,
+    /// Training finished (or stopped early on its evaluation loss): the adapter is the result.
+    Complete,
+    /// Training stopped before the end (interrupted, loss watchdog, non-finite loss): the
+    /// adapter is the state at that step.
+    Partial,
+    /// A checkpoint's manifest: that step's state, chosen by name.
+    Checkpoint,
 }
 
 /// The binary that ran.
@@ -151,6 +175,18 @@ impl Manifest {
         Ok(m)
     }
 
+    /// The status, derived from the outcome for manifests written before `status` existed.
+    pub fn status(&self) -> RunStatus {
+        if let Some(s) = self.status {
+            return s;
+        }
+        match &self.outcome {
+            None => RunStatus::Checkpoint,
+            Some(o) if o.stop == "finished" || o.stop == "early_stopping" => RunStatus::Complete,
+            Some(_) => RunStatus::Partial,
+        }
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
         v.push(b'\n');
@@ -166,6 +202,7 @@ impl Manifest {
     /// This manifest as a checkpoint's: `files` are the checkpoint's other files.
     pub fn for_checkpoint(&self, files: &[(&str, Vec<u8>)]) -> Vec<u8> {
         let mut m = self.clone();
+        m.status = Some(RunStatus::Checkpoint);
         m.files = files
             .iter()
             .map(|(name, bytes)| WrittenFile {

@@ -285,7 +285,7 @@ pub fn diff(a: &Manifest, b: &Manifest) -> anyhow::Result<Vec<(String, String, S
             ("inputs", serde_json::to_value(&m.inputs)?),
             (
                 "run",
-                serde_json::json!({"seed": m.seed, "world_size": m.world_size, "device": m.device,
+                serde_json::json!({"status": m.status(), "seed": m.seed, "world_size": m.world_size, "device": m.device,
                                    "dtype": m.dtype, "threads": m.threads,
                                    "prepared_data_key": m.prepared_data.as_ref().map(|p| &p.cache_key)}),
             ),

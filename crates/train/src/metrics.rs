@@ -1,6 +1,8 @@
 //! What a run records: one JSON object per line in `output_dir/metrics.jsonl`, flushed after
 //! each line so a crash loses nothing already logged, and a loss / learning-rate chart (SVG)
-//! drawn from it at the end.
+//! drawn from it at the end. The file holds one run: a run starting at step `n` (0 when fresh,
+//! the checkpoint's step when resuming) first drops every record after `n`
+//! ([`MetricsLog::open_at`]), so a resumed run continues it without duplicate steps.
 
 use crate::error::TrainError;
 use serde::{Deserialize, Serialize};
@@ -32,7 +34,30 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
-    /// Opens `dir/metrics.jsonl` for appending (a resumed run continues the same file).
+    /// Opens `dir/metrics.jsonl` for a run starting after step `step`: records of later steps
+    /// (a run killed after its last checkpoint, or an earlier run's) are dropped first, and a
+    /// line cut by a crash too.
+    pub fn open_at(dir: &Path, step: u64) -> Result<Self, TrainError> {
+        let path = dir.join("metrics.jsonl");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<Record>(l).is_ok_and(|r| r.step <= step && r.step > 0)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            if kept != text {
+                runner_io::atomic::write(&path, kept.as_bytes()).map_err(|e| TrainError::Io {
+                    path: e.path,
+                    source: e.source,
+                })?;
+            }
+        }
+        Self::open(dir)
+    }
+
+    /// Opens `dir/metrics.jsonl` for appending, as it is.
     pub fn open(dir: &Path) -> Result<Self, TrainError> {
         let path = dir.join("metrics.jsonl");
         let io = |source| TrainError::Io {
@@ -259,5 +284,35 @@ mod tests {
         assert!(svg.contains("run &lt;tiny&gt;"));
         // Nothing to draw is still a valid picture.
         assert!(chart_svg(&[], "empty").ends_with("</svg>\n"));
+    }
+
+    #[test]
+    fn issue_17_group_2_a_resumed_log_has_no_duplicate_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = MetricsLog::open_at(dir.path(), 0).unwrap();
+        for step in 1..=5 {
+            log.write(&Record {
+                step,
+                loss: Some(step as f64),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        drop(log);
+        // Killed after step 5, resumed from the checkpoint of step 3: steps 4 and 5 again.
+        let mut log = MetricsLog::open_at(dir.path(), 3).unwrap();
+        for step in 4..=5 {
+            log.write(&Record {
+                step,
+                loss: Some(step as f64),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let steps: Vec<u64> = read(log.path()).unwrap().iter().map(|r| r.step).collect();
+        assert_eq!(steps, [1, 2, 3, 4, 5]);
+        // A fresh start keeps nothing.
+        drop(MetricsLog::open_at(dir.path(), 0).unwrap());
+        assert!(read(&dir.path().join("metrics.jsonl")).unwrap().is_empty());
     }
 }

@@ -30,6 +30,10 @@ pub struct Inputs<'a> {
     /// Builds the run manifest (`run.json`) saved into every checkpoint, from the checkpoint's
     /// other files (name, bytes); the pipeline records in it what went into the run.
     pub checkpoint_manifest: Option<&'a CheckpointManifest>,
+    /// The run this training belongs to, recorded in every checkpoint: `save_total_limit` and
+    /// `auto_resume_from_checkpoints` consider this run's checkpoints only (`None`: every
+    /// checkpoint in `output_dir`).
+    pub run_id: Option<&'a str>,
 }
 
 /// See [`Inputs::checkpoint_manifest`].
@@ -299,6 +303,10 @@ fn checkpoint_files(
         "best_eval_loss": state.best_eval,
         "evals_without_improvement": state.evals_without_improvement,
         "watchdog_strikes": state.watchdog_strikes,
+        // The logged loss is a mean since the last log line: a resumed run continues it.
+        "loss_window_sum": state.window_sum,
+        "loss_window_count": state.window_count,
+        "run_id": inp.run_id,
     });
     files.push((
         "trainer_state.json",
@@ -323,6 +331,9 @@ struct LoopState {
     best_eval: Option<f64>,
     evals_without_improvement: u64,
     watchdog_strikes: u64,
+    /// Loss sum and count since the last log line.
+    window_sum: f64,
+    window_count: u64,
 }
 
 /// Restores adapter, optimizer and loop state from a checkpoint folder.
@@ -351,6 +362,8 @@ fn resume_from(dir: &Path, inp: &Inputs, opt: &mut AdamW) -> Result<LoopState, T
         best_eval: v["best_eval_loss"].as_f64(),
         evals_without_improvement: v["evals_without_improvement"].as_u64().unwrap_or(0),
         watchdog_strikes: v["watchdog_strikes"].as_u64().unwrap_or(0),
+        window_sum: v["loss_window_sum"].as_f64().unwrap_or(0.0),
+        window_count: v["loss_window_count"].as_u64().unwrap_or(0),
     })
 }
 
@@ -410,18 +423,28 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
     let resume_dir = match &t.resume {
         Resume::Fresh => None,
         Resume::From(dir) => Some(dir.clone()),
-        Resume::Latest => checkpoint::latest(&out_dir)?,
+        Resume::Latest => checkpoint::latest(&out_dir, inp.run_id)?,
     };
     let mut state = match &resume_dir {
         Some(dir) => resume_from(dir, inp, &mut opt)?,
         None => LoopState::default(),
     };
+    if state.step > total {
+        // Its adapter would be saved as this run's result without a step of this schedule.
+        return Err(TrainError::Checkpoint {
+            path: resume_dir.unwrap_or_default(),
+            message: format!(
+                "it is at step {}, past the {total} steps of this run's schedule; resume from an earlier checkpoint or start a new run",
+                state.step
+            ),
+        });
+    }
     if let (false, Some(dir)) = (control.quiet, &resume_dir) {
         eprintln!("resuming from {} at step {}", dir.display(), state.step);
     }
 
     let mut log = if writer {
-        Some(MetricsLog::open(&out_dir)?)
+        Some(MetricsLog::open_at(&out_dir, state.step)?)
     } else {
         None
     };
@@ -450,13 +473,14 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
     let mut grads = Grads::new();
     let mut losses = Vec::new();
     let mut eval_losses = Vec::new();
-    let mut window = (0f64, 0u64); // loss sum and count since the last log line
     let mut tokens_seen = 0u64;
     let mut tokens_labelled = 0u64;
     let mut stop = StopReason::Finished;
     let mut stop_checkpoint = None;
     let loop_start = Instant::now();
 
+    // A stop request (SIGINT/SIGTERM) waits for the end of the step inside the loop.
+    let graceful = runner_io::interrupt::graceful();
     while state.step < total {
         let work_k = &work[state.step as usize];
         let step_no = state.step + 1; // 1-based, as logged and saved
@@ -535,6 +559,7 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
             // The parameters are still those of the last good step: save them.
             if writer {
                 let files = checkpoint_files(inp, &opt, &state)?;
+                let _faults = runner_io::fault::scope();
                 stop_checkpoint = Some(checkpoint::save(&out_dir, state.step, &files)?);
             }
             stop = StopReason::NonFinite { what };
@@ -547,13 +572,13 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
         tokens_labelled += n_tokens as u64;
         tokens_seen += step_tokens;
         losses.push((step_no, step_loss));
-        window.0 += step_loss;
-        window.1 += 1;
+        state.window_sum += step_loss;
+        state.window_count += 1;
         let tps = tokens_seen as f64 / loop_start.elapsed().as_secs_f64().max(1e-9);
 
         if step_no == 1 || step_no.is_multiple_of(t.logging_steps.max(1)) || step_no == total {
-            let mean = window.0 / window.1.max(1) as f64;
-            window = (0.0, 0);
+            let mean = state.window_sum / state.window_count.max(1) as f64;
+            (state.window_sum, state.window_count) = (0.0, 0);
             if let Some(log) = &mut log {
                 log.write(&Record {
                     step: step_no,
@@ -635,8 +660,9 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
             || (t.save.save_first_step && step_no == 1);
         if (scheduled || early) && writer {
             let files = checkpoint_files(inp, &opt, &state)?;
+            let _faults = runner_io::fault::scope();
             let dir = checkpoint::save(&out_dir, step_no, &files)?;
-            checkpoint::rotate(&out_dir, t.save.total_limit)?;
+            checkpoint::rotate(&out_dir, t.save.total_limit, inp.run_id)?;
             if early {
                 stop_checkpoint = Some(dir);
             }
@@ -645,10 +671,12 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
             break;
         }
     }
+    drop(graceful);
     if let Some(pb) = bar {
         pb.finish_and_clear();
     }
 
+    let _faults = runner_io::fault::scope();
     if writer && !matches!(stop, StopReason::NonFinite { .. }) {
         runner_model::peft::save_adapter(
             &out_dir,

@@ -65,6 +65,7 @@ fn run_in(plan: &Plan, text: &str, model_dir: &Path, dtype: DType) -> Outcome {
         data: &data,
         pad_id: tok.pad_id(),
         checkpoint_manifest: None,
+        run_id: None,
     };
     train(
         &inputs,
@@ -242,6 +243,7 @@ fn issue_5_a_non_finite_loss_stops_with_the_last_good_state_saved() {
         data: &data,
         pad_id: tok.pad_id(),
         checkpoint_manifest: None,
+        run_id: None,
     };
     let control = Control {
         quiet: true,
