@@ -345,7 +345,7 @@ impl<'a> Client<'a> {
         // Links are made once every file is here: a snapshot this call leaves is complete
         // for its need, never half of one.
         for (file, blob) in &placed {
-            if blob.starts_with(&repo_dir.join("blobs")) {
+            if blob.starts_with(repo_dir.join("blobs")) {
                 cache::link(&snapshot, file, blob)?;
             }
         }

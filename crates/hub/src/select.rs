@@ -109,7 +109,7 @@ pub fn model_files(repo: &str, files: &[String], need: Need) -> Result<Vec<Strin
         out.extend(
             TOKENIZER_FILES
                 .iter()
-                .filter(|f| has(**f))
+                .filter(|f| has(f))
                 .map(|f| f.to_string()),
         );
     }
