@@ -354,9 +354,9 @@ fn fetch(loaded: &Loaded) -> anyhow::Result<ExitCode> {
                 "already in the cache".to_string()
             } else {
                 format!(
-                    "downloaded {} file(s), {:.2} GB",
+                    "downloaded {} file(s), {}",
                     s.downloaded.len(),
-                    s.bytes as f64 / 1e9
+                    runner_pipeline::inputs::human_bytes(s.bytes)
                 )
             }
         );

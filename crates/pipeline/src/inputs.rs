@@ -99,13 +99,27 @@ impl Pinned {
     pub fn downloaded_line(&self) -> String {
         let s = &self.snapshot;
         format!(
-            "downloaded {} ({}): {} ({:.2} GB) into {}",
+            "downloaded {} ({}): {} ({}) into {}",
             s.repo,
             self.role,
             s.downloaded.join(", "),
-            s.bytes as f64 / 1e9,
+            human_bytes(s.bytes),
             s.dir.display()
         )
+    }
+}
+
+/// `812 B`, `3.4 MB`, `14.48 GB`.
+pub fn human_bytes(b: u64) -> String {
+    let f = b as f64;
+    if b < 1000 {
+        format!("{b} B")
+    } else if f < 1e6 {
+        format!("{:.1} kB", f / 1e3)
+    } else if f < 1e9 {
+        format!("{:.1} MB", f / 1e6)
+    } else {
+        format!("{:.2} GB", f / 1e9)
     }
 }
 
