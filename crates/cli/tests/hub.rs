@@ -313,3 +313,66 @@ fn issue_15_a_run_reads_tokenizer_and_weights_from_one_pinned_snapshot() {
         "{model_files:?}"
     );
 }
+
+/// The environment as `huggingface_hub` reads it: `HF_TOKEN` opens a gated repo, `HF_HOME`
+/// places the cache at `HF_HOME/hub`, and `revision_of_model` picks the revision.
+#[test]
+fn issue_15_hf_token_hf_home_and_revision_of_model_are_honoured() {
+    let mut repo = mistral();
+    repo.gated = true;
+    let (_, _, files) = repo.revisions.remove(0);
+    repo.revisions = vec![("v2".into(), MISTRAL_COMMIT.into(), files)];
+    let hub = Hub::start(State {
+        repos: vec![repo],
+        token: Some("hf_fixture_token".into()),
+        ..Default::default()
+    });
+    let home = tempfile::tempdir().unwrap();
+    let run = |token: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runner"));
+        cmd.args([
+            "run",
+            "recipes/mistral-qlora.yaml",
+            "--dry-run",
+            "--plan-device",
+            "h200",
+            "--set",
+            "revision_of_model=v2",
+        ])
+        .current_dir(root())
+        .env("HF_HOME", home.path())
+        .env("HF_ENDPOINT", &hub.url)
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HUGGINGFACE_HUB_CACHE")
+        .env_remove("HF_TOKEN_PATH")
+        .env_remove("HUGGING_FACE_HUB_TOKEN")
+        .env_remove("HF_HUB_OFFLINE");
+        match token {
+            Some(t) => cmd.env("HF_TOKEN", t),
+            None => cmd.env_remove("HF_TOKEN"),
+        };
+        cmd.output().expect("runner starts")
+    };
+    let out = run(None);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("gated") && err.contains("HF_TOKEN") && err.contains("huggingface-cli login"),
+        "{err}"
+    );
+    let out = run(Some("hf_fixture_token"));
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{err}");
+    let repo_dir = home.path().join("hub/models--mistralai--Mistral-7B-v0.1");
+    assert_eq!(
+        std::fs::read_to_string(repo_dir.join("refs/v2")).unwrap(),
+        MISTRAL_COMMIT
+    );
+    assert!(
+        repo_dir
+            .join("snapshots")
+            .join(MISTRAL_COMMIT)
+            .join("config.json")
+            .is_file()
+    );
+}
