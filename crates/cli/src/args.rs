@@ -76,6 +76,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download what a recipe reads from the Hugging Face Hub (base model, tokenizer,
+    /// datasets) into the Hugging Face cache and print the commits, for machines without network.
+    Fetch {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+    },
     /// Show the first prepared samples with trained and masked tokens told apart (colour on a
     /// terminal, ⟦ ⟧ around trained text otherwise), to check loss masks.
     Inspect {

@@ -2,6 +2,7 @@
 
 use crate::args::{Cli, Color, Command, RecipeArgs};
 use anyhow::Context;
+use runner_pipeline::inputs::HubNeed;
 use runner_recipe::plan::*;
 use runner_recipe::{LoadError, Loaded};
 use std::io::IsTerminal;
@@ -52,6 +53,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return Ok(report(&e, color)),
             };
             if dry_run {
+                let loaded = pinned(&loaded, HubNeed::Configuration)?;
                 print_substitutions(&loaded);
                 print!("{}", stages(&loaded.plan));
                 let (text, refusal) = runner_pipeline::memory::dry_run(
@@ -80,6 +82,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => String::new(),
             };
             if let crate::launch::Placement::Launch { processes } = placement {
+                // Downloaded once here, not by every rank at the same time.
+                pinned(&loaded, HubNeed::All)?;
                 return crate::launch::launch(processes);
             }
             let folder = runner_pipeline::outdir::FolderFlags {
@@ -98,6 +102,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(l) => l,
                 Err(e) => return Ok(report(&e, color)),
             };
+            let loaded = pinned(&loaded, HubNeed::Data)?;
             let options = runner_data::PrepareOptions {
                 force,
                 skip_bad_rows,
@@ -122,6 +127,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(l) => l,
                 Err(e) => return Ok(report(&e, color)),
             };
+            let loaded = pinned(&loaded, HubNeed::Data)?;
             let tok = runner_data::load_tokenizer(&loaded.plan.model)?;
             let options = runner_data::PrepareOptions {
                 no_write: true,
@@ -150,7 +156,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(l) => l,
                 Err(e) => return Ok(report(&e, color)),
             };
-            crate::run::eval(&loaded, adapter, train)
+            crate::run::eval(&pinned(&loaded, HubNeed::All)?, adapter, train)
         }
         Command::Generate {
             recipe,
@@ -170,6 +176,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let loaded = match load(&recipe) {
                 Ok(l) => l,
                 Err(e) => return Ok(report(&e, color)),
+            };
+            // `--model` replaces the recipe's base model: nothing of it is read.
+            let loaded = match model {
+                None => pinned(&loaded, HubNeed::All)?,
+                Some(_) => loaded,
             };
             if (top_k.is_some() || top_p.is_some()) && temperature == 0.0 {
                 anyhow::bail!(
@@ -206,6 +217,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let loaded = match load(&recipe) {
                 Ok(l) => l,
                 Err(e) => return Ok(report(&e, color)),
+            };
+            let loaded = match model {
+                None => pinned(&loaded, HubNeed::All)?,
+                Some(_) => loaded,
             };
             crate::generate::export_gguf(
                 &loaded,
@@ -286,6 +301,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fetch { recipe } => {
+            let loaded = match load(&recipe) {
+                Ok(l) => l,
+                Err(e) => return Ok(report(&e, color)),
+            };
+            fetch(&loaded)
+        }
         Command::Schema { output } => {
             let text = runner_recipe::schema::recipe_schema_text();
             match output {
@@ -303,6 +325,69 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `loaded` with the hub ids its plan names resolved for `need` (downloaded into the Hugging
+/// Face cache when it lacks them) and pinned to their commits.
+fn pinned(loaded: &Loaded, need: HubNeed) -> anyhow::Result<Loaded> {
+    let settings = runner_hub::Settings::from_env();
+    let (plan, pins) = runner_pipeline::inputs::pin_hub(&loaded.plan, need, &settings, false)?;
+    for p in pins.iter().filter(|p| !p.snapshot.downloaded.is_empty()) {
+        eprintln!("{}", p.downloaded_line());
+    }
+    Ok(Loaded {
+        plan,
+        ..loaded.clone()
+    })
+}
+
+/// `runner fetch`: everything the recipe reads from the Hub, asked of the Hub even when cached
+/// (a branch moves on), and the commits it is pinned to.
+fn fetch(loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    let settings = runner_hub::Settings::from_env();
+    let (_, pins) = runner_pipeline::inputs::pin_hub(&loaded.plan, HubNeed::All, &settings, true)?;
+    let name = &loaded.sources.name;
+    if pins.is_empty() {
+        println!("{name}: every input is a local path or built in; nothing to fetch");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &pins {
+        let s = &p.snapshot;
+        println!(
+            "{:<18} {} @ {} = {}  ({})",
+            p.role,
+            s.repo,
+            s.revision,
+            s.commit,
+            if s.downloaded.is_empty() {
+                "already in the cache".to_string()
+            } else {
+                format!(
+                    "downloaded {} file(s), {}",
+                    s.downloaded.len(),
+                    runner_pipeline::inputs::human_bytes(s.bytes)
+                )
+            }
+        );
+    }
+    println!("cache: {}", settings.cache.display());
+    let mut keys = Vec::new();
+    for p in &pins {
+        match p.role.as_str() {
+            "base_model" => keys.push(format!("revision_of_model: {}", p.snapshot.commit)),
+            r if r.starts_with("datasets[") || r.starts_with("test_datasets[") => {
+                keys.push(format!("{r}.revision: {}", p.snapshot.commit))
+            }
+            _ => {}
+        }
+    }
+    if !keys.is_empty() {
+        println!("to pin them in the recipe: {}", keys.join("; "));
+    }
+    println!(
+        "on a machine without network: copy the cache there and run with HF_HUB_CACHE=<its path> HF_HUB_OFFLINE=1"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load(args: &RecipeArgs) -> Result<Loaded, LoadError> {

@@ -64,9 +64,10 @@ pub fn resolve(ds: &DatasetPlan) -> Result<Vec<InputFile>> {
                 return Err(DataError::NotFound {
                     dataset: ds.path.clone(),
                     looked: looked.join(", "),
-                    hint: "Download it first (e.g. `huggingface-cli download --repo-type dataset \
-                           <id>`), set HF_HOME/HF_HUB_CACHE to where it is, or point `path` at \
-                           a local file or folder."
+                    hint: "`runner run` and `runner fetch RECIPE` download it (or \
+                           `huggingface-cli download --repo-type dataset <id>`); set \
+                           HF_HOME/HF_HUB_CACHE to where it is, or point `path` at a local \
+                           file or folder."
                         .into(),
                 });
             }
@@ -241,61 +242,30 @@ fn collect_files(dir: &Path, forced: Option<FileFormat>, depth: usize, out: &mut
 }
 
 pub(crate) fn looks_like_hub_id(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('/').collect();
-    (parts.len() == 2 || parts.len() == 1)
-        && !s.starts_with('.')
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        })
+    runner_hub::is_repo_id(s)
 }
 
 /// The snapshot folder of a repo (`kind` = `datasets` or `models`) in the local HF cache, and
-/// the places looked at.
+/// the places looked at: `runner_hub`'s lookup, the one every stage uses (the pipeline's inputs
+/// stage downloads what is missing and pins `revision` to the commit before this runs).
 pub(crate) fn hub_snapshot(
     kind: &str,
     id: &str,
     revision: Option<&str>,
 ) -> (Option<PathBuf>, Vec<String>) {
-    let cache = std::env::var_os("HF_HUB_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
-        })
-        .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
-    let repo = cache.join(format!("{kind}--{}", id.replace('/', "--")));
-    let mut looked = vec![repo.display().to_string()];
-    let rev = revision.unwrap_or("main");
-    let by_ref = std::fs::read_to_string(repo.join("refs").join(rev))
-        .ok()
-        .map(|h| repo.join("snapshots").join(h.trim()));
-    let direct = repo.join("snapshots").join(rev);
-    for cand in by_ref.into_iter().chain([direct]) {
-        if cand.is_dir() {
-            return (Some(cand), looked);
-        }
-        looked.push(cand.display().to_string());
-    }
-    if revision.is_none()
-        && let Ok(entries) = std::fs::read_dir(repo.join("snapshots"))
-    {
-        let snaps: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect();
-        if snaps.len() == 1 {
-            return (snaps.into_iter().next(), looked);
-        }
-    }
-    if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1") {
-        looked.push("(HF_HUB_OFFLINE=1: no download attempted)".into());
+    let kind = if kind == "datasets" {
+        runner_hub::Kind::Dataset
     } else {
-        looked.push("(downloading from the hub is not built in)".into());
-    }
-    (None, looked)
+        runner_hub::Kind::Model
+    };
+    let cache = runner_hub::cache::cache_dir();
+    let looked = vec![
+        runner_hub::cache::repo_dir(&cache, kind, id)
+            .display()
+            .to_string(),
+    ];
+    let found = runner_hub::cache::find(&cache, kind, id, revision).map(|(_, dir)| dir);
+    (found, looked)
 }
 
 /// Decides about a row that cannot be read: `Err` stops (the default), `Ok` skips it.

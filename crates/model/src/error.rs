@@ -76,7 +76,8 @@ pub enum Error {
 
     #[error(
         "`{base_model}` is not a local path and is not in the Hugging Face cache (looked in {}). \
-         Download it first, e.g. `huggingface-cli download {base_model}`, or set HF_HUB_CACHE / HF_HOME",
+         `runner run` and `runner fetch RECIPE` download it; or `huggingface-cli download {base_model}`, \
+         or set HF_HUB_CACHE / HF_HOME to where it is",
         looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     )]
     NotCached {

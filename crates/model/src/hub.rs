@@ -1,28 +1,14 @@
-//! The local Hugging Face hub cache: `models--{org}--{name}/snapshots/{commit}/`, with
-//! `refs/{revision}` naming the commit. Nothing is downloaded here.
+//! `base_model` as a hub id in the local Hugging Face cache, through `runner_hub` (the one
+//! lookup every stage uses). Nothing is downloaded here: the pipeline's inputs stage downloads
+//! and pins `revision` to the snapshot's commit before the model is loaded.
 
 use crate::error::{Error, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// Candidate cache roots, in the order huggingface_hub uses them.
+/// The hub cache root (`HF_HUB_CACHE`, `HF_HOME/hub`, `XDG_CACHE_HOME/huggingface/hub` or
+/// `~/.cache/huggingface/hub`, as huggingface_hub reads them), as a one-element list.
 pub fn cache_roots() -> Vec<PathBuf> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(p) = env("HF_HUB_CACHE").or_else(|| env("HUGGINGFACE_HUB_CACHE")) {
-        return vec![p];
-    }
-    if let Some(h) = env("HF_HOME") {
-        return vec![h.join("hub")];
-    }
-    if let Some(x) = env("XDG_CACHE_HOME") {
-        return vec![x.join("huggingface").join("hub")];
-    }
-    env("HOME")
-        .map(|h| vec![h.join(".cache").join("huggingface").join("hub")])
-        .unwrap_or_default()
+    vec![runner_hub::cache::cache_dir()]
 }
 
 /// The snapshot folder of `repo_id` at `revision` (default `main`) in the local cache.
@@ -33,36 +19,19 @@ pub fn snapshot(repo_id: &str, revision: Option<&str>) -> Result<PathBuf> {
 /// As [`snapshot`], looking only in `roots`.
 pub fn snapshot_in(roots: &[PathBuf], repo_id: &str, revision: Option<&str>) -> Result<PathBuf> {
     let mut looked = Vec::new();
-    let valid_id = repo_id.split('/').count() == 2 && !repo_id.starts_with('/');
-    if valid_id {
-        let folder = format!("models--{}", repo_id.replace('/', "--"));
-        let rev = revision.unwrap_or("main");
+    if runner_hub::is_repo_id(repo_id) {
+        let kind = runner_hub::Kind::Model;
         for root in roots {
-            let repo = root.join(&folder);
-            if let Some(p) = find_snapshot(&repo, rev) {
-                return Ok(p);
+            if let Some((_, dir)) = runner_hub::cache::find(root, kind, repo_id, revision) {
+                return Ok(dir);
             }
-            looked.push(repo);
+            looked.push(runner_hub::cache::repo_dir(root, kind, repo_id));
         }
     }
     Err(Error::NotCached {
         base_model: repo_id.to_string(),
         looked,
     })
-}
-
-fn find_snapshot(repo: &Path, rev: &str) -> Option<PathBuf> {
-    let is_commit = rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit());
-    let commit = if is_commit {
-        rev.to_string()
-    } else {
-        std::fs::read_to_string(repo.join("refs").join(rev))
-            .ok()?
-            .trim()
-            .to_string()
-    };
-    let snap = repo.join("snapshots").join(commit);
-    snap.is_dir().then_some(snap)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! Stage 1, resolve inputs: from the plan alone, what the run will read — the built-in model
-//! generated, the base model found (path, or hub repo + commit), every data file, the
-//! tokenizer and the chat template — each with its content hash, for `run.json` and for
-//! `runner reproduce` to check against. Also the refusals that need no data or weights
+//! Stage 1, resolve inputs: from the plan alone, what the run will read — hub ids resolved
+//! once and pinned to their commits ([`pin_hub`], downloading what the cache lacks), the
+//! built-in model generated, the base model found (path, or hub repo + commit), every data
+//! file, the tokenizer and the chat template — each with its content hash, for `run.json` and
+//! for `runner reproduce` to check against. Also the refusals that need no data or weights
 //! (settings this build cannot run).
 
 use anyhow::Context;
@@ -71,6 +72,184 @@ pub struct Resolved {
     pub model_plan: ModelPlan,
     pub tokenizer: runner_data::tokenizer::TextTokenizer,
     pub ids: InputIds,
+}
+
+/// Which hub files a command reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubNeed {
+    /// `run --dry-run`: the base model's `config.json` (its tokenizer comes along when a
+    /// download happens anyway).
+    Configuration,
+    /// `preprocess`, `inspect`: the tokenizer and the datasets.
+    Data,
+    /// A run, `fetch`: everything.
+    All,
+}
+
+/// A hub repo the plan names, resolved to a snapshot.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    /// Where the plan names it: `base_model`, `tokenizer_config`, `datasets[0]`, ...
+    pub role: String,
+    pub snapshot: runner_hub::Snapshot,
+}
+
+impl Pinned {
+    /// What was downloaded, for the log: `downloaded org/name (base_model): files (GB) into DIR`.
+    pub fn downloaded_line(&self) -> String {
+        let s = &self.snapshot;
+        format!(
+            "downloaded {} ({}): {} ({}) into {}",
+            s.repo,
+            self.role,
+            s.downloaded.join(", "),
+            human_bytes(s.bytes),
+            s.dir.display()
+        )
+    }
+}
+
+/// `812 B`, `3.4 MB`, `14.48 GB`.
+pub fn human_bytes(b: u64) -> String {
+    let f = b as f64;
+    if b < 1000 {
+        format!("{b} B")
+    } else if f < 1e6 {
+        format!("{:.1} kB", f / 1e3)
+    } else if f < 1e9 {
+        format!("{:.1} MB", f / 1e6)
+    } else {
+        format!("{:.2} GB", f / 1e9)
+    }
+}
+
+/// Whether a plan value is a hub id to resolve (not a local path, not built in).
+fn hub_id(s: &str) -> bool {
+    !s.starts_with("builtin:") && !Path::new(s).exists() && runner_hub::is_repo_id(s)
+}
+
+/// Resolves every hub id the plan names, once, downloading into the Hugging Face cache what it
+/// lacks (see `runner_hub`), and returns the plan pinned to what was found: `base_model` and
+/// each hub dataset keep their id and get the snapshot's commit as `revision`, so every later
+/// lookup (weights, tokenizer, configuration, data) reads that one snapshot; a tokenizer or
+/// configuration from another repo is replaced by its snapshot folder. With `refresh`, the Hub
+/// is asked even when the cache has the files (`runner fetch`: a branch moves on).
+pub fn pin_hub(
+    plan: &Plan,
+    need: HubNeed,
+    settings: &runner_hub::Settings,
+    refresh: bool,
+) -> anyhow::Result<(Plan, Vec<Pinned>)> {
+    use runner_hub::{Kind, Need, Request};
+    let mut out = plan.clone();
+    let mut pins = Vec::new();
+    let m = &plan.model;
+    let resolve = |role: &str,
+                   kind: Kind,
+                   repo: &str,
+                   revision: Option<&str>,
+                   need: Need,
+                   ds: Option<&runner_recipe::plan::DatasetPlan>| {
+        runner_hub::resolve(
+            settings,
+            &Request {
+                kind,
+                repo,
+                revision,
+                need,
+                data_files: ds.map(|d| d.data_files.as_slice()).unwrap_or(&[]),
+                name: ds.and_then(|d| d.name.as_deref()),
+                refresh,
+            },
+        )
+        .with_context(|| format!("{role}: `{repo}`"))
+        .map(|snapshot| Pinned {
+            role: role.into(),
+            snapshot,
+        })
+    };
+    let tokenizer_elsewhere = m.tokenizer.as_ref().is_some_and(|t| t != &m.base_model);
+    if hub_id(&m.base_model) {
+        let base_need = match need {
+            HubNeed::Configuration => Need::CONFIG,
+            HubNeed::Data => Need {
+                config: true,
+                tokenizer: !tokenizer_elsewhere,
+                weights: false,
+            },
+            HubNeed::All => Need {
+                tokenizer: !tokenizer_elsewhere,
+                ..Need::ALL
+            },
+        };
+        let p = resolve(
+            "base_model",
+            Kind::Model,
+            &m.base_model,
+            m.revision.as_deref(),
+            base_need,
+            None,
+        )?;
+        out.model.revision = Some(p.snapshot.commit.clone());
+        pins.push(p);
+    }
+    if need != HubNeed::Configuration
+        && let Some(t) = m
+            .tokenizer
+            .as_ref()
+            .filter(|t| tokenizer_elsewhere && hub_id(t))
+    {
+        let p = resolve(
+            "tokenizer_config",
+            Kind::Model,
+            t,
+            None,
+            Need::TOKENIZER,
+            None,
+        )?;
+        out.model.tokenizer = Some(p.snapshot.dir.display().to_string());
+        pins.push(p);
+    }
+    if let Some(c) = m
+        .config
+        .as_ref()
+        .filter(|c| *c != &m.base_model && hub_id(c))
+    {
+        let p = resolve(
+            "base_model_config",
+            Kind::Model,
+            c,
+            None,
+            Need::CONFIG,
+            None,
+        )?;
+        out.model.config = Some(p.snapshot.dir.display().to_string());
+        pins.push(p);
+    }
+    if need != HubNeed::Configuration {
+        let lists = [
+            ("datasets", &mut out.data.datasets),
+            ("test_datasets", &mut out.data.test_datasets),
+        ];
+        for (name, list) in lists {
+            for (i, ds) in list.iter_mut().enumerate() {
+                if !hub_id(&ds.path) {
+                    continue;
+                }
+                let p = resolve(
+                    &format!("{name}[{i}]"),
+                    Kind::Dataset,
+                    &ds.path,
+                    ds.revision.as_deref(),
+                    Need::ALL,
+                    Some(&*ds),
+                )?;
+                ds.revision = Some(p.snapshot.commit.clone());
+                pins.push(p);
+            }
+        }
+    }
+    Ok((out, pins))
 }
 
 /// The model plan with `builtin:NAME` replaced by the folder runner generates it into.

@@ -93,7 +93,6 @@ fn hold_for_tests(name: &str) {
 /// Runs the whole pipeline for `loaded` (a validated recipe): resolve inputs, prepare data,
 /// build the model, train, and (when training finished) export; writes `run.json`.
 pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
-    let plan = &loaded.plan;
     let started = SystemTime::now();
     let rank = opts.comm.as_ref().map_or(0, |c| c.rank());
     let writer = rank == 0;
@@ -105,22 +104,31 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
     let mut stages = Vec::new();
 
     // The compute dtype on this device (refusing an op the engine lacks there), said once.
-    let precision = model::compute_dtype(plan, &opts.device)?;
+    let precision = model::compute_dtype(&loaded.plan, &opts.device)?;
     for n in &precision.notes {
         report(&format!("note: {n}"));
     }
 
-    // 1. inputs: refusals, the built-in model, the tokenizer, every input's hash.
-    let resolved = stage(&mut stages, "resolve_inputs", || {
+    // 1. inputs: hub ids resolved once (downloaded when the cache lacks them) and pinned to
+    // their commits, so every later stage reads the same snapshots and run.json records the
+    // commits; then refusals, the built-in model, the tokenizer, every input's hash.
+    let (pinned, pins, resolved) = stage(&mut stages, "resolve_inputs", || {
+        let mut settings = runner_hub::Settings::from_env();
+        settings.progress = writer && opts.progress_bar;
+        let (pinned, pins) = inputs::pin_hub(&loaded.plan, inputs::HubNeed::All, &settings, false)?;
         let mut cache =
             runner_io::hash::HashCache::open(&runner_io::hash::HashCache::default_file());
-        let r = inputs::resolve_inputs(plan, &mut cache)?;
+        let r = inputs::resolve_inputs(&pinned, &mut cache)?;
         // Only a cache: a read-only folder costs a re-hash next time, not the run.
         if let Err(e) = cache.save() {
             tracing::warn!("the file-hash cache was not saved: {e}");
         }
-        Ok(r)
+        Ok((pinned, pins, r))
     })?;
+    for p in pins.iter().filter(|p| !p.snapshot.downloaded.is_empty()) {
+        report(&p.downloaded_line());
+    }
+    let plan = &pinned;
     let tok = &resolved.tokenizer;
 
     // The output folder: whose it is, where training continues from. Every rank decides from

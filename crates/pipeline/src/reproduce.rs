@@ -37,6 +37,21 @@ pub fn next_rerun_dir(output_dir: &Path) -> PathBuf {
 /// rerun reads what the run read.
 pub fn input_differences(m: &Manifest, plan: &runner_recipe::Plan) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
+    // A run records its plan with hub ids pinned to their commits: the reloaded recipe is
+    // pinned the same way (a branch that moved since shows as a changed revision).
+    let pinned = match crate::inputs::pin_hub(
+        plan,
+        crate::inputs::HubNeed::All,
+        &runner_hub::Settings::from_env(),
+        false,
+    ) {
+        Ok((p, _)) => p,
+        Err(e) => {
+            out.push(format!("the hub inputs cannot be resolved: {e:#}"));
+            plan.clone()
+        }
+    };
+    let plan = &pinned;
     let strip = |mut v: serde_json::Value| {
         if let Some(t) = v.get_mut("train").and_then(|t| t.as_object_mut()) {
             t.remove("output_dir");
