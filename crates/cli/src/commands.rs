@@ -41,6 +41,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             recipe,
             dry_run,
             plan_device,
+            skip_bad_rows,
             parallel,
         } => {
             let loaded = match load(&recipe) {
@@ -78,7 +79,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if let crate::launch::Placement::Launch { processes } = placement {
                 return crate::launch::launch(processes);
             }
-            crate::run::run(&loaded, &label, &placement)
+            crate::run::run(&loaded, &label, &placement, skip_bad_rows)
         }
         Command::Preprocess {
             recipe,

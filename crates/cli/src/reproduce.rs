@@ -66,7 +66,7 @@ pub fn reproduce(output_dir: &Path, out: Option<PathBuf>) -> anyhow::Result<Exit
     }
     let gpu = recorded.device.starts_with("Cuda").then_some(0);
     let placement = crate::launch::Placement::Single { gpu };
-    let code = crate::run::run(&loaded, &recorded.recipe.name, &placement)?;
+    let code = crate::run::run(&loaded, &recorded.recipe.name, &placement, false)?;
     if code != ExitCode::SUCCESS {
         anyhow::bail!("the rerun did not finish; nothing to compare");
     }

@@ -15,13 +15,15 @@ pub fn run(
     loaded: &Loaded,
     recipe_label: &str,
     placement: &crate::launch::Placement,
+    skip_bad_rows: bool,
 ) -> anyhow::Result<ExitCode> {
     match placement {
         crate::launch::Placement::Rank { info, .. } if info.world_size > 1 => {
             let rank = info.rank;
-            run_here(loaded, recipe_label, placement).with_context(|| format!("rank {rank}"))
+            run_here(loaded, recipe_label, placement, skip_bad_rows)
+                .with_context(|| format!("rank {rank}"))
         }
-        _ => run_here(loaded, recipe_label, placement),
+        _ => run_here(loaded, recipe_label, placement, skip_bad_rows),
     }
 }
 
@@ -74,6 +76,7 @@ fn run_here(
     loaded: &Loaded,
     recipe_label: &str,
     placement: &crate::launch::Placement,
+    skip_bad_rows: bool,
 ) -> anyhow::Result<ExitCode> {
     let plan = &loaded.plan;
     // Refused before a device or a job is set up (the pipeline checks again, as a library).
@@ -115,6 +118,7 @@ fn run_here(
             stop,
             progress_bar: std::io::stderr().is_terminal(),
             report: &print,
+            skip_bad_rows,
         },
     )?;
     let outcome = &report.outcome;

@@ -65,6 +65,13 @@ pub struct ChatTemplate {
 }
 
 const TEMPLATE_NAME: &str = "chat";
+/// The work one render may do, in minijinja fuel: one per instruction plus one per 64 bytes of
+/// data the template creates or writes. A chat template renders a long conversation in well
+/// under 1% of it; a hostile one (nested `range(100000)` loops, a string doubled in a loop)
+/// stops after well under a second and about 320 MB instead of hanging or aborting (issue 17).
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+/// The most text one render may write: 32 MiB, far more than any `sequence_len` of tokens.
+pub const MAX_RENDER_BYTES: usize = 32 << 20;
 /// Markers: message i's content starts with U+100000+2i and ends with U+100001+2i
 /// (Supplementary Private Use Area-B, never produced by a template).
 const MARK_BASE: u32 = 0x10_0000;
@@ -80,6 +87,7 @@ impl ChatTemplate {
             .map_err(|e| template_err(origin, &e))?;
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
@@ -126,7 +134,42 @@ impl ChatTemplate {
             .iter()
             .map(|(k, v)| (k.as_str(), Value::from(v.as_str())));
         let ctx = Value::from_pairs(extra.chain(fixed));
-        self.env.get_template(TEMPLATE_NAME)?.render(ctx)
+        let mut out = Bounded::default();
+        match self
+            .env
+            .get_template(TEMPLATE_NAME)?
+            .render_captured_to(ctx, &mut out)
+        {
+            Ok(_) => {}
+            Err(_) if out.over => {
+                return Err(JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "{TEMPLATE_LIMIT}: the rendered text passed {} MiB, the most one \
+                         conversation may render to",
+                        MAX_RENDER_BYTES >> 20
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                return Err(JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "{TEMPLATE_LIMIT}: rendering did not finish within {TEMPLATE_FUEL} steps \
+                         (instructions, plus one per 64 bytes of text it builds); a chat template \
+                         needs a tiny fraction of that, so this one loops or builds text without \
+                         bound"
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+        String::from_utf8(out.buf).map_err(|e| {
+            JinjaError::new(
+                ErrorKind::InvalidOperation,
+                format!("the template wrote invalid UTF-8: {e}"),
+            )
+        })
     }
 
     /// Renders like `tokenizer.apply_chat_template(messages, tokenize=False)`.
@@ -419,6 +462,32 @@ fn split_ws_control(inner: &str) -> (&str, &str, &str) {
         ""
     };
     (lead, &inner[lead.len()..inner.len() - trail.len()], trail)
+}
+
+/// The words every limit error starts with, so the data stage can tell a template that ran out
+/// of its budget (stop the run, whatever the row) from one that rejected a row.
+pub const TEMPLATE_LIMIT: &str = "the chat template exceeded its limit";
+
+/// An output buffer that refuses to grow past [`MAX_RENDER_BYTES`].
+#[derive(Default)]
+struct Bounded {
+    buf: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > MAX_RENDER_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("rendered text too long"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn template_err(origin: &str, e: &JinjaError) -> DataError {
@@ -775,6 +844,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn issue_17_group_5_templates_that_loop_or_grow_stop_fast_with_a_clear_error() {
+        let m = msgs(&[("user", "a"), ("assistant", "b")]);
+        for (what, source) in [
+            (
+                "nested loops",
+                "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+            ),
+            (
+                "string doubling",
+                "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+            ),
+            (
+                "output flood",
+                "{% set big = 'x' * 1000000 %}{% for i in range(100) %}{{ big }}{% endfor %}",
+            ),
+            ("repeat", "{{ 'x' * 1000000000 }}"),
+        ] {
+            let t = ChatTemplate::new(source, "test", "", "").unwrap();
+            let started = std::time::Instant::now();
+            let err = t.render_tracked(&m).unwrap_err();
+            let secs = started.elapsed().as_secs_f64();
+            let text = format!("{err:#}");
+            assert!(
+                text.contains(TEMPLATE_LIMIT) || text.contains("too large"),
+                "{what}: {text}"
+            );
+            assert!(secs < 5.0, "{what}: took {secs:.1} s");
+        }
+        // A real template on a long conversation stays far inside the budget.
+        let t = ChatTemplate::new(
+            named_template_source(NamedTemplate::Llama3),
+            "llama3",
+            "<|begin_of_text|>",
+            "<|eot_id|>",
+        )
+        .unwrap();
+        let long: Vec<(&str, &str)> = (0..2000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    ("user", "a question of some length")
+                } else {
+                    ("assistant", "an answer")
+                }
+            })
+            .collect();
+        assert!(t.render_tracked(&msgs(&long)).is_ok());
     }
 
     #[test]

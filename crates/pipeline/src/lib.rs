@@ -43,6 +43,8 @@ pub struct RunOptions<'a> {
     pub progress_bar: bool,
     /// Human-readable progress lines (data summary, parameter counts); rank 0's only.
     pub report: &'a dyn Fn(&str),
+    /// `--skip-bad-rows`: skip (and count) rows that cannot be read instead of stopping.
+    pub skip_bad_rows: bool,
 }
 
 /// What a run produced.
@@ -109,7 +111,7 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
 
     // 2. data
     let data = stage(&mut stages, "prepare_data", || {
-        data::prepare_data(&plan.data, tok, opts.comm.as_ref())
+        data::prepare_data(&plan.data, tok, opts.comm.as_ref(), opts.skip_bad_rows)
     })?;
     report(&data.summary.to_string());
 

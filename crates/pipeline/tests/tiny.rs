@@ -22,6 +22,7 @@ fn run(loaded: &runner_recipe::Loaded) -> runner_pipeline::RunReport {
             stop: Arc::new(AtomicBool::new(false)),
             progress_bar: false,
             report: &quiet,
+            skip_bad_rows: false,
         },
     )
     .expect("the pipeline runs")
