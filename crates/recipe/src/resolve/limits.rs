@@ -112,15 +112,18 @@ pub(super) fn check(r: &mut Resolver, raw: &RawRecipe) {
         "each is a worker thread, and no machine has that many cores",
         "lower `dataset_processes`, or remove it to use every core",
     );
+    // A warmup longer than the run is what transformers does too, and what a quick
+    // `--set max_steps=2` on a recipe asks for: said, not refused.
     if let (Some(w), Some(m)) = (raw.warmup_steps, raw.max_steps)
         && w > m
     {
-        r.error(
+        r.substitute(
             "warmup_steps",
+            format!("{w} with max_steps {m}"),
             format!(
-                "`warmup_steps` {w} is more than `max_steps` {m}: the learning rate would never reach `learning_rate`"
+                "the whole run is warmup: the learning rate rises to {}/{w} of learning_rate and never reaches it",
+                m.saturating_sub(1)
             ),
-            "lower `warmup_steps` to at most `max_steps`, or use `warmup_ratio`",
         );
     }
 }
@@ -197,14 +200,25 @@ mod tests {
                 "dataset_processes: 1000000000\nmax_steps: 1\n",
                 "no machine has that many cores",
             ),
-            (
-                "max_steps: 30\nwarmup_steps: 50\n",
-                "`warmup_steps` 50 is more than `max_steps` 30",
-            ),
         ] {
             let got = errors(extra);
             assert!(got.iter().any(|m| m.contains(want)), "{extra}: {got:?}");
         }
+    }
+
+    #[test]
+    fn issue_17_group_7_a_warmup_longer_than_the_run_is_said() {
+        let text = "base_model: builtin:tiny-llama\nadapter: lora\nlora_target_linear: true\n\
+                    datasets:\n  - path: ../../recipes/data/smoke-chat.jsonl\n    type: chat_template\n\
+                    learning_rate: 0.001\nmax_steps: 30\nwarmup_steps: 50\n";
+        let loaded = crate::load_str("r.yaml", text, &[]).unwrap();
+        let s = &loaded.plan.substitutions;
+        assert!(
+            s.iter().any(|s| s.key == "warmup_steps"
+                && s.asked == "50 with max_steps 30"
+                && s.runs.contains("rises to 29/50 of learning_rate")),
+            "{s:?}"
+        );
     }
 
     #[test]
