@@ -302,3 +302,27 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     }
     None
 }
+
+/// Group 7: a write failure says "cannot write", and the OS error once.
+#[test]
+fn issue_17_group_7_a_write_failure_says_cannot_write_once() {
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "preprocess",
+            "recipes/tiny-smoke.yaml",
+            "--force",
+            "--set",
+            "dataset_prepared_path=recipes/tiny-smoke.yaml/prepared",
+        ])
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("runner starts");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot write recipes/tiny-smoke.yaml/prepared: ")
+            && err.matches("Not a directory").count() == 1,
+        "{err}"
+    );
+}

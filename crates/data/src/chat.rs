@@ -326,6 +326,7 @@ impl ChatEncoder<'_> {
     fn render_error(&self, e: &minijinja::Error, at: &Location) -> DataError {
         use minijinja::ErrorKind as K;
         let message = jinja_message(e);
+        let template = format!("{}, dataset {}", self.template.origin, at.file.display());
         if message.starts_with(crate::template::TEMPLATE_LIMIT) {
             return DataError::TemplateLimit {
                 at: at.clone(),
@@ -335,17 +336,14 @@ impl ChatEncoder<'_> {
         }
         match e.kind() {
             K::TemplateNotFound => DataError::Template {
-                template: self.template.origin.clone(),
+                template,
                 message: format!(
                     "{message}: a chat template must be self-contained (`include`, `import` and \
                      `extends` have nothing to load, in transformers too)"
                 ),
             },
             K::SyntaxError | K::UnknownFilter | K::UnknownTest | K::UnknownFunction => {
-                DataError::Template {
-                    template: self.template.origin.clone(),
-                    message,
-                }
+                DataError::Template { template, message }
             }
             _ => DataError::TemplateRejected {
                 at: at.clone(),
