@@ -745,6 +745,40 @@ fn issue_17_group_7_an_empty_training_set_says_why_per_cause_with_counts() {
     );
 }
 
+/// Group 5: a template that arrives inside a downloaded tokenizer is held to the same limits.
+#[test]
+fn issue_17_group_5_a_tokenizer_template_that_never_ends_stops_with_the_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tok-loop");
+    write_tiny_tokenizer(&dir, false).unwrap();
+    let config = json!({
+        "bos_token": "<s>", "eos_token": "<|im_end|>",
+        "chat_template": "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let tok = TextTokenizer::load(&dir, &TokenizerOverrides::default()).unwrap();
+    let f = tmp.path().join("c.jsonl");
+    std::fs::write(
+        &f,
+        "{\"conversations\": [{\"from\": \"human\", \"value\": \"hi\"}, {\"from\": \"gpt\", \"value\": \"yo\"}]}\n",
+    )
+    .unwrap();
+    let p = plan(vec![ds(&f, sharegpt())], &tmp.path().join("p"));
+    let started = std::time::Instant::now();
+    // Not skippable: the template, not the row, is at fault.
+    let opts = PrepareOptions {
+        skip_bad_rows: true,
+        no_write: true,
+        ..Default::default()
+    };
+    let e = prepare_with(&p, &tok, opts).unwrap_err().to_string();
+    assert!(
+        e.contains("c.jsonl, row 1") && e.contains("the chat template exceeded its limit"),
+        "{e}"
+    );
+    assert!(started.elapsed().as_secs_f64() < 10.0);
+}
+
 #[test]
 fn issue_17_group_7_ragged_csv_rows_are_skippable_row_errors() {
     let tmp = tempfile::tempdir().unwrap();
