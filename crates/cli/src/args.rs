@@ -56,6 +56,9 @@ pub enum Command {
         /// or `cuda:GB` for any GPU with that much memory (e.g. cuda:24).
         #[arg(long, value_name = "DEVICE", requires = "dry_run")]
         plan_device: Option<String>,
+        /// Skip malformed rows (counted in the data summary) instead of stopping at the first.
+        #[arg(long)]
+        skip_bad_rows: bool,
         #[command(flatten)]
         parallel: ParallelArgs,
         #[command(flatten)]

@@ -45,6 +45,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             recipe,
             dry_run,
             plan_device,
+            skip_bad_rows,
             parallel,
             folder,
         } => {
@@ -90,7 +91,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 overwrite: folder.overwrite,
                 allow_changed: folder.allow_changed,
             };
-            crate::run::run(&loaded, &label, &placement, folder)
+            crate::run::run(&loaded, &label, &placement, folder, skip_bad_rows)
         }
         Command::Preprocess {
             recipe,

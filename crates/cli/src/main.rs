@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(1)
         }
     }
@@ -87,6 +87,22 @@ fn install_signal_handler() {
         );
         std::process::exit(130);
     });
+}
+
+/// The error and its causes, each said once: library errors already print their source
+/// (`{path}: {source}`), which anyhow's `{:#}` would repeat (issue 17).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn init_logging(verbose: u8) {

@@ -78,6 +78,7 @@ pub fn reproduce(output_dir: &Path, out: Option<PathBuf>) -> anyhow::Result<Exit
         &recorded.recipe.name,
         &placement,
         Default::default(),
+        false,
     )?;
     if code != ExitCode::SUCCESS {
         anyhow::bail!("the rerun did not finish; nothing to compare");

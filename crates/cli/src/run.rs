@@ -15,14 +15,15 @@ pub fn run(
     recipe_label: &str,
     placement: &crate::launch::Placement,
     folder: runner_pipeline::outdir::FolderFlags,
+    skip_bad_rows: bool,
 ) -> anyhow::Result<ExitCode> {
     match placement {
         crate::launch::Placement::Rank { info, .. } if info.world_size > 1 => {
             let rank = info.rank;
-            run_here(loaded, recipe_label, placement, folder)
+            run_here(loaded, recipe_label, placement, folder, skip_bad_rows)
                 .with_context(|| format!("rank {rank}"))
         }
-        _ => run_here(loaded, recipe_label, placement, folder),
+        _ => run_here(loaded, recipe_label, placement, folder, skip_bad_rows),
     }
 }
 
@@ -76,6 +77,7 @@ fn run_here(
     recipe_label: &str,
     placement: &crate::launch::Placement,
     folder: runner_pipeline::outdir::FolderFlags,
+    skip_bad_rows: bool,
 ) -> anyhow::Result<ExitCode> {
     let plan = &loaded.plan;
     // Refused before a device or a job is set up (the pipeline checks again, as a library).
@@ -106,6 +108,7 @@ fn run_here(
             progress_bar: std::io::stderr().is_terminal(),
             report: &print,
             folder,
+            skip_bad_rows,
         },
     )?;
     let outcome = &report.outcome;

@@ -103,7 +103,7 @@ pub fn write_samples(path: &Path, samples: &[Sample]) -> Result<()> {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
-    let f = std::fs::File::create(path).map_err(|e| DataError::io(path, e))?;
+    let f = std::fs::File::create(path).map_err(|e| DataError::write(path, e))?;
     let mut w = arrow_ipc::writer::StreamWriter::try_new(std::io::BufWriter::new(f), &schema())
         .map_err(|e| bad(&e))?;
     for chunk in samples.chunks(10_000) {
@@ -114,7 +114,7 @@ pub fn write_samples(path: &Path, samples: &[Sample]) -> Result<()> {
     f.into_inner()
         .map_err(|e| bad(&e))?
         .sync_all()
-        .map_err(|e| DataError::io(path, e))
+        .map_err(|e| DataError::write(path, e))
 }
 
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
@@ -154,24 +154,24 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
 /// Writes a cache entry atomically: files go to a temporary folder that is renamed to `dir`.
 pub fn write_entry(dir: &Path, files: &[(&str, &[Sample])], summary_json: &str) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+    std::fs::create_dir_all(parent).map_err(|e| DataError::write(parent, e))?;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| DataError::write(&tmp, e))?;
     let result = (|| {
         for (file, samples) in files {
             write_samples(&tmp.join(file), samples)?;
         }
         let s = tmp.join("summary.json");
         runner_io::atomic::write_synced(&s, summary_json.as_bytes())
-            .map_err(|e| DataError::io(&e.path, e.source))?;
+            .map_err(|e| DataError::write(&e.path, e.source))?;
         // Another run may have finished the same key first; its content is identical.
         runner_io::atomic::publish_dir(&tmp, dir, runner_io::atomic::Existing::Keep)
-            .map_err(|e| DataError::io(&e.path, e.source))?;
+            .map_err(|e| DataError::write(&e.path, e.source))?;
         Ok(())
     })();
     if result.is_err() {

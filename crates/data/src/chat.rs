@@ -31,6 +31,17 @@ const TURN_END_TOKENS: [&str; 6] = [
     "<|endoftext|>",
 ];
 
+/// The roles chat templates render (OpenAI's and transformers' names).
+pub const KNOWN_ROLES: [&str; 7] = [
+    "system",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+    "ipython",
+    "developer",
+];
+
 /// The ids that close a turn for a template: the tokenizer's EOS, then the known end-of-turn
 /// tokens the template text writes. Training masks them; generation stops at them.
 pub fn turn_end_ids(template_source: &str, tok: &TextTokenizer) -> Vec<u32> {
@@ -54,6 +65,9 @@ pub struct ChatEncoder<'a> {
     train_on_inputs: bool,
     default_system_message: Option<String>,
     eot_ids: Vec<u32>,
+    /// Rows whose rendered text held none of their messages' content: a template that never
+    /// prints `message['content']` trains nothing, and the empty-dataset error says so.
+    contentless: std::sync::atomic::AtomicU64,
 }
 
 impl<'a> ChatEncoder<'a> {
@@ -72,7 +86,13 @@ impl<'a> ChatEncoder<'a> {
             train_on_inputs,
             default_system_message,
             eot_ids,
+            contentless: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Rows so far whose render held none of their content.
+    pub fn contentless_rows(&self) -> u64 {
+        self.contentless.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The row's messages with roles mapped, system message dropped or defaulted.
@@ -126,7 +146,19 @@ impl<'a> ChatEncoder<'a> {
             };
             let content = match m.get(&self.fmt.content_key) {
                 Some(Json::String(s)) => s.clone(),
-                Some(Json::Null) => String::new(),
+                // transformers hands `None` to the template, which prints it as the text `None`
+                // or skips the turn, depending on the template: neither is what a training row
+                // means, so it is refused rather than guessed (issue 17).
+                Some(Json::Null) => {
+                    return Err(DataError::BadRow {
+                        at: path(&self.fmt.content_key),
+                        message: "the content is null (transformers would hand the template \
+                                  `None`, which most templates print as the text `None`); write a \
+                                  string, \"\" for an empty turn, or skip such rows with \
+                                  --skip-bad-rows"
+                            .into(),
+                    });
+                }
                 // Content parts (`[{"type": "text", "text": ...}]`): their texts joined, as
                 // Axolotl does.
                 Some(Json::Array(parts)) => {
@@ -165,6 +197,17 @@ impl<'a> ChatEncoder<'a> {
                 }
             };
             let role = self.map_role(role);
+            if !self.known_role(&role) {
+                return Err(DataError::BadRow {
+                    at: path(&self.fmt.role_key),
+                    message: format!(
+                        "unknown role `{role}`: chat templates know {}; map it with `roles:` \
+                         (e.g. `roles: {{assistant: [{role}]}}`), or list it in \
+                         `roles_to_train` if the template renders it",
+                        KNOWN_ROLES.join(", ")
+                    ),
+                });
+            }
             if self.fmt.drop_system_message && role == "system" {
                 continue;
             }
@@ -191,6 +234,15 @@ impl<'a> ChatEncoder<'a> {
         Ok(out)
     }
 
+    /// A role the template is expected to render: one chat templates share, one the recipe
+    /// maps onto, or one it trains. Anything else rendered silently as whatever the template
+    /// does with an unknown role (ChatML: a turn of that name) before issue 17.
+    fn known_role(&self, role: &str) -> bool {
+        KNOWN_ROLES.contains(&role)
+            || self.fmt.roles.iter().any(|m| m.role == role)
+            || self.fmt.roles_to_train.iter().any(|r| r == role)
+    }
+
     fn map_role(&self, role: &str) -> String {
         if self.fmt.roles.is_empty() {
             // Axolotl's default mapping, so ShareGPT (`human`/`gpt`) works without `roles:`.
@@ -211,13 +263,16 @@ impl<'a> ChatEncoder<'a> {
 
     /// Renders, tokenizes and masks one conversation.
     pub fn encode(&self, messages: &[Message], at: &Location) -> Result<Sample> {
-        let rendered =
-            self.template
-                .render_tracked(messages)
-                .map_err(|e| DataError::TemplateRejected {
-                    at: at.clone(),
-                    message: jinja_message(&e),
-                })?;
+        let rendered = self
+            .template
+            .render_tracked(messages)
+            .map_err(|e| self.render_error(&e, at))?;
+        if rendered.spans.iter().all(Option::is_none)
+            && messages.iter().any(|m| !m.content.is_empty())
+        {
+            self.contentless
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let enc = self.tok.encode_with_offsets(&rendered.text)?;
         let n = enc.ids.len();
         let mut labels = vec![IGNORE; n];
@@ -260,6 +315,41 @@ impl<'a> ChatEncoder<'a> {
             input_ids: enc.ids,
             labels,
         })
+    }
+}
+
+impl ChatEncoder<'_> {
+    /// A failed render: the row's fault only when the template rejected it; a template that
+    /// cannot render at all (an `include` of nothing, an unknown filter) or ran past its limits
+    /// is the template's, and stops the run whatever `--skip-bad-rows` says (issue 17: an
+    /// `include` was blamed on "row 1").
+    fn render_error(&self, e: &minijinja::Error, at: &Location) -> DataError {
+        use minijinja::ErrorKind as K;
+        let message = jinja_message(e);
+        let template = format!("{}, dataset {}", self.template.origin, at.file.display());
+        if message.starts_with(crate::template::TEMPLATE_LIMIT) {
+            return DataError::TemplateLimit {
+                at: at.clone(),
+                template: self.template.origin.clone(),
+                message,
+            };
+        }
+        match e.kind() {
+            K::TemplateNotFound => DataError::Template {
+                template,
+                message: format!(
+                    "{message}: a chat template must be self-contained (`include`, `import` and \
+                     `extends` have nothing to load, in transformers too)"
+                ),
+            },
+            K::SyntaxError | K::UnknownFilter | K::UnknownTest | K::UnknownFunction => {
+                DataError::Template { template, message }
+            }
+            _ => DataError::TemplateRejected {
+                at: at.clone(),
+                message,
+            },
+        }
     }
 }
 
@@ -375,20 +465,37 @@ mod tests {
         let r = row(
             json!({"messages": [{"role": "human", "content": "q"}, {"role": "gpt", "content": "a"}, {"role": "bot", "content": "b"}]}),
         );
-        // Without `roles`: ShareGPT names map by default, others stay.
-        let ms = encoder(&tok, &fmt(), None)
+        // Without `roles`: ShareGPT names map by default; an unknown role is refused by name.
+        let e = encoder(&tok, &fmt(), None)
             .messages(&r, &Location::default())
-            .unwrap();
-        assert_eq!(roles(&ms), ["user", "assistant", "bot"]);
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("messages[2].role") && e.contains("unknown role `bot`"),
+            "{e}"
+        );
         let mut f = fmt();
-        f.roles = vec![RoleMapping {
-            role: "assistant".into(),
-            aliases: vec!["bot".into(), "gpt".into()],
-        }];
+        f.roles = vec![
+            RoleMapping {
+                role: "assistant".into(),
+                aliases: vec!["bot".into(), "gpt".into()],
+            },
+            RoleMapping {
+                role: "user".into(),
+                aliases: vec!["human".into()],
+            },
+        ];
         let ms = encoder(&tok, &f, None)
             .messages(&r, &Location::default())
             .unwrap();
-        assert_eq!(roles(&ms), ["human", "assistant", "assistant"]);
+        assert_eq!(roles(&ms), ["user", "assistant", "assistant"]);
+        // A role the recipe trains is the recipe's choice.
+        let mut f = fmt();
+        f.roles_to_train.push("bot".into());
+        let ms = encoder(&tok, &f, None)
+            .messages(&r, &Location::default())
+            .unwrap();
+        assert_eq!(roles(&ms), ["user", "assistant", "bot"]);
     }
 
     #[test]

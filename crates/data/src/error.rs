@@ -32,6 +32,12 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{at}: malformed JSON: {message}")]
     Json { at: Location, message: String },
     #[error("{at}: the file is not valid UTF-8 (first bad byte at offset {offset})")]
@@ -52,6 +58,8 @@ pub enum DataError {
         format: &'static str,
         message: String,
     },
+    #[error("no training samples are left:\n  {reasons}")]
+    NothingToTrain { reasons: String },
     #[error("dataset `{dataset}` has no rows (looked at: {looked})")]
     EmptyDataset { dataset: String, looked: String },
     #[error("dataset `{dataset}` not found; looked at: {looked}. {hint}")]
@@ -64,6 +72,12 @@ pub enum DataError {
     Tokenizer { path: PathBuf, message: String },
     #[error("chat template ({template}): {message}")]
     Template { template: String, message: String },
+    #[error("{at}: chat template ({template}): {message}")]
+    TemplateLimit {
+        at: Location,
+        template: String,
+        message: String,
+    },
     #[error("{at}: the chat template rejected the conversation: {message}")]
     TemplateRejected { at: Location, message: String },
     #[error(
@@ -85,6 +99,13 @@ pub type Result<T, E = DataError> = std::result::Result<T, E>;
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Write {
             path: path.into(),
             source,
         }

@@ -208,6 +208,14 @@ pub enum RowEncoder<'a> {
 }
 
 impl RowEncoder<'_> {
+    /// Rows whose chat template rendered none of their content (0 for other formats).
+    pub fn contentless_rows(&self) -> u64 {
+        match self {
+            RowEncoder::Chat(c) => c.contentless_rows(),
+            _ => 0,
+        }
+    }
+
     pub fn encode(
         &self,
         tok: &TextTokenizer,

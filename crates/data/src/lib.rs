@@ -31,6 +31,7 @@ pub mod error;
 pub mod formats;
 pub mod gguf;
 pub mod inspect;
+mod jinja_fns;
 pub mod pack;
 pub mod prepare;
 pub mod sample;

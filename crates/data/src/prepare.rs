@@ -60,6 +60,9 @@ pub struct DatasetSummary {
     /// The first few of those errors.
     #[serde(default)]
     pub bad_row_examples: Vec<String>,
+    /// Rows whose chat template rendered none of their messages' content.
+    #[serde(default)]
+    pub contentless: u64,
 }
 
 impl Summary {
@@ -359,6 +362,10 @@ pub fn prepare_with(
         "settings",
         &serde_json::to_string(&settings).unwrap_or_default(),
     );
+    // Data prepared with rows skipped is not the data a run without the flag asks for.
+    if opts.skip_bad_rows {
+        key.text("skip_bad_rows", "true");
+    }
     let mut jobs = Vec::new();
     for (split, list) in [("train", &plan.datasets), ("test", &plan.test_datasets)] {
         for ds in list.iter() {
@@ -427,14 +434,8 @@ pub fn prepare_with(
         }
     };
     if train.is_empty() {
-        return Err(DataError::EmptyDataset {
-            dataset: plan
-                .datasets
-                .iter()
-                .map(|d| d.path.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            looked: "no training samples are left after tokenization and length filtering".into(),
+        return Err(DataError::NothingToTrain {
+            reasons: why_empty(&summary, plan, eval.len(), opts.skip_bad_rows),
         });
     }
     for d in &summary.datasets {
@@ -499,6 +500,8 @@ enum Outcome {
     Keep(Sample, bool),
     TooLong,
     Untrainable,
+    /// Not encoded: another row's error stops the run.
+    Stopped,
 }
 
 /// Errors that belong to one row (skippable with `skip_bad_rows`), as opposed to the file, the
@@ -543,14 +546,28 @@ fn encode_dataset(
         Ok(())
     };
     let mut encode_bad = 0u64;
+    let max_row = source::max_row_bytes(plan.sequence_len);
+    // Set by the first error that stops the run (a template past its limits, a tokenizer
+    // failure), so the chunk's other rows return at once instead of each failing the same
+    // slow way.
+    let stop = std::sync::atomic::AtomicBool::new(false);
     for file in files {
         let mut bad_in_encode = Vec::new();
-        source::read_rows(file, CHUNK_ROWS, &mut on_bad, &mut |rows| {
+        source::read_rows_bounded(file, CHUNK_ROWS, max_row, &mut on_bad, &mut |rows| {
             sum.rows_read += rows.len() as u64;
             let results: Vec<Result<Outcome>> = rows
                 .par_iter()
                 .map(|row| {
-                    let mut s = enc.encode(tok, plan.train_on_inputs, &row.value, &row.at)?;
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Ok(Outcome::Stopped);
+                    }
+                    let s = enc.encode(tok, plan.train_on_inputs, &row.value, &row.at);
+                    if let Err(e) = &s
+                        && !(skip_bad_rows && is_row_error(e))
+                    {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let mut s = s?;
                     let mut truncated = false;
                     if s.len() > max {
                         match plan.excess_length_strategy {
@@ -593,6 +610,7 @@ fn encode_dataset(
                     }
                     Outcome::TooLong => sum.dropped_too_long += 1,
                     Outcome::Untrainable => sum.dropped_untrainable += 1,
+                    Outcome::Stopped => {}
                 }
             }
             Ok(())
@@ -606,6 +624,7 @@ fn encode_dataset(
     sum.rows_read += bad - encode_bad;
     sum.skipped_bad = bad;
     sum.bad_row_examples = bad_examples;
+    sum.contentless = enc.contentless_rows();
     if sum.rows_read == 0 {
         return Err(DataError::EmptyDataset {
             dataset: ds.path.clone(),
@@ -618,6 +637,73 @@ fn encode_dataset(
         });
     }
     Ok((out, sum))
+}
+
+/// Why no training sample is left, per dataset and cause, with counts (issue 17: one catch-all
+/// sentence hid a template that prints no content, rows skipped as binary, and the rest).
+fn why_empty(s: &Summary, plan: &DataPlan, eval: usize, skipping: bool) -> String {
+    let mut out = Vec::new();
+    for d in &s.datasets {
+        let mut causes = Vec::new();
+        if d.skipped_bad > 0 {
+            let example = d
+                .bad_row_examples
+                .first()
+                .map(|e| format!(", e.g. {e}"))
+                .unwrap_or_default();
+            causes.push(format!(
+                "{} skipped as unreadable by --skip-bad-rows{example}",
+                d.skipped_bad
+            ));
+        }
+        if d.dropped_too_long > 0 {
+            causes.push(format!(
+                "{} dropped as longer than sequence_len {} (excess_length_strategy: drop; \
+                 raise sequence_len or use truncate)",
+                d.dropped_too_long, plan.sequence_len
+            ));
+        }
+        if d.contentless > 0 {
+            causes.push(format!(
+                "{} rendered by the chat template without any of their messages' content (does \
+                 the template print `message['content']`?)",
+                d.contentless
+            ));
+        }
+        let other_untrainable = d.dropped_untrainable.saturating_sub(d.contentless);
+        if other_untrainable > 0 {
+            causes.push(format!(
+                "{other_untrainable} had no token to train (no turn of a role in roles_to_train, \
+                 or only empty content; check roles_to_train and train_on_inputs)"
+            ));
+        }
+        let kept = d
+            .rows_read
+            .saturating_sub(d.skipped_bad + d.dropped_too_long + d.dropped_untrainable);
+        if kept > 0 {
+            causes.push(format!("{kept} kept"));
+        }
+        out.push(format!(
+            "`{}`: {} rows read: {}",
+            d.path,
+            d.rows_read,
+            if causes.is_empty() {
+                "none to use".to_string()
+            } else {
+                causes.join("; ")
+            }
+        ));
+    }
+    if eval > 0 {
+        out.push(format!(
+            "all {eval} remaining samples went to the evaluation set (val_set_size): lower \
+             val_set_size or add rows"
+        ));
+    }
+    if !skipping && s.datasets.iter().all(|d| d.rows_read == 0) {
+        out.push("no rows at all".into());
+    }
+    out.join("\n  ")
 }
 
 /// `test_datasets` when given; else `val_set_size` rows chosen by a seeded shuffle.

@@ -276,6 +276,36 @@ pub fn fail_on_bad_row(e: DataError) -> Result<()> {
     Err(e)
 }
 
+/// The most bytes one row may have: 1 MiB, or 32 bytes per token of `sequence_len` when that is
+/// more. A longer row cannot fit in `sequence_len` tokens, and tokenizing it costs about 250
+/// bytes of memory per byte (issue 17: a 20 MB JSONL line took 27 s and 5.5 GB before being
+/// dropped as too long).
+pub fn max_row_bytes(sequence_len: usize) -> usize {
+    (1 << 20).max(sequence_len.saturating_mul(32))
+}
+
+/// A row past [`max_row_bytes`], as a row error (`--skip-bad-rows` skips it).
+fn too_big(at: Location, bytes: usize, max: usize) -> DataError {
+    DataError::BadRow {
+        at,
+        message: format!(
+            "the row is {bytes} bytes, more than the {max} runner reads in one row (the larger of \
+             1 MiB and 32 bytes per token of sequence_len): split it, or skip such rows with \
+             --skip-bad-rows"
+        ),
+    }
+}
+
+/// Bytes of text in a value: what tokenizing it would read (its strings and keys).
+fn text_bytes(v: &Json) -> usize {
+    match v {
+        Json::String(s) => s.len(),
+        Json::Array(a) => a.iter().map(text_bytes).sum(),
+        Json::Object(m) => m.iter().map(|(k, v)| k.len() + text_bytes(v)).sum(),
+        _ => 8,
+    }
+}
+
 /// Reads a file's rows, handing them to `sink` in chunks of about `chunk` rows. Rows that cannot
 /// be parsed (a malformed JSON line, bad UTF-8, a record that is not an object) go to `on_bad`;
 /// a file that cannot be read at all is an error.
@@ -285,12 +315,38 @@ pub fn read_rows(
     on_bad: OnBadRow<'_>,
     sink: &mut dyn FnMut(Vec<Row>) -> Result<()>,
 ) -> Result<()> {
+    read_rows_bounded(file, chunk, max_row_bytes(0), on_bad, sink)
+}
+
+/// [`read_rows`] with rows of more than `max_row` bytes handed to `on_bad`: a JSON Lines or
+/// CSV row is measured before it is parsed, other formats by the text a row holds.
+pub fn read_rows_bounded(
+    file: &InputFile,
+    chunk: usize,
+    max_row: usize,
+    on_bad: OnBadRow<'_>,
+    sink: &mut dyn FnMut(Vec<Row>) -> Result<()>,
+) -> Result<()> {
+    let on_bad = std::cell::RefCell::new(on_bad);
+    let mut bounded = |rows: Vec<Row>| -> Result<()> {
+        let mut ok = Vec::with_capacity(rows.len());
+        for r in rows {
+            let bytes: usize = r.value.iter().map(|(k, v)| k.len() + text_bytes(v)).sum();
+            if bytes > max_row {
+                (*on_bad.borrow_mut())(too_big(r.at, bytes, max_row))?;
+            } else {
+                ok.push(r);
+            }
+        }
+        if ok.is_empty() { Ok(()) } else { sink(ok) }
+    };
+    let mut on_bad_row = |e: DataError| (*on_bad.borrow_mut())(e);
     match file.format {
-        FileFormat::Jsonl => read_jsonl(&file.path, chunk, on_bad, sink),
-        FileFormat::Json => read_json(&file.path, chunk, on_bad, sink),
-        FileFormat::Parquet => read_parquet(&file.path, chunk, sink),
-        FileFormat::Arrow => read_arrow(&file.path, chunk, sink),
-        FileFormat::Csv => read_csv(&file.path, chunk, on_bad, sink),
+        FileFormat::Jsonl => read_jsonl(&file.path, chunk, max_row, &mut on_bad_row, &mut bounded),
+        FileFormat::Json => read_json(&file.path, chunk, max_row, &mut on_bad_row, &mut bounded),
+        FileFormat::Parquet => read_parquet(&file.path, chunk, &mut bounded),
+        FileFormat::Arrow => read_arrow(&file.path, chunk, &mut bounded),
+        FileFormat::Csv => read_csv(&file.path, chunk, max_row, &mut on_bad_row, &mut bounded),
     }
 }
 
@@ -305,6 +361,7 @@ fn at_line(path: &Path, line: u64) -> Location {
 fn read_jsonl(
     path: &Path,
     chunk: usize,
+    max_row: usize,
     on_bad: OnBadRow<'_>,
     sink: &mut dyn FnMut(Vec<Row>) -> Result<()>,
 ) -> Result<()> {
@@ -313,15 +370,49 @@ fn read_jsonl(
         path,
         BufReader::with_capacity(1 << 20, f),
         chunk,
+        max_row,
         on_bad,
         sink,
     )
+}
+
+/// Reads one line into `buf` (cleared first), keeping at most `max` bytes of it; the rest of a
+/// longer line is read past without being kept. Returns the line's full length (0 at the end).
+fn read_line_bounded(
+    r: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<usize> {
+    buf.clear();
+    let n = r.by_ref().take(max as u64 + 1).read_until(b'\n', buf)?;
+    if n <= max || buf.last() == Some(&b'\n') {
+        return Ok(n);
+    }
+    let mut total = n;
+    loop {
+        let avail = r.fill_buf()?;
+        if avail.is_empty() {
+            return Ok(total);
+        }
+        match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                r.consume(i + 1);
+                return Ok(total + i + 1);
+            }
+            None => {
+                let l = avail.len();
+                total += l;
+                r.consume(l);
+            }
+        }
+    }
 }
 
 fn read_jsonl_from(
     path: &Path,
     mut r: impl BufRead,
     chunk: usize,
+    max_row: usize,
     on_bad: OnBadRow<'_>,
     sink: &mut dyn FnMut(Vec<Row>) -> Result<()>,
 ) -> Result<()> {
@@ -329,14 +420,15 @@ fn read_jsonl_from(
     let mut line = 0;
     let mut rows = Vec::with_capacity(chunk);
     loop {
-        buf.clear();
-        let n = r
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| DataError::io(path, e))?;
+        let n = read_line_bounded(&mut r, &mut buf, max_row).map_err(|e| DataError::io(path, e))?;
         if n == 0 {
             break;
         }
         line += 1;
+        if buf.len() > max_row && buf.last() != Some(&b'\n') {
+            on_bad(too_big(at_line(path, line), n, max_row))?;
+            continue;
+        }
         let text = match std::str::from_utf8(&buf) {
             Ok(t) => t.trim(),
             Err(e) => {
@@ -386,6 +478,7 @@ fn read_jsonl_from(
 fn read_json(
     path: &Path,
     chunk: usize,
+    max_row: usize,
     on_bad: OnBadRow<'_>,
     sink: &mut dyn FnMut(Vec<Row>) -> Result<()>,
 ) -> Result<()> {
@@ -394,7 +487,7 @@ fn read_json(
     let n = f.read(&mut head).map_err(|e| DataError::io(path, e))?;
     let first = head[..n].iter().find(|b| !b.is_ascii_whitespace()).copied();
     if first != Some(b'[') {
-        return read_jsonl(path, chunk, on_bad, sink);
+        return read_jsonl(path, chunk, max_row, on_bad, sink);
     }
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let text = std::str::from_utf8(&bytes).map_err(|e| DataError::NotUtf8 {
@@ -437,6 +530,7 @@ fn read_json(
 fn read_csv(
     path: &Path,
     chunk: usize,
+    max_row: usize,
     on_bad: OnBadRow<'_>,
     sink: &mut dyn FnMut(Vec<Row>) -> Result<()>,
 ) -> Result<()> {
@@ -464,6 +558,14 @@ fn read_csv(
             }
         };
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        if rec.as_byte_record().as_slice().len() > max_row {
+            on_bad(too_big(
+                at_line(path, line),
+                rec.as_byte_record().as_slice().len(),
+                max_row,
+            ))?;
+            continue;
+        }
         let value: Map<String, Json> = headers
             .iter()
             .zip(rec.iter())
@@ -493,6 +595,20 @@ fn csv_err(path: &Path, e: csv::Error) -> DataError {
                 field: Some(format!("column {}", err.field() + 1)),
             },
             offset: err.valid_up_to(),
+        },
+        // A ragged row is that row's problem (skippable), not the file's (issue 17).
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => DataError::BadRow {
+            at: Location {
+                file: path.to_path_buf(),
+                row: line,
+                field: None,
+            },
+            message: format!(
+                "the row has {len} fields, the header {expected_len}: fix the row (a field \
+                 with a comma needs quotes), or skip such rows with --skip-bad-rows"
+            ),
         },
         _ => DataError::Format {
             path: path.to_path_buf(),

@@ -14,7 +14,7 @@
 //! Apache-2.0), copied byte for byte.
 
 use crate::error::{DataError, Result};
-use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::value::{Value, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
 use runner_recipe::plan::NamedTemplate;
 use std::ops::Range;
@@ -65,6 +65,13 @@ pub struct ChatTemplate {
 }
 
 const TEMPLATE_NAME: &str = "chat";
+/// The work one render may do, in minijinja fuel: one per instruction plus one per 64 bytes of
+/// data the template creates or writes. A chat template renders a long conversation in well
+/// under 1% of it; a hostile one (nested `range(100000)` loops, a string doubled in a loop)
+/// stops after well under a second and about 320 MB instead of hanging or aborting (issue 17).
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+/// The most text one render may write: 32 MiB, far more than any `sequence_len` of tokens.
+pub const MAX_RENDER_BYTES: usize = 32 << 20;
 /// Markers: message i's content starts with U+100000+2i and ends with U+100001+2i
 /// (Supplementary Private Use Area-B, never produced by a template).
 const MARK_BASE: u32 = 0x10_0000;
@@ -80,9 +87,10 @@ impl ChatTemplate {
             .map_err(|e| template_err(origin, &e))?;
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", strftime_now);
-        env.add_filter("tojson", tojson);
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.add_function("raise_exception", crate::jinja_fns::raise_exception);
+        env.add_function("strftime_now", crate::jinja_fns::strftime_now);
+        env.add_filter("tojson", crate::jinja_fns::tojson);
         // Jinja2 prints Python's `True`/`False`/`None`.
         env.set_formatter(|out, state, value| match value.kind() {
             ValueKind::Bool => out
@@ -126,7 +134,42 @@ impl ChatTemplate {
             .iter()
             .map(|(k, v)| (k.as_str(), Value::from(v.as_str())));
         let ctx = Value::from_pairs(extra.chain(fixed));
-        self.env.get_template(TEMPLATE_NAME)?.render(ctx)
+        let mut out = Bounded::default();
+        match self
+            .env
+            .get_template(TEMPLATE_NAME)?
+            .render_captured_to(ctx, &mut out)
+        {
+            Ok(_) => {}
+            Err(_) if out.over => {
+                return Err(JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "{TEMPLATE_LIMIT}: the rendered text passed {} MiB, the most one \
+                         conversation may render to",
+                        MAX_RENDER_BYTES >> 20
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                return Err(JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "{TEMPLATE_LIMIT}: rendering did not finish within {TEMPLATE_FUEL} steps \
+                         (instructions, plus one per 64 bytes of text it builds); a chat template \
+                         needs a tiny fraction of that, so this one loops or builds text without \
+                         bound"
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+        String::from_utf8(out.buf).map_err(|e| {
+            JinjaError::new(
+                ErrorKind::InvalidOperation,
+                format!("the template wrote invalid UTF-8: {e}"),
+            )
+        })
     }
 
     /// Renders like `tokenizer.apply_chat_template(messages, tokenize=False)`.
@@ -421,257 +464,36 @@ fn split_ws_control(inner: &str) -> (&str, &str, &str) {
     (lead, &inner[lead.len()..inner.len() - trail.len()], trail)
 }
 
+/// The words every limit error starts with, so the data stage can tell a template that ran out
+/// of its budget (stop the run, whatever the row) from one that rejected a row.
+pub const TEMPLATE_LIMIT: &str = "the chat template exceeded its limit";
+
+/// An output buffer that refuses to grow past [`MAX_RENDER_BYTES`].
+#[derive(Default)]
+struct Bounded {
+    buf: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > MAX_RENDER_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("rendered text too long"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn template_err(origin: &str, e: &JinjaError) -> DataError {
     DataError::Template {
         template: origin.to_string(),
         message: format!("{e:#}"),
-    }
-}
-
-fn raise_exception(message: String) -> Result<Value, JinjaError> {
-    Err(JinjaError::new(ErrorKind::InvalidOperation, message))
-}
-
-/// `strftime_now(format)`: the current UTC time, formatted with the common strftime codes.
-fn strftime_now(format: String) -> Result<Value, JinjaError> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    Ok(Value::from(strftime(secs, &format)))
-}
-
-pub(crate) fn strftime(unix_secs: i64, format: &str) -> String {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const DAYS: [&str; 7] = [
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-    ];
-    let days = unix_secs.div_euclid(86_400);
-    let secs = unix_secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let weekday = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::new();
-    let mut chars = format.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('d') => out.push_str(&format!("{day:02}")),
-            Some('m') => out.push_str(&format!("{month:02}")),
-            Some('Y') => out.push_str(&year.to_string()),
-            Some('y') => out.push_str(&format!("{:02}", year % 100)),
-            Some('b') => out.push_str(&MONTHS[month as usize - 1][..3]),
-            Some('B') => out.push_str(MONTHS[month as usize - 1]),
-            Some('a') => out.push_str(&DAYS[weekday][..3]),
-            Some('A') => out.push_str(DAYS[weekday]),
-            Some('H') => out.push_str(&format!("{h:02}")),
-            Some('M') => out.push_str(&format!("{m:02}")),
-            Some('S') => out.push_str(&format!("{s:02}")),
-            Some('j') => out.push_str(&format!("{:03}", doy_in_year(year, month, day))),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
-}
-
-fn doy_in_year(year: i64, month: i64, day: i64) -> i64 {
-    const CUM: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    CUM[month as usize - 1] + day + i64::from(leap && month > 2)
-}
-
-/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent,
-/// separators=separators, sort_keys=sort_keys)`.
-fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, JinjaError> {
-    let indent: Option<Value> = kwargs.get("indent")?;
-    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
-    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
-    let separators: Option<Value> = kwargs.get("separators")?;
-    kwargs.assert_all_used()?;
-    let indent = match indent {
-        None => None,
-        Some(v) if v.is_none() => None,
-        Some(v) => match v.as_i64() {
-            Some(n) => Some(" ".repeat(n.max(0) as usize)),
-            None => Some(v.as_str().unwrap_or("").to_string()),
-        },
-    };
-    let (item_sep, key_sep) = match separators {
-        Some(s) if !s.is_none() => {
-            let a = s.get_item_by_index(0)?;
-            let b = s.get_item_by_index(1)?;
-            (
-                a.as_str().unwrap_or(",").to_string(),
-                b.as_str().unwrap_or(":").to_string(),
-            )
-        }
-        _ if indent.is_some() => (",".to_string(), ": ".to_string()),
-        _ => (", ".to_string(), ": ".to_string()),
-    };
-    let fmt = JsonFmt {
-        indent,
-        item_sep,
-        key_sep,
-        sort_keys: sort_keys.unwrap_or(false),
-        ensure_ascii: ensure_ascii.unwrap_or(false),
-    };
-    let mut out = String::new();
-    fmt.write(value, 0, &mut out)?;
-    Ok(Value::from(out))
-}
-
-struct JsonFmt {
-    indent: Option<String>,
-    item_sep: String,
-    key_sep: String,
-    sort_keys: bool,
-    ensure_ascii: bool,
-}
-
-impl JsonFmt {
-    fn newline(&self, level: usize, out: &mut String) {
-        if let Some(ind) = &self.indent {
-            out.push('\n');
-            for _ in 0..level {
-                out.push_str(ind);
-            }
-        }
-    }
-
-    fn write(&self, v: &Value, level: usize, out: &mut String) -> Result<(), JinjaError> {
-        match v.kind() {
-            ValueKind::Undefined | ValueKind::None => out.push_str("null"),
-            ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
-            ValueKind::Number => {
-                if let Some(i) = v.as_i64().filter(|_| v.is_integer()) {
-                    out.push_str(&i.to_string());
-                } else {
-                    let f: f64 = f64::try_from(v.clone()).unwrap_or(f64::NAN);
-                    out.push_str(&py_float(f));
-                }
-            }
-            ValueKind::String => self.string(v.as_str().unwrap_or(""), out),
-            ValueKind::Seq | ValueKind::Iterable => {
-                let items: Vec<Value> = v.try_iter()?.collect();
-                if items.is_empty() {
-                    out.push_str("[]");
-                    return Ok(());
-                }
-                out.push('[');
-                for (k, item) in items.iter().enumerate() {
-                    if k > 0 {
-                        out.push_str(&self.item_sep);
-                    }
-                    self.newline(level + 1, out);
-                    self.write(item, level + 1, out)?;
-                }
-                self.newline(level, out);
-                out.push(']');
-            }
-            ValueKind::Map => {
-                let mut keys: Vec<Value> = v.try_iter()?.collect();
-                if keys.is_empty() {
-                    out.push_str("{}");
-                    return Ok(());
-                }
-                if self.sort_keys {
-                    keys.sort();
-                }
-                out.push('{');
-                for (k, key) in keys.iter().enumerate() {
-                    if k > 0 {
-                        out.push_str(&self.item_sep);
-                    }
-                    self.newline(level + 1, out);
-                    match key.as_str() {
-                        Some(s) => self.string(s, out),
-                        None => self.string(&key.to_string(), out),
-                    }
-                    out.push_str(&self.key_sep);
-                    self.write(&v.get_item(key)?, level + 1, out)?;
-                }
-                self.newline(level, out);
-                out.push('}');
-            }
-            _ => self.string(&v.to_string(), out),
-        }
-        Ok(())
-    }
-
-    fn string(&self, s: &str, out: &mut String) {
-        out.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                '\u{08}' => out.push_str("\\b"),
-                '\u{0C}' => out.push_str("\\f"),
-                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                c if self.ensure_ascii && (c as u32) > 0x7E => {
-                    let mut buf = [0u16; 2];
-                    for unit in c.encode_utf16(&mut buf) {
-                        out.push_str(&format!("\\u{unit:04x}"));
-                    }
-                }
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-}
-
-/// Python's `repr(float)` for the values JSON can hold.
-fn py_float(f: f64) -> String {
-    if f.is_nan() {
-        return "NaN".into();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
-    }
-    let s = format!("{f:?}");
-    if s.contains('e') && !s.contains("e-") {
-        s.replace('e', "e+")
-    } else {
-        s
     }
 }
 
@@ -778,6 +600,55 @@ mod tests {
     }
 
     #[test]
+    fn issue_17_group_5_templates_that_loop_or_grow_stop_fast_with_a_clear_error() {
+        let m = msgs(&[("user", "a"), ("assistant", "b")]);
+        for (what, source) in [
+            (
+                "nested loops",
+                "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+            ),
+            (
+                "string doubling",
+                "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+            ),
+            (
+                "output flood",
+                "{% set big = 'x' * 1000000 %}{% for i in range(100) %}{{ big }}{% endfor %}",
+            ),
+            ("repeat", "{{ 'x' * 1000000000 }}"),
+        ] {
+            let t = ChatTemplate::new(source, "test", "", "").unwrap();
+            let started = std::time::Instant::now();
+            let err = t.render_tracked(&m).unwrap_err();
+            let secs = started.elapsed().as_secs_f64();
+            let text = format!("{err:#}");
+            assert!(
+                text.contains(TEMPLATE_LIMIT) || text.contains("too large"),
+                "{what}: {text}"
+            );
+            assert!(secs < 5.0, "{what}: took {secs:.1} s");
+        }
+        // A real template on a long conversation stays far inside the budget.
+        let t = ChatTemplate::new(
+            named_template_source(NamedTemplate::Llama3),
+            "llama3",
+            "<|begin_of_text|>",
+            "<|eot_id|>",
+        )
+        .unwrap();
+        let long: Vec<(&str, &str)> = (0..2000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    ("user", "a question of some length")
+                } else {
+                    ("assistant", "an answer")
+                }
+            })
+            .collect();
+        assert!(t.render_tracked(&msgs(&long)).is_ok());
+    }
+
+    #[test]
     fn raise_exception_is_an_error() {
         let t = ChatTemplate::new(
             named_template_source(NamedTemplate::Gemma),
@@ -831,7 +702,7 @@ mod tests {
     fn strftime_formats_dates() {
         // 2024-07-26 12:34:56 UTC, a Friday.
         assert_eq!(
-            strftime(1_721_997_296, "%d %b %Y %A %H:%M:%S %j"),
+            crate::jinja_fns::strftime(1_721_997_296, "%d %b %Y %A %H:%M:%S %j"),
             "26 Jul 2024 Friday 12:34:56 208"
         );
     }

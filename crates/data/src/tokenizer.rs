@@ -456,7 +456,7 @@ impl TextTokenizer {
     /// the recipe added included) and `AutoTokenizer.from_pretrained(dir)` and runner read it
     /// back. Each file goes to a temporary name first and is renamed.
     pub fn save_pretrained(&self, dir: &Path) -> Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| DataError::write(dir, e))?;
         let tok_json = self
             .inner
             .to_string(true)
@@ -497,7 +497,7 @@ impl TextTokenizer {
         ] {
             let path = dir.join(name);
             runner_io::atomic::write(&path, text.as_bytes())
-                .map_err(|e| DataError::io(&e.path, e.source))?;
+                .map_err(|e| DataError::write(&e.path, e.source))?;
             written.push(path);
         }
         Ok(written)

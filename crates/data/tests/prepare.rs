@@ -697,6 +697,156 @@ fn bad_rows_can_be_skipped_and_counted() {
 }
 
 #[test]
+fn issue_17_group_7_an_empty_training_set_says_why_per_cause_with_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tokenizer(tmp.path(), false);
+    let completion = || DatasetFormat::Completion {
+        field: "text".into(),
+    };
+    let skip = PrepareOptions {
+        skip_bad_rows: true,
+        no_write: true,
+        ..Default::default()
+    };
+    // Binary rows skipped by --skip-bad-rows.
+    let bin = tmp.path().join("bin.jsonl");
+    std::fs::write(&bin, b"\xff\xfe\x00\x01\n\x80\x81\n").unwrap();
+    let p = plan(vec![ds(&bin, completion())], &tmp.path().join("p"));
+    let e = prepare_with(&p, &tok, skip).unwrap_err().to_string();
+    assert!(
+        e.contains("no training samples are left")
+            && e.contains("2 rows read: 2 skipped as unreadable by --skip-bad-rows")
+            && e.contains("not valid UTF-8"),
+        "{e}"
+    );
+    // Rows longer than sequence_len, dropped.
+    let long = tmp.path().join("long.jsonl");
+    std::fs::write(
+        &long,
+        format!("{{\"text\": \"{}\"}}\n", "word ".repeat(200)),
+    )
+    .unwrap();
+    let mut p = plan(vec![ds(&long, completion())], &tmp.path().join("p"));
+    p.sequence_len = 16;
+    let e = prepare_with(&p, &tok, skip).unwrap_err().to_string();
+    assert!(
+        e.contains("1 dropped as longer than sequence_len 16"),
+        "{e}"
+    );
+    // Every sample taken by the evaluation split.
+    let one = tmp.path().join("one.jsonl");
+    std::fs::write(&one, "{\"text\": \"a\"}\n").unwrap();
+    let mut p = plan(vec![ds(&one, completion())], &tmp.path().join("p"));
+    p.val_set = ValSet::Fraction(0.5);
+    let e = prepare_with(&p, &tok, skip).unwrap_err().to_string();
+    assert!(
+        e.contains("1 kept") && e.contains("went to the evaluation set"),
+        "{e}"
+    );
+}
+
+/// Group 5: a template that arrives inside a downloaded tokenizer is held to the same limits.
+#[test]
+fn issue_17_group_5_a_tokenizer_template_that_never_ends_stops_with_the_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tok-loop");
+    write_tiny_tokenizer(&dir, false).unwrap();
+    let config = json!({
+        "bos_token": "<s>", "eos_token": "<|im_end|>",
+        "chat_template": "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let tok = TextTokenizer::load(&dir, &TokenizerOverrides::default()).unwrap();
+    let f = tmp.path().join("c.jsonl");
+    std::fs::write(
+        &f,
+        "{\"conversations\": [{\"from\": \"human\", \"value\": \"hi\"}, {\"from\": \"gpt\", \"value\": \"yo\"}]}\n",
+    )
+    .unwrap();
+    let p = plan(vec![ds(&f, sharegpt())], &tmp.path().join("p"));
+    let started = std::time::Instant::now();
+    // Not skippable: the template, not the row, is at fault.
+    let opts = PrepareOptions {
+        skip_bad_rows: true,
+        no_write: true,
+        ..Default::default()
+    };
+    let e = prepare_with(&p, &tok, opts).unwrap_err().to_string();
+    assert!(
+        e.contains("c.jsonl, row 1") && e.contains("the chat template exceeded its limit"),
+        "{e}"
+    );
+    assert!(started.elapsed().as_secs_f64() < 10.0);
+}
+
+#[test]
+fn issue_17_group_7_ragged_csv_rows_are_skippable_row_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tokenizer(tmp.path(), false);
+    let f = tmp.path().join("r.csv");
+    std::fs::write(&f, "text\nfirst\nsecond, with a comma\nthird\n").unwrap();
+    let p = plan(
+        vec![ds(
+            &f,
+            DatasetFormat::Completion {
+                field: "text".into(),
+            },
+        )],
+        &tmp.path().join("p"),
+    );
+    let mut opts = PrepareOptions {
+        no_write: true,
+        ..Default::default()
+    };
+    let e = prepare_with(&p, &tok, opts).unwrap_err().to_string();
+    assert!(
+        e.contains("r.csv, row 3") && e.contains("the row has 2 fields, the header 1"),
+        "{e}"
+    );
+    opts.skip_bad_rows = true;
+    let out = prepare_with(&p, &tok, opts).unwrap();
+    assert_eq!(out.train.len(), 2);
+    assert_eq!(out.summary.rows_skipped_bad, 1);
+}
+
+#[test]
+fn issue_17_group_6_a_row_past_the_size_limit_is_refused_before_parsing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tokenizer(tmp.path(), false);
+    let f = tmp.path().join("big.jsonl");
+    let big = format!("{{\"text\": \"{}\"}}", "x".repeat(3 << 20));
+    std::fs::write(
+        &f,
+        format!("{{\"text\": \"ok\"}}\n{big}\n{{\"text\": \"fine\"}}\n"),
+    )
+    .unwrap();
+    let p = plan(
+        vec![ds(
+            &f,
+            DatasetFormat::Completion {
+                field: "text".into(),
+            },
+        )],
+        &tmp.path().join("p"),
+    );
+    let mut opts = PrepareOptions {
+        no_write: true,
+        ..Default::default()
+    };
+    let e = prepare_with(&p, &tok, opts).unwrap_err().to_string();
+    assert!(
+        e.contains("big.jsonl, row 2")
+            && e.contains(&format!("the row is {} bytes", big.len() + 1))
+            && e.contains("more than the 1048576 runner reads in one row"),
+        "{e}"
+    );
+    opts.skip_bad_rows = true;
+    let out = prepare_with(&p, &tok, opts).unwrap();
+    assert_eq!(out.train.len(), 2);
+    assert_eq!(out.summary.rows_read, 3);
+}
+
+#[test]
 fn test_datasets_are_the_eval_set() {
     let tmp = tempfile::tempdir().unwrap();
     let tok = tokenizer(tmp.path(), false);

@@ -242,6 +242,19 @@ impl ModelConfig {
             });
         }
 
+        check_sizes([
+            ("num_hidden_layers", raw.num_hidden_layers),
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("vocab_size", raw.vocab_size),
+            ("num_attention_heads", heads),
+            ("head_dim", head_dim),
+        ])
+        .map_err(|message| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+
         // RoPE: `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5).
         let mut rope_theta = raw.rope_theta;
         let mut scaling_value = raw.rope_scaling.clone();
@@ -529,6 +542,33 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>, path: &Path) -> Result<Rope
     }
 }
 
+/// Sizes past these are no model that exists (the largest public ones have ~130 layers,
+/// hidden 16384, vocab 256k): refusing them keeps planning and loading bounded (issue 17:
+/// `num_hidden_layers: 1000000` once took time quadratic in the layer count in `--dry-run`).
+pub(crate) fn check_sizes(sizes: [(&str, usize); 6]) -> std::result::Result<(), String> {
+    const MAX: [(&str, usize); 6] = [
+        ("num_hidden_layers", 4096),
+        ("hidden_size", 1 << 17),
+        ("intermediate_size", 1 << 19),
+        ("vocab_size", 1 << 23),
+        ("num_attention_heads", 4096),
+        ("head_dim", 4096),
+    ];
+    for (key, value) in sizes {
+        let max = MAX
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(usize::MAX, |m| m.1);
+        if value == 0 || value > max {
+            return Err(format!(
+                "{key} is {value}; runner accepts 1 to {max} (no real model is larger): check the \
+                 configuration"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,6 +579,29 @@ mod tests {
 
     const BASE: &str = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
         "num_hidden_layers": 2, "num_attention_heads": 2"#;
+
+    #[test]
+    fn issue_17_group_6_absurd_sizes_are_refused_at_once() {
+        let started = std::time::Instant::now();
+        let e = parse(
+            r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 1000000, "num_attention_heads": 2}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("num_hidden_layers is 1000000; runner accepts 1 to 4096"),
+            "{e}"
+        );
+        assert!(started.elapsed().as_secs_f64() < 1.0);
+        let e = parse(
+            r#"{"model_type": "llama", "vocab_size": 0, "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("vocab_size is 0"), "{e}");
+    }
 
     #[test]
     fn unsupported_architecture_lists_supported() {

@@ -52,6 +52,12 @@ pub enum Error {
     #[error("{path}: cannot read GGUF: {message}")]
     Gguf { path: PathBuf, message: String },
 
+    #[error("{source_name}: {message}")]
+    Weights {
+        source_name: String,
+        message: String,
+    },
+
     #[error("{source_name}: missing tensor `{name}`")]
     MissingTensor { source_name: String, name: String },
 

@@ -128,6 +128,16 @@ pub fn config_from_gguf(path: &Path, content: &Content) -> Result<ModelConfig> {
             format!("head dimension {head_dim} must be even and positive"),
         ));
     }
+    let ffn = need("feed_forward_length")?;
+    crate::config::check_sizes([
+        ("num_hidden_layers", n_layers),
+        ("hidden_size", hidden),
+        ("intermediate_size", ffn),
+        ("vocab_size", vocab),
+        ("num_attention_heads", heads),
+        ("head_dim", head_dim),
+    ])
+    .map_err(|m| gguf_err(path, m))?;
     let rope_scaling = match meta_s(md, "llama.rope.scaling.type").as_deref() {
         None | Some("none") => RopeScaling::None,
         Some("linear") => RopeScaling::Linear {

@@ -184,7 +184,8 @@ pub const ADAPTER_DTYPE: candle_core::DType = candle_core::DType::F32;
 /// the dropout masks.
 pub fn inject_settings(model: &mut CausalLm, s: &LoraSettings, seed: u64) -> Result<Adapters> {
     let names: Vec<String> = model.linears().iter().map(|l| l.name.clone()).collect();
-    let selected = select_targets(&names, &s.targets)?;
+    let selected: std::collections::HashSet<String> =
+        select_targets(&names, &s.targets)?.into_iter().collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let dropout_rng = shared_rng(seed ^ 0x5eed_d20f_0a7e);
     let mut params = Vec::new();

@@ -71,31 +71,46 @@ pub fn summarize(model: &ModelPlan, adapter: &AdapterPlan) -> Result<ModelSummar
 }
 
 /// The modules the settings target in a model of `cfg`, and their adapter parameter count.
+///
+/// A rank above the smaller side of a targeted layer is refused: `B·A` cannot have a higher
+/// rank than `min(in, out)`, so the extra rank only costs memory (issue 17: `lora_r: 100000`
+/// was accepted).
 pub fn adapters_on_paper(cfg: &ModelConfig, s: &LoraSettings) -> Result<(Vec<String>, usize)> {
     let shapes = cfg.linear_shapes();
     let names: Vec<String> = shapes.iter().map(|(n, _, _)| n.clone()).collect();
     let selected = select_targets(&names, &s.targets)?;
-    if matches!(s.init, runner_recipe::plan::LoraInit::Pissa { .. })
-        && let Some((n, i, o)) = shapes
+    // A set: with many layers a list lookup per shape made this quadratic (issue 17).
+    let chosen: std::collections::HashSet<&str> = selected.iter().map(String::as_str).collect();
+    let targeted = || {
+        shapes
             .iter()
-            .find(|(n, i, o)| selected.contains(n) && s.r > *i.min(o))
+            .filter(|(n, _, _)| chosen.contains(n.as_str()))
+    };
+    let smallest = targeted().min_by_key(|(_, i, o)| *i.min(o));
+    if let Some((n, i, o)) = smallest
+        && s.r > *i.min(o)
     {
-        return Err(crate::error::Error::Adapter(format!(
-            "peft_init_lora_weights: pissa takes the top lora_r = {} singular vectors of each \
-             target, but `{n}` is [{o}, {i}] and has only {} (lower lora_r to at most {})",
-            s.r,
-            i.min(o),
-            shapes
-                .iter()
-                .filter(|(n, _, _)| selected.contains(n))
-                .map(|(_, i, o)| *i.min(o))
-                .min()
-                .unwrap_or(0)
-        )));
+        let pissa = matches!(s.init, runner_recipe::plan::LoraInit::Pissa { .. });
+        return Err(crate::error::Error::Adapter(if pissa {
+            format!(
+                "peft_init_lora_weights: pissa takes the top lora_r = {} singular vectors of each \
+                 target, but `{n}` is [{o}, {i}] and has only {} (lower lora_r to at most {})",
+                s.r,
+                i.min(o),
+                i.min(o)
+            )
+        } else {
+            format!(
+                "lora_r {} is larger than the smaller side of `{n}` ([{o}, {i}]): an adapter of \
+                 that layer cannot have a rank above {}, so the rest would only cost memory \
+                 (lower lora_r to at most {})",
+                s.r,
+                i.min(o),
+                i.min(o)
+            )
+        }));
     }
-    let trainable = shapes
-        .iter()
-        .filter(|(n, _, _)| selected.contains(n))
+    let trainable = targeted()
         .map(|(_, i, o)| s.r * (i + o) + if s.use_dora { *o } else { 0 })
         .sum();
     Ok((selected, trainable))

@@ -88,6 +88,7 @@ fn check_safetensors_header(path: &Path) -> Result<()> {
                 && let Some(e) = offs.get(1).and_then(|x| x.as_u64())
             {
                 end = end.max(e);
+                check_entry(info, offs).map_err(|m| bad(format!("tensor `{name}`: {m}")))?;
             }
         }
     }
@@ -96,6 +97,50 @@ fn check_safetensors_header(path: &Path) -> Result<()> {
             "data section needs {} bytes, file has {file_len} (truncated download?)",
             8 + n + end
         )));
+    }
+    Ok(())
+}
+
+/// One header entry: its bytes (`data_offsets`) must be what its shape and dtype need, so a
+/// header that lies about a shape is refused naming the tensor (issue 17).
+fn check_entry(
+    info: &serde_json::Value,
+    offs: &[serde_json::Value],
+) -> std::result::Result<(), String> {
+    let (Some(start), Some(end)) = (
+        offs.first().and_then(|x| x.as_u64()),
+        offs.get(1).and_then(|x| x.as_u64()),
+    ) else {
+        return Err("data_offsets are not two numbers".into());
+    };
+    if end < start {
+        return Err(format!(
+            "data_offsets [{start}, {end}] end before they start"
+        ));
+    }
+    let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
+    let bytes: u64 = match dtype {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+        _ => return Ok(()), // candle names an unknown dtype itself
+    };
+    let shape: Vec<u64> = info
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+        .unwrap_or_default();
+    let need = shape
+        .iter()
+        .try_fold(bytes, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
+    if need != end - start {
+        return Err(format!(
+            "the header says shape {shape:?} {dtype} ({need} bytes) but gives it {} bytes \
+             (data_offsets [{start}, {end}]): the file is damaged or was written wrongly",
+            end - start
+        ));
     }
     Ok(())
 }
@@ -325,6 +370,7 @@ impl Weights {
             return self.get_quantized(q, &full, shape);
         }
         let t = self.source.load(&full, &self.device)?;
+        self.check_finite(&full, &t)?;
         self.used
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -338,6 +384,42 @@ impl Weights {
 }
 
 impl Weights {
+    /// A base weight with a NaN or an infinity would make every loss NaN, and the run would
+    /// blame the learning rate (issue 17): it is refused by name while loading. One sum per
+    /// tensor: NaN and ±inf propagate through it, and no finite weight of a real model sums
+    /// to infinity in f32.
+    fn check_finite(&self, full: &str, t: &Tensor) -> Result<()> {
+        if !t.dtype().is_float() {
+            return Ok(());
+        }
+        let sum = t
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .sum(0)?
+            .to_scalar::<f32>()?;
+        if sum.is_finite() {
+            return Ok(());
+        }
+        let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let bad = values
+            .iter()
+            .copied()
+            .find(|v| !v.is_finite())
+            .unwrap_or(sum);
+        Err(self.not_finite(full, bad))
+    }
+
+    fn not_finite(&self, full: &str, value: f32) -> Error {
+        Error::Weights {
+            source_name: self.source.source_name(),
+            message: format!(
+                "tensor `{full}` holds {value}: the base model's weights are damaged (a NaN or \
+                 an infinity in the checkpoint itself, not a training problem); download or \
+                 convert the model again"
+            ),
+        }
+    }
+
     /// Reads `full` in f32 on the CPU, quantizes it, drops it, and returns the placeholder.
     fn get_quantized(&self, q: &StreamingQuantizer, full: &str, shape: &[usize]) -> Result<Tensor> {
         let (rows, cols) = (shape[0], shape[1]);
@@ -353,6 +435,9 @@ impl Weights {
                 "internal: {full}: a streaming quantizer without a quantization"
             )));
         };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(self.not_finite(full, values[i]));
+        }
         drop(values);
         q.done
             .lock()
@@ -363,5 +448,49 @@ impl Weights {
             .unwrap_or_else(|e| e.into_inner())
             .insert(full.to_string());
         crate::quant::placeholder(rows, cols, self.dtype, &self.device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_17_group_7_a_header_that_lies_about_a_shape_names_the_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let header = br#"{"a.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b.weight":{"dtype":"F32","shape":[256,64],"data_offsets":[8,24]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[0u8; 24]);
+        std::fs::write(&path, &bytes).unwrap();
+        let e = SafetensorsSource::open(&[path]).err().unwrap().to_string();
+        assert!(
+            e.contains("tensor `b.weight`: the header says shape [256, 64] F32 (65536 bytes) but gives it 16 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn issue_17_group_7_a_nan_base_weight_is_named_while_loading() {
+        let mut tensors = HashMap::new();
+        let t = Tensor::from_vec(vec![0.5f32, f32::NAN, 1.0, 2.0], (2, 2), &Device::Cpu).unwrap();
+        tensors.insert("w".to_string(), t);
+        let good = Tensor::from_vec(vec![0.5f32, 1.5], 2, &Device::Cpu).unwrap();
+        tensors.insert("g".to_string(), good);
+        let w = Weights::new(
+            Arc::new(MemorySource {
+                name: "mem".into(),
+                tensors,
+            }),
+            DType::F32,
+            Device::Cpu,
+        );
+        assert!(w.get(&[2], "g").is_ok());
+        let e = w.get(&[2, 2], "w").unwrap_err().to_string();
+        assert!(
+            e.contains("tensor `w` holds NaN") && e.contains("weights are damaged"),
+            "{e}"
+        );
     }
 }

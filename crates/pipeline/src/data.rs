@@ -11,6 +11,7 @@ pub fn prepare_data(
     plan: &DataPlan,
     tok: &runner_data::tokenizer::TextTokenizer,
     comm: Option<&Arc<dyn Communicator>>,
+    skip_bad_rows: bool,
 ) -> anyhow::Result<runner_data::Prepared> {
     let rank = comm.map_or(0, |c| c.rank());
     let barrier =
@@ -18,7 +19,11 @@ pub fn prepare_data(
     if let Some(c) = comm.filter(|_| rank != 0) {
         barrier(c)?;
     }
-    let data = runner_data::prepare(plan, tok)?;
+    let options = runner_data::PrepareOptions {
+        skip_bad_rows,
+        ..Default::default()
+    };
+    let data = runner_data::prepare_with(plan, tok, options)?;
     if let Some(c) = comm.filter(|_| rank == 0) {
         barrier(c)?;
     }

@@ -48,6 +48,8 @@ pub struct RunOptions<'a> {
     pub report: &'a dyn Fn(&str),
     /// `--overwrite`, `--allow-changed`: what the run may do with its output folder.
     pub folder: outdir::FolderFlags,
+    /// `--skip-bad-rows`: skip (and count) rows that cannot be read instead of stopping.
+    pub skip_bad_rows: bool,
 }
 
 /// What a run produced.
@@ -175,7 +177,7 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
 
     // 2. data
     let data = stage(&mut stages, "prepare_data", || {
-        data::prepare_data(&plan.data, tok, opts.comm.as_ref())
+        data::prepare_data(&plan.data, tok, opts.comm.as_ref(), opts.skip_bad_rows)
     })?;
     report(&data.summary.to_string());
 

@@ -23,6 +23,7 @@ fn run(loaded: &runner_recipe::Loaded) -> runner_pipeline::RunReport {
             progress_bar: false,
             report: &quiet,
             folder: Default::default(),
+            skip_bad_rows: false,
         },
     )
     .expect("the pipeline runs")

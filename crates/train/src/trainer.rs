@@ -7,7 +7,7 @@ use crate::checkpoint;
 use crate::error::TrainError;
 use crate::metrics::{MetricsLog, Record};
 use crate::optim::{AdamW, Grads, ParamGroup, clip_coefficient};
-use crate::schedule::LrSchedule;
+use crate::schedule::{LrSchedule, StepPlan, Unit};
 use candle_core::Tensor;
 use runner_data::Prepared;
 use runner_data::pack::{Batch as DataBatch, pad_batch, pad_packs};
@@ -81,63 +81,25 @@ pub struct Outcome {
     pub seconds: f64,
 }
 
-/// A training unit: a packed row or a single sample.
-#[derive(Debug, Clone, Copy)]
-enum Unit {
-    Pack(usize),
-    Sample(usize),
-}
-
-/// One optimizer step's work: its micro-batches, as lists of units.
-struct StepWork {
-    epoch: f64,
-    micro_batches: Vec<Vec<Unit>>,
-}
-
-/// The whole run's schedule, fixed by the data and the seed: epoch 0 visits the units in the
-/// prepared order, epoch `e > 0` in the order `shuffle(units, seed + e)`; each epoch is cut
-/// into micro-batches and then optimizer steps (its last step may have fewer micro-batches).
-/// With `world` data-parallel ranks a step has `world ×` the micro-batches (each rank trains
-/// its [`crate::dist::shard`]): the same steps as one process accumulating `world ×` as many.
-fn schedule(plan: &Plan, data: &Prepared, world: usize) -> Vec<StepWork> {
+/// The whole run's schedule ([`StepPlan`]: computed one epoch at a time). With `world`
+/// data-parallel ranks a step has `world ×` the micro-batches (each rank trains its
+/// [`crate::dist::shard`]): the same steps as one process accumulating `world ×` as many.
+fn schedule(plan: &Plan, data: &Prepared, world: usize) -> Result<StepPlan, TrainError> {
     let t = &plan.train;
-    let units: Vec<Unit> = match &data.train_packs {
-        Some(packs) => (0..packs.len()).map(Unit::Pack).collect(),
-        None => (0..data.train.len()).map(Unit::Sample).collect(),
+    let (units, packed) = match &data.train_packs {
+        Some(packs) => (packs.len(), true),
+        None => (data.train.len(), false),
     };
-    if units.is_empty() {
-        return Vec::new();
-    }
-    let mbs = t.micro_batch_size.max(1);
-    let accum = t.gradient_accumulation_steps.max(1) * world.max(1);
-    let batches_per_epoch = units.len().div_ceil(mbs);
-    let steps_per_epoch = batches_per_epoch.div_ceil(accum) as u64;
-    let total = match t.max_steps {
-        Some(s) => s,
-        None => ((t.num_epochs * steps_per_epoch as f64).ceil() as u64).max(1),
-    };
-    let mut out = Vec::with_capacity(total as usize);
-    let mut epoch = 0u64;
-    while (out.len() as u64) < total {
-        let mut order = units.clone();
-        // Epoch 0 keeps the prepared order (the data stage already shuffled it with `seed`
-        // when `shuffle_merged_datasets`); later epochs visit the units in a new order.
-        if epoch > 0 {
-            runner_data::prepare::shuffle(&mut order, plan.data.seed.wrapping_add(epoch));
-        }
-        let batches: Vec<Vec<Unit>> = order.chunks(mbs).map(<[Unit]>::to_vec).collect();
-        for (k, step) in batches.chunks(accum).enumerate() {
-            if out.len() as u64 >= total {
-                break;
-            }
-            out.push(StepWork {
-                epoch: epoch as f64 + (k + 1) as f64 / steps_per_epoch as f64,
-                micro_batches: step.to_vec(),
-            });
-        }
-        epoch += 1;
-    }
-    out
+    StepPlan::new(
+        units,
+        packed,
+        t.micro_batch_size,
+        t.gradient_accumulation_steps.max(1) * world.max(1),
+        t.max_steps,
+        t.num_epochs,
+        plan.data.seed,
+    )
+    .map_err(TrainError::Optimizer)
 }
 
 fn data_batch(units: &[Unit], data: &Prepared, plan: &Plan, pad_id: u32) -> DataBatch {
@@ -400,22 +362,17 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
     let (rank, world) = comm.map_or((0, 1), |c| (c.rank(), c.world_size()));
     // Rank 0 writes every file (metrics, checkpoints, the adapter); the others only train.
     let writer = rank == 0;
-    let work = schedule(plan, inp.data, world);
-    let total = work.len() as u64;
+    let mut work = schedule(plan, inp.data, world)?;
+    let total = work.total();
+    if let (Some(note), true, false) = (work.note(), writer, control.quiet) {
+        eprintln!("{note}");
+    }
     if total == 0 {
         return Err(TrainError::Optimizer(
             "there is nothing to train: the prepared training set is empty".into(),
         ));
     }
-    let steps_per_epoch = {
-        let units = inp
-            .data
-            .train_packs
-            .as_ref()
-            .map_or(inp.data.train.len(), Vec::len);
-        (units.div_ceil(t.micro_batch_size.max(1)))
-            .div_ceil(t.gradient_accumulation_steps.max(1) * world) as u64
-    };
+    let steps_per_epoch = work.steps_per_epoch();
     let sched = LrSchedule::new(t.learning_rate, &t.scheduler, total);
     let mut opt = AdamW::new(param_groups(plan, inp.adapters), &t.optimizer)?;
 
@@ -482,7 +439,7 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
     // A stop request (SIGINT/SIGTERM) waits for the end of the step inside the loop.
     let graceful = runner_io::interrupt::graceful();
     while state.step < total {
-        let work_k = &work[state.step as usize];
+        let work_k = &work.step(state.step);
         let step_no = state.step + 1; // 1-based, as logged and saved
         let mine = crate::dist::shard(work_k.micro_batches.len(), rank, world);
         let first_micro = mine.start as u64;

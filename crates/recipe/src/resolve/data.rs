@@ -43,6 +43,12 @@ pub(super) fn resolve_data(r: &mut Resolver, raw: &RawRecipe) -> Option<DataPlan
             "missing required key `datasets`",
             "add at least one dataset, e.g.\n  datasets:\n    - path: data/train.jsonl\n      type: chat_template",
         );
+    } else if train_sets.is_empty() && raw.datasets.is_some() {
+        r.error(
+            "datasets",
+            "`datasets` is an empty list: there is nothing to train on",
+            "add at least one dataset, e.g.\n  datasets:\n    - path: data/train.jsonl\n      type: chat_template",
+        );
     }
     let test_sets = raw.test_datasets.clone().unwrap_or_default();
     if !test_sets.is_empty() && val_set != ValSet::None {

@@ -188,6 +188,7 @@ fn is_glob(s: &str) -> bool {
 }
 
 mod data;
+pub mod limits;
 mod model;
 mod train;
 
@@ -209,6 +210,8 @@ pub fn resolve(raw: &RawRecipe, tree: &Node) -> Resolved {
         .is_some_and(|d| d.val_set != ValSet::None || !d.test_datasets.is_empty());
     let train = resolve_train(&mut r, raw, has_eval);
     let export = resolve_export(&mut r, raw);
+    limits::check(&mut r, raw);
+    limits::check_target_regex(&mut r, adapter.as_ref().map(|a| &a.targets));
     let plan = match (model, adapter, data, train) {
         (Some(model), Some(adapter), Some(data), Some(train)) if r.errors.is_empty() => {
             Some(Plan {
