@@ -162,6 +162,8 @@ pub fn write_entry(dir: &Path, files: &[(&str, &[Sample])], summary_json: &str) 
     let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| DataError::write(&tmp, e))?;
+    // A signal while it is written removes it (issue 17): no stale folder in the cache.
+    runner_io::atomic::track_temporary(&tmp);
     let result = (|| {
         for (file, samples) in files {
             write_samples(&tmp.join(file), samples)?;
@@ -177,6 +179,7 @@ pub fn write_entry(dir: &Path, files: &[(&str, &[Sample])], summary_json: &str) 
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
+    runner_io::atomic::forget_temporary(&tmp);
     result
 }
 
