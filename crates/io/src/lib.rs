@@ -8,12 +8,14 @@
 //!   can honour it at a safe point.
 //! - [`fault`]: the fault-injection hook the crash tests use (`RUNNER_FAULT_AT`).
 //! - [`names`]: the single table between llama.cpp's GGUF tensor names and Hugging Face's.
+//! - [`safetensors`]: safetensors headers, read and checked without the data, and written.
 
 pub mod atomic;
 pub mod fault;
 pub mod hash;
 pub mod interrupt;
 pub mod names;
+pub mod safetensors;
 
 use std::path::PathBuf;
 

@@ -54,95 +54,19 @@ impl SafetensorsSource {
     }
 }
 
-/// Checks that a safetensors header parses and that the data section is as long as it claims,
-/// so a truncated download is a clear error instead of a failure deep inside a load.
+/// Checks that a safetensors header parses, that each entry's bytes are what its shape and
+/// dtype need (naming the tensor that lies, issue 17) and that the data section is as long as
+/// it claims, so a truncated download is a clear error instead of a failure deep inside a load.
 fn check_safetensors_header(path: &Path) -> Result<()> {
-    use std::io::Read;
-    let bad = |message: String| Error::Safetensors {
-        path: path.to_path_buf(),
-        message,
-    };
-    let mut f = std::fs::File::open(path).map_err(crate::error::io_err(path))?;
-    let file_len = f.metadata().map_err(crate::error::io_err(path))?.len();
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n)
-        .map_err(|_| bad("file is shorter than the 8-byte header length (truncated?)".into()))?;
-    let n = u64::from_le_bytes(n);
-    if n > 100_000_000 || 8 + n > file_len {
-        return Err(bad(format!(
-            "header claims {n} bytes but the file has {file_len} (truncated or not safetensors)"
-        )));
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header)
-        .map_err(|e| bad(format!("cannot read header: {e}")))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
-    let mut end = 0u64;
-    if let Some(obj) = v.as_object() {
-        for (name, info) in obj {
-            if name == "__metadata__" {
-                continue;
-            }
-            if let Some(offs) = info.get("data_offsets").and_then(|o| o.as_array())
-                && let Some(e) = offs.get(1).and_then(|x| x.as_u64())
-            {
-                end = end.max(e);
-                check_entry(info, offs).map_err(|m| bad(format!("tensor `{name}`: {m}")))?;
-            }
+    match runner_io::safetensors::read_header(path) {
+        Ok(_) => Ok(()),
+        Err(runner_io::safetensors::HeaderError::Io(e)) => {
+            Err(crate::error::io_err(path)(e.source))
+        }
+        Err(runner_io::safetensors::HeaderError::Corrupt { path, message }) => {
+            Err(Error::Safetensors { path, message })
         }
     }
-    if 8 + n + end > file_len {
-        return Err(bad(format!(
-            "data section needs {} bytes, file has {file_len} (truncated download?)",
-            8 + n + end
-        )));
-    }
-    Ok(())
-}
-
-/// One header entry: its bytes (`data_offsets`) must be what its shape and dtype need, so a
-/// header that lies about a shape is refused naming the tensor (issue 17).
-fn check_entry(
-    info: &serde_json::Value,
-    offs: &[serde_json::Value],
-) -> std::result::Result<(), String> {
-    let (Some(start), Some(end)) = (
-        offs.first().and_then(|x| x.as_u64()),
-        offs.get(1).and_then(|x| x.as_u64()),
-    ) else {
-        return Err("data_offsets are not two numbers".into());
-    };
-    if end < start {
-        return Err(format!(
-            "data_offsets [{start}, {end}] end before they start"
-        ));
-    }
-    let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
-    let bytes: u64 = match dtype {
-        "F64" | "I64" | "U64" => 8,
-        "F32" | "I32" | "U32" => 4,
-        "F16" | "BF16" | "I16" | "U16" => 2,
-        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
-        _ => return Ok(()), // candle names an unknown dtype itself
-    };
-    let shape: Vec<u64> = info
-        .get("shape")
-        .and_then(|s| s.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-        .unwrap_or_default();
-    let need = shape
-        .iter()
-        .try_fold(bytes, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
-    if need != end - start {
-        return Err(format!(
-            "the header says shape {shape:?} {dtype} ({need} bytes) but gives it {} bytes \
-             (data_offsets [{start}, {end}]): the file is damaged or was written wrongly",
-            end - start
-        ));
-    }
-    Ok(())
 }
 
 impl TensorSource for SafetensorsSource {
