@@ -185,6 +185,8 @@ pub struct RawRecipe {
     pub loss_watchdog_threshold: Option<f64>,
     /// Consecutive steps over `loss_watchdog_threshold` before stopping. Default 3.
     pub loss_watchdog_patience: Option<u64>,
+    /// Also write the logged metrics as TensorBoard event files under `output_dir/runs/`.
+    pub use_tensorboard: Option<bool>,
     /// Axolotl's strict mode. runner is always strict; both values are accepted.
     pub strict: Option<bool>,
 

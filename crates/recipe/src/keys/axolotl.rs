@@ -350,7 +350,6 @@ pub const CONFIG: &[(&str, Verdict)] = &[
     ("use_otel_metrics", Refused("an OpenTelemetry metrics endpoint is not built in; runner writes metrics.jsonl and loss.svg in output_dir")),
     ("use_pose", Refused("PoSE is not supported")),
     ("use_ray", Refused("Ray is not supported: launch with `runner run --gpus N` or a torchrun-style launcher (ray_num_workers would set the number of processes, and so the batch)")),
-    ("use_tensorboard", Refused("TensorBoard logging is not built in; runner writes metrics.jsonl and loss.svg in output_dir")),
     ("use_trackio", Refused("Trackio logging is not built in; runner writes metrics.jsonl and loss.svg in output_dir")),
     ("use_wandb", Refused("Weights & Biases logging is not built in; runner writes metrics.jsonl and loss.svg in output_dir")),
     ("vllm", Refused(RL)),

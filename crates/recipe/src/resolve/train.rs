@@ -354,6 +354,7 @@ pub(super) fn resolve_train(
         ("train.early_stopping_patience", "early_stopping_patience"),
         ("train.loss_watchdog", "loss_watchdog_threshold"),
         ("train.loss_watchdog.patience", "loss_watchdog_patience"),
+        ("train.tensorboard", "use_tensorboard"),
     ] {
         r.from(plan, key);
     }
@@ -428,5 +429,6 @@ pub(super) fn resolve_train(
             threshold,
             patience: raw.loss_watchdog_patience.unwrap_or(3),
         }),
+        tensorboard: raw.use_tensorboard.unwrap_or(false),
     })
 }
