@@ -20,6 +20,7 @@ const NOT_TRAJECTORY: &[&str] = &[
     "train.output_dir",
     "train.resume",
     "train.logging_steps",
+    "train.tensorboard",
     "train.eval",
     "train.eval_batch_size",
     "train.save",

@@ -5,6 +5,7 @@
 //! the nested, defaults-filled [`plan::Plan`] ([`resolve`]). Every error is collected with its
 //! recipe path and position ([`diag`]); nothing stops at the first one.
 
+pub mod classify;
 pub mod diag;
 pub mod explain;
 pub mod keys;

@@ -343,6 +343,8 @@ pub struct TrainPlan {
     pub seed: u64,
     pub early_stopping_patience: Option<u64>,
     pub loss_watchdog: Option<LossWatchdog>,
+    /// `use_tensorboard`: write the logged metrics as TensorBoard event files too.
+    pub tensorboard: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

@@ -119,8 +119,8 @@ pub struct RawRecipe {
     pub max_steps: Option<u64>,
     /// Peak learning rate (> 0).
     pub learning_rate: Option<f64>,
-    /// Optimizer: `adamw_torch` (default), `adamw_torch_fused`; the 8-bit and paged AdamW
-    /// variants run as AdamW with f32 state (listed by `runner validate`).
+    /// Optimizer: `adamw_torch` (default), `adamw_torch_fused`; the 8-bit, 4-bit, FP8 and paged
+    /// AdamW variants run as AdamW with f32 state (listed by `runner validate`).
     pub optimizer: Option<OptimizerName>,
     /// Learning-rate schedule: `cosine` (default), `linear`, `constant`, `constant_with_warmup`.
     pub lr_scheduler: Option<SchedulerName>,
@@ -154,7 +154,8 @@ pub struct RawRecipe {
     pub flash_attention: Option<bool>,
     /// Use PyTorch SDPA attention (runner's own attention computes the same result).
     pub sdp_attention: Option<bool>,
-    /// Attention implementation: `eager`, `sdpa`, `flash_attention_2` (all run runner's own).
+    /// Attention implementation: `eager`, `sdpa`, `flash_attention_2|3|4`,
+    /// `flash_attention_torch`, `flex_attention`, `xformers` (all exact: they run runner's own).
     pub attn_implementation: Option<AttnName>,
     /// Log every N optimizer steps.
     pub logging_steps: Option<u64>,
@@ -184,6 +185,8 @@ pub struct RawRecipe {
     pub loss_watchdog_threshold: Option<f64>,
     /// Consecutive steps over `loss_watchdog_threshold` before stopping. Default 3.
     pub loss_watchdog_patience: Option<u64>,
+    /// Also write the logged metrics as TensorBoard event files under `output_dir/runs/`.
+    pub use_tensorboard: Option<bool>,
     /// Axolotl's strict mode. runner is always strict; both values are accepted.
     pub strict: Option<bool>,
 
@@ -474,6 +477,11 @@ names!(OptimizerName {
     Adamw8bit = "adamw_8bit",
     PagedAdamw8bit = "paged_adamw_8bit",
     PagedAdamw32bit = "paged_adamw_32bit",
+    AdamwTorch8bit = "adamw_torch_8bit",
+    AdamwTorch4bit = "adamw_torch_4bit",
+    AoAdamw8bit = "ao_adamw_8bit",
+    AoAdamw4bit = "ao_adamw_4bit",
+    AoAdamwFp8 = "ao_adamw_fp8",
 });
 names!(SchedulerName {
     Linear = "linear",
@@ -485,6 +493,11 @@ names!(AttnName {
     Eager = "eager",
     Sdpa = "sdpa",
     FlashAttention2 = "flash_attention_2",
+    FlashAttention3 = "flash_attention_3",
+    FlashAttention4 = "flash_attention_4",
+    FlashAttentionTorch = "flash_attention_torch",
+    FlexAttention = "flex_attention",
+    Xformers = "xformers",
 });
 
 /// The top-level keys the recipe types define, in declaration order.

@@ -1,6 +1,6 @@
 //! The recipe's JSON Schema, generated from [`crate::raw::RawRecipe`] for editors
-//! (`# yaml-language-server: $schema=...`). Refused Axolotl keys are listed too, typed `null`,
-//! so that an editor flags a value on them with the reason.
+//! (`# yaml-language-server: $schema=...`). Axolotl's other keys are listed too, with what runner
+//! does about each; refused ones typed `null`, so that an editor flags a value with the reason.
 
 use crate::keys;
 use crate::raw::RawRecipe;
@@ -16,21 +16,50 @@ pub fn recipe_schema() -> serde_json::Value {
             serde_json::json!({ "^x-": { "description": "Extension key holding YAML anchors; not read by runner." } }),
         );
         if let Some(props) = obj.get_mut("properties").and_then(|p| p.as_object_mut()) {
-            for (key, what) in keys::INERT {
-                props.insert(
-                    (*key).to_string(),
-                    serde_json::json!({
-                        "description": format!("Axolotl key accepted with no effect: {what}."),
+            // Axolotl's keys that are not recipe fields (issue 15), each with what runner does.
+            for (key, verdict) in keys::CONFIG.iter().chain(keys::LEGACY) {
+                let entry = match verdict {
+                    keys::Verdict::Substituted(runs) => serde_json::json!({
+                        "description": format!("Axolotl key; runner runs an equivalent: {runs}."),
                     }),
-                );
-            }
-            for (key, why) in keys::REFUSED {
-                props.insert(
-                    (*key).to_string(),
-                    serde_json::json!({
+                    keys::Verdict::Inert(what) => serde_json::json!({
+                        "description": format!("Axolotl key accepted with {what}."),
+                    }),
+                    keys::Verdict::Refused(why) => serde_json::json!({
                         "type": "null",
                         "description": format!("Axolotl key not supported by runner: {why}. Leave it empty or remove it."),
                     }),
+                    keys::Verdict::Only(ok, why) => {
+                        let mut values = vec![serde_json::Value::Null];
+                        values.extend(ok.iter().map(|v| {
+                            serde_json::from_str(v).unwrap_or_else(|_| serde_json::json!(v))
+                        }));
+                        serde_json::json!({
+                            "enum": values,
+                            "description": format!("Axolotl key; only what runner does is accepted: {why}."),
+                        })
+                    }
+                };
+                props.insert((*key).to_string(), entry);
+            }
+            for (_, key) in keys::pinned().filter(|(scope, _)| *scope == "plugin_args") {
+                if let Some(verdict) = keys::plugin_key(key) {
+                    let entry = match verdict {
+                        keys::Verdict::Refused(why) => serde_json::json!({
+                            "type": "null",
+                            "description": format!("Axolotl plugin key not supported by runner: {why}. Leave it empty or remove it."),
+                        }),
+                        other => serde_json::json!({
+                            "description": format!("Axolotl plugin key; runner runs an equivalent: {}.", other.text()),
+                        }),
+                    };
+                    props.insert(key.to_string(), entry);
+                }
+            }
+            for (alias, field) in keys::ALIASES {
+                props.insert(
+                    (*alias).to_string(),
+                    serde_json::json!({ "description": format!("Axolotl's other spelling of `{field}`.") }),
                 );
             }
         }

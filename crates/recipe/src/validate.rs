@@ -3,7 +3,7 @@
 
 use crate::diag::{Diagnostic, Sources};
 use crate::keys;
-use crate::plan::{Plan, Substitution};
+use crate::plan::Plan;
 use crate::raw::{self, RawDataset, RawRecipe};
 use crate::resolve::{self, Explanation};
 use crate::yaml::{self, Key, Node, Origin, Segment, Value};
@@ -191,7 +191,9 @@ pub fn load_str(name: &str, text: &str, overrides: &[String]) -> Result<Loaded, 
         }
     }
     duplicate_keys(&tree, &mut Vec::new(), &mut errors);
-    let (raw, inert) = typed_keys(&tree, &mut errors);
+    // Axolotl keys that are not recipe fields are answered by name and taken out (issue 15).
+    let inert = crate::classify::apply(&mut tree, &mut errors);
+    let raw = typed_keys(&tree, &mut errors);
 
     let mut resolved = resolve::resolve(&raw, &tree);
     if let Some(plan) = &mut resolved.plan {
@@ -314,10 +316,9 @@ fn duplicate_keys(node: &Node, path: &mut Vec<Segment>, errors: &mut Vec<Diagnos
 
 /// Checks every top-level key on its own, so that one bad key does not hide the others, and
 /// assembles the typed recipe from the keys that passed.
-fn typed_keys(tree: &Node, errors: &mut Vec<Diagnostic>) -> (RawRecipe, Vec<Substitution>) {
+fn typed_keys(tree: &Node, errors: &mut Vec<Diagnostic>) -> RawRecipe {
     let known = raw::field_names();
     let mut good = serde_json::Map::new();
-    let mut inert = Vec::new();
     let mut datasets: Vec<(String, Vec<RawDataset>)> = Vec::new();
     for (key, value) in tree.as_map().unwrap_or_default() {
         let path = vec![Segment::Key(key.name.clone())];
@@ -380,36 +381,11 @@ fn typed_keys(tree: &Node, errors: &mut Vec<Diagnostic>) -> (RawRecipe, Vec<Subs
                 }
                 Err(e) => errors.push(serde_diagnostic(tree, e)),
             }
-        } else if let Some(what) = keys::inert_key(&key.name) {
-            if !value.is_null() {
-                let asked = match &value.value {
-                    Value::Str(s) => s.clone(),
-                    _ => value.to_json().to_string(),
-                };
-                inert.push(Substitution {
-                    key: key.name.clone(),
-                    asked,
-                    runs: what.to_string(),
-                });
-            }
-        } else if let Some(why) = keys::refused_key(&key.name) {
-            // Empty or `false` asks for the feature to be off, which is what runner does.
-            if !value.is_null() && value.value != Value::Bool(false) {
-                errors.push(
-                    Diagnostic::new(
-                        key.name.clone(),
-                        Some(key.origin),
-                        format!("`{}` is an Axolotl key runner does not support", key.name),
-                    )
-                    .help(why.to_string()),
-                );
-            }
         } else {
             let candidates = known
                 .iter()
                 .map(String::as_str)
-                .chain(keys::REFUSED.iter().map(|(k, _)| *k))
-                .chain(keys::INERT.iter().map(|(k, _)| *k));
+                .chain(keys::all_known().map(|k| -> &str { k }));
             let help = match keys::did_you_mean(&key.name, candidates) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => "remove it; `runner schema` lists every key".to_string(),
@@ -434,7 +410,7 @@ fn typed_keys(tree: &Node, errors: &mut Vec<Diagnostic>) -> (RawRecipe, Vec<Subs
             raw.test_datasets = Some(entries);
         }
     }
-    (raw, inert)
+    raw
 }
 
 /// Turns a serde error at a path into a diagnostic that points into the recipe.

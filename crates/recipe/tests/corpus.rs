@@ -161,3 +161,45 @@ fn a_large_recipe_is_checked_completely() {
     let err = runner_recipe::load_str("large.yaml", &text, &[]).expect_err("invalid");
     assert_eq!(err.diagnostics().len(), 5000);
 }
+
+/// Issue 15: Axolotl 0.19.0's own examples (tests/recipes/axolotl/, copied unchanged) validate,
+/// and each Axolotl key runner does not take literally is listed with what runs instead:
+/// the Cut Cross Entropy plugin, LoRA kernels, FSDP, 4-bit AdamW, and `evals_per_epoch`
+/// without an evaluation set (a warning, as in Axolotl, not an error).
+#[test]
+fn issue_15_axolotl_examples_validate_and_list_what_runs_instead() {
+    at_workspace_root();
+    let listed = |file: &str| -> Vec<String> {
+        let loaded = load_path(&Path::new("tests/recipes/axolotl").join(file), &[])
+            .unwrap_or_else(|e| panic!("{file} does not validate:\n{}", e.render(false)));
+        loaded
+            .plan
+            .substitutions
+            .iter()
+            .map(|s| format!("{}: {}", s.key, s.asked))
+            .collect()
+    };
+    let qwen3 = listed("qwen3-32b-qlora.yaml");
+    for expected in [
+        "plugins[0]: axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin",
+        "lora_mlp_kernel: true",
+        "optimizer: adamw_torch_4bit",
+        "evals_per_epoch: 4",
+    ] {
+        assert!(
+            qwen3.iter().any(|s| s == expected),
+            "{expected} not in {qwen3:?}"
+        );
+    }
+    let fsdp = listed("llama3-qlora-fsdp-70b.yaml");
+    assert!(fsdp.iter().any(|s| s.starts_with("fsdp: ")), "{fsdp:?}");
+    assert!(
+        fsdp.iter().any(|s| s.starts_with("fsdp_config: ")),
+        "{fsdp:?}"
+    );
+    let fused = listed("qwen3-8b-lora-fused-attn.yaml");
+    assert!(
+        fused.iter().any(|s| s == "fused_attn_kernel: true"),
+        "{fused:?}"
+    );
+}

@@ -8,6 +8,7 @@ pub mod error;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use error::TrainError;

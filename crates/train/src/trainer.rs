@@ -405,6 +405,10 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
     } else {
         None
     };
+    let mut tensorboard = match (writer, t.tensorboard) {
+        (true, true) => Some(crate::tensorboard::EventWriter::open(&out_dir)?),
+        _ => None,
+    };
     let eval_every = match t.eval {
         EvalSchedule::Never => None,
         EvalSchedule::Steps(n) => Some(EveryN::Steps(n)),
@@ -536,16 +540,20 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
         if step_no == 1 || step_no.is_multiple_of(t.logging_steps.max(1)) || step_no == total {
             let mean = state.window_sum / state.window_count.max(1) as f64;
             (state.window_sum, state.window_count) = (0.0, 0);
+            let record = Record {
+                step: step_no,
+                epoch: state.epoch,
+                loss: Some(mean),
+                learning_rate: Some(lr),
+                grad_norm: Some(norm),
+                tokens_per_second: Some(tps),
+                ..Default::default()
+            };
             if let Some(log) = &mut log {
-                log.write(&Record {
-                    step: step_no,
-                    epoch: state.epoch,
-                    loss: Some(mean),
-                    learning_rate: Some(lr),
-                    grad_norm: Some(norm),
-                    tokens_per_second: Some(tps),
-                    ..Default::default()
-                })?;
+                log.write(&record)?;
+            }
+            if let Some(tb) = &mut tensorboard {
+                tb.write(&record)?;
             }
             let line = format!(
                 "step {step_no}/{total} loss {mean:.4} lr {lr:.3e} grad_norm {norm:.3} {tps:.0} tok/s"
@@ -579,14 +587,18 @@ pub fn train(inp: &Inputs, control: &Control) -> Result<Outcome, TrainError> {
                 evaluate_on_ranks(inp, comm, &format!("step {step_no}: evaluation"))?
         {
             eval_losses.push((step_no, eval_loss));
+            let record = Record {
+                step: step_no,
+                epoch: state.epoch,
+                eval_loss: Some(eval_loss),
+                eval_perplexity: Some(eval_loss.exp()),
+                ..Default::default()
+            };
             if let Some(log) = &mut log {
-                log.write(&Record {
-                    step: step_no,
-                    epoch: state.epoch,
-                    eval_loss: Some(eval_loss),
-                    eval_perplexity: Some(eval_loss.exp()),
-                    ..Default::default()
-                })?;
+                log.write(&record)?;
+            }
+            if let Some(tb) = &mut tensorboard {
+                tb.write(&record)?;
             }
             if !control.quiet && bar.is_none() {
                 eprintln!(

@@ -21,7 +21,6 @@ pub(super) fn resolve_train(
         ("max_steps", raw.max_steps),
         ("logging_steps", raw.logging_steps),
         ("eval_steps", raw.eval_steps),
-        ("evals_per_epoch", raw.evals_per_epoch),
         ("save_steps", raw.save_steps),
         ("saves_per_epoch", raw.saves_per_epoch),
         ("save_total_limit", raw.save_total_limit),
@@ -149,7 +148,7 @@ pub(super) fn resolve_train(
         other => r.substitute(
             "optimizer",
             other.as_str(),
-            "AdamW with f32 state: only adapter parameters have optimizer state, so 8-bit or paged state would save little memory",
+            "AdamW with f32 state: only adapter parameters have optimizer state, so quantized (8-bit, 4-bit, FP8) or paged state would save little memory",
         ),
     }
 
@@ -232,7 +231,7 @@ pub(super) fn resolve_train(
         );
     }
 
-    if raw.eval_steps.is_some() && raw.evals_per_epoch.is_some() {
+    if raw.eval_steps.is_some() && raw.evals_per_epoch.is_some_and(|n| n > 0) {
         r.error(
             "evals_per_epoch",
             "`eval_steps` and `evals_per_epoch` are exclusive",
@@ -248,12 +247,28 @@ pub(super) fn resolve_train(
     }
     let eval = match (raw.eval_steps, raw.evals_per_epoch) {
         (Some(s), _) => EvalSchedule::Steps(s),
-        (None, Some(n)) => EvalSchedule::PerEpoch(n),
+        (None, Some(0)) => EvalSchedule::Never, // Axolotl's `evals_per_epoch: 0`: no evaluation
+        (None, Some(n)) if has_eval => EvalSchedule::PerEpoch(n),
         (None, None) if has_eval => EvalSchedule::PerEpoch(1),
-        (None, None) => EvalSchedule::Never,
+        (None, _) => EvalSchedule::Never,
     };
+    // As Axolotl does, `evals_per_epoch` without an evaluation set is a warning, not an error
+    // (issue 15): training is the same, there is just nothing to evaluate.
+    if let Some(n) = raw.evals_per_epoch
+        && (n == 0 || !has_eval)
+    {
+        r.substitute(
+            "evals_per_epoch",
+            n.to_string(),
+            if n == 0 {
+                "no evaluation (0 evaluations per epoch)"
+            } else {
+                "no evaluation: the recipe has no evaluation set (val_set_size 0 or unset, no test_datasets); set one to evaluate"
+            },
+        );
+    }
     if !has_eval {
-        for key in ["eval_steps", "evals_per_epoch", "early_stopping_patience"] {
+        for key in ["eval_steps", "early_stopping_patience"] {
             if r.origin(key).is_some() {
                 r.error(
                     key,
@@ -339,6 +354,7 @@ pub(super) fn resolve_train(
         ("train.early_stopping_patience", "early_stopping_patience"),
         ("train.loss_watchdog", "loss_watchdog_threshold"),
         ("train.loss_watchdog.patience", "loss_watchdog_patience"),
+        ("train.tensorboard", "use_tensorboard"),
     ] {
         r.from(plan, key);
     }
@@ -413,5 +429,6 @@ pub(super) fn resolve_train(
             threshold,
             patience: raw.loss_watchdog_patience.unwrap_or(3),
         }),
+        tensorboard: raw.use_tensorboard.unwrap_or(false),
     })
 }
