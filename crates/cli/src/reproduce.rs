@@ -73,12 +73,17 @@ pub fn reproduce(output_dir: &Path, out: Option<PathBuf>) -> anyhow::Result<Exit
     }
     let gpu = recorded.device.starts_with("Cuda").then_some(0);
     let placement = crate::launch::Placement::Single { gpu };
+    // As the run read its data: with `--skip-bad-rows` when it was given.
+    let skip_bad_rows = recorded
+        .prepared_data
+        .as_ref()
+        .is_some_and(|p| p.skip_bad_rows);
     let code = crate::run::run(
         &loaded,
         &recorded.recipe.name,
         &placement,
         Default::default(),
-        false,
+        skip_bad_rows,
     )?;
     if code != ExitCode::SUCCESS {
         anyhow::bail!("the rerun did not finish; nothing to compare");

@@ -151,3 +151,37 @@ fn issue_18_reproduce_is_bit_identical_and_refuses_changed_data() {
     assert!(err.contains("refusing to reproduce"), "{err}");
     assert!(!run_dir.join("reproduce-2").exists());
 }
+
+/// Issue 17: a run made with `--skip-bad-rows` records it, and `reproduce` skips the same rows
+/// (without it the rerun would stop at the first bad row).
+#[test]
+fn issue_17_reproduce_skips_the_bad_rows_the_run_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.jsonl");
+    let mut rows = std::fs::read_to_string(root().join("recipes/data/smoke-chat.jsonl")).unwrap();
+    rows.push_str("{this line is not JSON\n");
+    std::fs::write(&data, rows).unwrap();
+    let run_dir = tmp.path().join("run");
+    let sets = [
+        format!("output_dir={}", run_dir.display()),
+        format!(
+            "dataset_prepared_path={}",
+            tmp.path().join("prep").display()
+        ),
+        format!("datasets[0].path={}", data.display()),
+        "max_steps=2".into(),
+    ];
+    let mut args = vec!["run", "recipes/tiny-smoke.yaml", "--skip-bad-rows"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let out = runner(&args);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(manifest(&run_dir)["prepared_data"]["skip_bad_rows"], true);
+
+    let out = runner(&["reproduce", run_dir.to_str().unwrap()]);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{err}");
+    assert!(stdout.contains("bit-identical"), "{stdout}\n{err}");
+}

@@ -209,6 +209,7 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
         prepared_data: Some(PreparedRecord {
             cache_key: data.summary.cache_key.clone(),
             reused_cache: data.summary.reused_cache,
+            skip_bad_rows: opts.skip_bad_rows,
         }),
         seed: plan.train.seed,
         world_size: opts.comm.as_ref().map_or(1, |c| c.world_size()),

@@ -114,6 +114,10 @@ pub struct RecipeRecord {
 pub struct PreparedRecord {
     pub cache_key: String,
     pub reused_cache: bool,
+    /// `--skip-bad-rows`: rows that could not be read were skipped (and counted), so a rerun
+    /// must skip them too to see the same data (issue 17).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_bad_rows: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
