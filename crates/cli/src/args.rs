@@ -56,6 +56,11 @@ pub enum Command {
         /// or `cuda:GB` for any GPU with that much memory (e.g. cuda:24).
         #[arg(long, value_name = "DEVICE", requires = "dry_run")]
         plan_device: Option<String>,
+        /// Smoke-train the recipe as written, in seconds on the CPU: a tiny random model of the
+        /// same family, its tokenizer when local (else a built-in one), the first rows of its
+        /// data (generated rows when not local), a few steps; every substitution is printed.
+        #[arg(long, conflicts_with_all = ["dry_run", "gpus", "processes"])]
+        smoke: bool,
         #[command(flatten)]
         parallel: ParallelArgs,
     },

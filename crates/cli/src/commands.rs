@@ -41,12 +41,31 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             recipe,
             dry_run,
             plan_device,
+            smoke,
             parallel,
         } => {
             let loaded = match load(&recipe) {
                 Ok(l) => l,
+                // A smoke run substitutes the model: one not fetched here is no error for it.
+                Err(e) if smoke => match runner_pipeline::smoke::tolerate_absent_model(Err(e)) {
+                    Ok(l) => l,
+                    Err(e) => return Ok(report(&e, color)),
+                },
                 Err(e) => return Ok(report(&e, color)),
             };
+            if smoke {
+                let smoke = runner_pipeline::smoke::prepare(&loaded)?;
+                println!(
+                    "smoke run of {}: the recipe as written, with these substitutions:",
+                    loaded.sources.name
+                );
+                for s in &smoke.substitutions {
+                    println!("  {s}");
+                }
+                print_substitutions(&smoke.loaded);
+                print!("{}", stages(&smoke.loaded.plan));
+                return crate::run::smoke(&smoke);
+            }
             if dry_run {
                 print_substitutions(&loaded);
                 print!("{}", stages(&loaded.plan));

@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod memory;
 pub mod model;
 pub mod reproduce;
+pub mod smoke;
 
 use candle_core::Device;
 use manifest::{Manifest, OutcomeRecord, PreparedRecord, RecipeRecord, StageTime};
@@ -77,6 +78,15 @@ fn stage<T>(
 /// Runs the whole pipeline for `loaded` (a validated recipe): resolve inputs, prepare data,
 /// build the model, train, and (when training finished) export; writes `run.json`.
 pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
+    run_with(loaded, opts, runner_data::PrepareOptions::default())
+}
+
+/// [`run()`] with data-preparation options: a smoke run ([`smoke`]) reads a few rows.
+pub fn run_with(
+    loaded: &Loaded,
+    opts: RunOptions,
+    data_options: runner_data::PrepareOptions,
+) -> anyhow::Result<RunReport> {
     let plan = &loaded.plan;
     let started = SystemTime::now();
     let rank = opts.comm.as_ref().map_or(0, |c| c.rank());
@@ -109,7 +119,7 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
 
     // 2. data
     let data = stage(&mut stages, "prepare_data", || {
-        data::prepare_data(&plan.data, tok, opts.comm.as_ref())
+        data::prepare_data_with(&plan.data, tok, opts.comm.as_ref(), data_options)
     })?;
     report(&data.summary.to_string());
 
