@@ -212,74 +212,175 @@ fn snapshot(hub: &Path, folder: &str) -> PathBuf {
     snap
 }
 
-/// With the model's config.json and tokenizer and the hub dataset in the cache, the smoke run
-/// uses them: the tiny model follows the real config (Mistral's sliding window, its 32000-id
-/// vocabulary), the tokenizer is the recipe's, and the first 32 rows of the real data train.
-#[test]
-fn issue_19_smoke_uses_the_recipes_config_tokenizer_and_data_when_present() {
-    let sb = Sandbox::new();
-    let hub = sb.hub();
-    let model = snapshot(&hub, "models--mistralai--Mistral-7B-v0.1");
-    let fixture = root().join("crates/cli/tests/fixtures/hub-config-only");
-    let fixture_config =
-        std::fs::read_dir(fixture.join("models--mistralai--Mistral-7B-v0.1/snapshots"))
-            .unwrap()
-            .flatten()
-            .next()
-            .unwrap()
-            .path()
-            .join("config.json");
-    std::fs::copy(&fixture_config, model.join("config.json")).unwrap();
-    runner_data::testing::write_tiny_tokenizer(&model, true).unwrap();
-    let data = snapshot(&hub, "datasets--mhenrichsen--alpaca_2k_test");
-    let rows: String = (0..50)
-        .map(|i| {
-            serde_json::json!({
-                "instruction": format!("Name the number after {i}."),
-                "input": "",
-                "output": format!("The number after {i} is {}.", i + 1),
-            })
-            .to_string()
-                + "\n"
-        })
-        .collect();
-    std::fs::write(data.join("train.jsonl"), rows).unwrap();
+/// The config.json of Llama-3-8B-Instruct (as published; only its text matters here).
+const LLAMA3_CONFIG: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+  "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+  "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+  "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "max_position_embeddings": 8192,
+  "tie_word_embeddings": false, "hidden_act": "silu", "attention_bias": false,
+  "bos_token_id": 128000, "eos_token_id": 128009, "torch_dtype": "bfloat16"}"#;
 
+/// A hub model snapshot holding `config` and a small tokenizer (no weights: a smoke run
+/// never reads them).
+fn hub_model(sb: &Sandbox, repo: &str, config: &str) -> PathBuf {
+    let dir = snapshot(&sb.hub(), &format!("models--{}", repo.replace('/', "--")));
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    runner_data::testing::write_tiny_tokenizer(&dir, true).unwrap();
+    dir
+}
+
+/// A hub dataset snapshot with 50 rows made by `row(i)` in `file`.
+fn hub_dataset(sb: &Sandbox, repo: &str, file: &str, row: impl Fn(usize) -> Value) -> PathBuf {
+    let dir = snapshot(&sb.hub(), &format!("datasets--{}", repo.replace('/', "--")));
+    let path = dir.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let rows: String = (0..50).map(|i| row(i).to_string() + "\n").collect();
+    std::fs::write(&path, rows).unwrap();
+    path
+}
+
+/// Runs `recipe --smoke` keeping its outputs and checks that it used the model's config, the
+/// tokenizer and the data file given, and read 32 rows of it.
+fn smoke_uses(sb: &Sandbox, recipe: &str, config: &Path, tokenizer: &Path, data: &Path) -> Value {
     let out = sb.path().join("out");
     let set_out = format!("output_dir={}", out.display());
-    let stdout = smoke_passes(&sb, "recipes/mistral-qlora.yaml", &["--set", &set_out]);
+    let stdout = smoke_passes(sb, recipe, &["--set", &set_out]);
     let model_line = stdout.lines().find(|l| l.contains("model:")).unwrap();
     assert!(
-        model_line.contains(&format!("from {}", model.join("config.json").display()))
-            && model_line.contains("MistralForCausalLM")
-            && model_line.contains("vocab 32000")
-            && model_line.contains("sliding window 32")
-            && model_line.contains("sliding window 4096 → 32"),
+        model_line.contains(&format!("(from {}):", config.display())),
         "{model_line}"
     );
     assert!(
-        stdout.contains(&format!("tokenizer: the recipe's ({}", model.display())),
+        stdout.contains(&format!("tokenizer: the recipe's ({}", tokenizer.display())),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("datasets[0] mhenrichsen/alpaca_2k_test: its first 32 rows"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("its first 32 rows"), "{stdout}");
     assert!(!stdout.contains("not on this machine"), "{stdout}");
-
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
-    let data_file = manifest["inputs"]["data"][0]["files"][0]["path"]
-        .as_str()
-        .unwrap();
-    assert_eq!(Path::new(data_file), data.join("train.jsonl"));
+    let data_file = &manifest["inputs"]["data"][0]["files"][0]["path"];
+    assert_eq!(Path::new(data_file.as_str().unwrap()), data);
     let tok_path = manifest["inputs"]["tokenizer"]["path"].as_str().unwrap();
-    assert_eq!(Path::new(tok_path), model);
+    assert_eq!(Path::new(tok_path), tokenizer);
     assert_eq!(manifest["outcome"]["steps"], 4);
-    // The QLoRA recipe's own settings are kept: NF4 base, r=32, its seven targets.
+    adapter_loads_back(&out, &ALL_LINEAR);
+    let tiny = manifest["plan"]["model"]["base_model"].as_str().unwrap();
+    let tiny: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(tiny).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    eprintln!("{recipe}: tiny config {tiny}");
+    assert_eq!(
+        manifest["plan"]["data"]["datasets"][0]["path"],
+        data_path_of(recipe)
+    );
+    tiny
+}
+
+/// The dataset path a shipped recipe names.
+fn data_path_of(recipe: &str) -> &'static str {
+    match recipe {
+        "recipes/mistral-qlora.yaml" => "mhenrichsen/alpaca_2k_test",
+        "recipes/llama3-lora.yaml" => "fozziethebeat/alpaca_messages_2k_test",
+        _ => "recipes/data/smoke-chat.jsonl",
+    }
+}
+
+/// Mistral with its config.json, tokenizer and hub dataset in the cache: the tiny model
+/// follows the real config (Mistral, its sliding window shrunk, its 32000-id vocabulary), the
+/// QLoRA settings are the recipe's, and the first 32 rows of the real data train.
+#[test]
+fn issue_19_mistral_smoke_uses_the_config_tokenizer_and_data_when_present() {
+    let sb = Sandbox::new();
+    let fixture = root().join("crates/cli/tests/fixtures/hub-config-only");
+    let snapshots = fixture.join("models--mistralai--Mistral-7B-v0.1/snapshots");
+    let config_file = std::fs::read_dir(snapshots)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path()
+        .join("config.json");
+    let model = hub_model(
+        &sb,
+        "mistralai/Mistral-7B-v0.1",
+        &std::fs::read_to_string(config_file).unwrap(),
+    );
+    let data = hub_dataset(&sb, "mhenrichsen/alpaca_2k_test", "train.jsonl", |i| {
+        serde_json::json!({
+            "instruction": format!("Name the number after {i}."),
+            "input": "",
+            "output": format!("The number after {i} is {}.", i + 1),
+        })
+    });
+    let tiny = smoke_uses(
+        &sb,
+        "recipes/mistral-qlora.yaml",
+        &model.join("config.json"),
+        &model.join("tokenizer.json"),
+        &data,
+    );
+    assert_eq!(tiny["architectures"][0], "MistralForCausalLM");
+    assert_eq!(tiny["vocab_size"], 32000);
+    assert_eq!(tiny["sliding_window"], 32);
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(sb.path().join("out/run.json")).unwrap())
+            .unwrap();
     assert_eq!(manifest["plan"]["adapter"]["base_quant"], "nf4");
     assert_eq!(manifest["plan"]["adapter"]["r"], 32);
-    adapter_loads_back(&out, &ALL_LINEAR);
+}
+
+/// Llama 3 with its config.json, tokenizer and hub dataset (a `messages` chat set in a `data/`
+/// folder) in the cache.
+#[test]
+fn issue_19_llama3_smoke_uses_the_config_tokenizer_and_data_when_present() {
+    let sb = Sandbox::new();
+    let model = hub_model(&sb, "NousResearch/Meta-Llama-3-8B-Instruct", LLAMA3_CONFIG);
+    let data = hub_dataset(
+        &sb,
+        "fozziethebeat/alpaca_messages_2k_test",
+        "data/train-00000-of-00001.jsonl",
+        |i| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("Name the number after {i}.")},
+                {"role": "assistant", "content": format!("The number after {i} is {}.", i + 1)},
+            ]})
+        },
+    );
+    let tiny = smoke_uses(
+        &sb,
+        "recipes/llama3-lora.yaml",
+        &model.join("config.json"),
+        &model.join("tokenizer.json"),
+        &data,
+    );
+    assert_eq!(tiny["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(tiny["vocab_size"], 128256);
+    assert_eq!(tiny["rope_theta"], 500000.0);
+}
+
+/// SmolLM2 with its GGUF where the recipe names it (scripts/fetch-smollm2.sh fetches it): the
+/// tiny model follows the GGUF's configuration (Llama, tied embeddings, 49152 ids) and the
+/// tokenizer and chat template are the GGUF's.
+#[test]
+fn issue_19_smollm2_smoke_uses_the_gguf_when_present() {
+    let sb = Sandbox::new();
+    let gguf = runner_data::testing::smollm2_gguf().unwrap_or_else(|e| panic!("{e}"));
+    let at = sb
+        .path()
+        .join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&gguf, &at).unwrap();
+    let rel = Path::new(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let tiny = smoke_uses(
+        &sb,
+        "recipes/smollm2-lora.yaml",
+        rel,
+        rel,
+        Path::new("recipes/data/smoke-chat.jsonl"),
+    );
+    assert_eq!(tiny["vocab_size"], 49152);
+    assert_eq!(tiny["tie_word_embeddings"], true);
 }
 
 /// The text of the last `error:` line a run printed.
@@ -339,5 +440,36 @@ fn issue_19_target_module_matching_nothing_fails_the_smoke_run_as_the_real_run()
         ),
     );
     assert!(real.contains("qkv_proj"), "{real}");
+    assert_eq!(smoke, real);
+}
+
+/// An export type the architecture cannot take (a GGUF of a Qwen3) fails the smoke run with the
+/// real run's error, after the same training.
+#[test]
+fn issue_19_export_the_architecture_cannot_take_fails_the_smoke_run_as_the_real_run() {
+    let args = [
+        "--set",
+        "base_model=builtin:tiny-qwen3",
+        "--set",
+        "export_gguf=f16",
+        "--set",
+        "max_steps=2",
+        // Relative, so both runs name the same file.
+        "--set",
+        "output_dir=out",
+    ];
+    let real = error_line(
+        &Sandbox::new().runner(&[&["run", "recipes/tiny-smoke.yaml"][..], &args[..]].concat()),
+    );
+    let smoke = error_line(
+        &Sandbox::new().runner(
+            &[
+                &["run", "recipes/tiny-smoke.yaml", "--smoke"][..],
+                &args[..],
+            ]
+            .concat(),
+        ),
+    );
+    assert!(real.contains("Qwen3"), "{real}");
     assert_eq!(smoke, real);
 }

@@ -159,7 +159,9 @@ pub fn prepare(loaded: &Loaded) -> anyhow::Result<Smoke> {
         ..plan.model.clone()
     };
     let real_tok = is_local(&tok_src, plan.model.revision.as_deref());
-    let model_dir = work_dir.join("model");
+    // Named so that files named after the model (`export_gguf`'s) get the real run's names.
+    let stem = crate::export::model_name(plan);
+    let model_dir = work_dir.join("model").join(format!("{stem}.tiny"));
     let builtin_tok = tok_src.strip_prefix("builtin:");
     let (tok, tok_note) = if real_tok && builtin_tok.is_none() {
         let tok = runner_data::load_tokenizer(&ModelPlan {
@@ -345,17 +347,30 @@ pub fn prepare(loaded: &Loaded) -> anyhow::Result<Smoke> {
     let steps = t.max_steps.map_or(STEPS, |s| s.min(STEPS));
     sets.push(format!("max_steps={steps}"));
     let mut train_note = format!("max_steps {steps}");
-    if let SaveEvery::Steps(n) = t.save.every
-        && n > EVERY
-    {
-        sets.push(format!("save_steps={EVERY}"));
-        train_note.push_str(&format!(", save_steps {n} → {EVERY}"));
+    // An epoch of the smoke data is a step or two, so "per epoch" would mean every step.
+    match t.save.every {
+        SaveEvery::Steps(n) if n > EVERY => {
+            sets.push(format!("save_steps={EVERY}"));
+            train_note.push_str(&format!(", save_steps {n} → {EVERY}"));
+        }
+        SaveEvery::PerEpoch(n) => {
+            sets.push("saves_per_epoch=".into());
+            sets.push(format!("save_steps={EVERY}"));
+            train_note.push_str(&format!(", saves_per_epoch {n} → save_steps {EVERY}"));
+        }
+        _ => {}
     }
-    if let EvalSchedule::Steps(n) = t.eval
-        && n > EVERY
-    {
-        sets.push(format!("eval_steps={EVERY}"));
-        train_note.push_str(&format!(", eval_steps {n} → {EVERY}"));
+    match t.eval {
+        EvalSchedule::Steps(n) if n > EVERY => {
+            sets.push(format!("eval_steps={EVERY}"));
+            train_note.push_str(&format!(", eval_steps {n} → {EVERY}"));
+        }
+        EvalSchedule::PerEpoch(n) => {
+            sets.push("evals_per_epoch=".into());
+            sets.push(format!("eval_steps={EVERY}"));
+            train_note.push_str(&format!(", evals_per_epoch {n} → eval_steps {EVERY}"));
+        }
+        _ => {}
     }
     if let Some(w) = &t.loss_watchdog {
         // A random model's loss is about ln(vocab) by construction.
