@@ -103,6 +103,11 @@ fn smoke_passes(sb: &Sandbox, recipe: &str, extra: &[&str]) -> String {
             "{recipe}: no `{needed}` in:\n{stdout}"
         );
     }
+    // The data stage's own summary (stderr): 32 rows of each dataset were read.
+    assert!(
+        stderr.contains(": 32 rows from 1 file(s)"),
+        "{recipe}:\n{stderr}"
+    );
     stdout
 }
 

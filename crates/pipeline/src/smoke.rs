@@ -679,7 +679,7 @@ mod tests {
     fn hub_ids_are_org_slash_name_and_not_paths() {
         assert!(is_hub_id("mhenrichsen/alpaca_2k_test"));
         assert!(is_hub_id("mistralai/Mistral-7B-v0.1"));
-        assert!(!is_hub_id("recipes/tiny-smoke.yaml"), "an existing path");
+        assert!(!is_hub_id("src/lib.rs"), "an existing path");
         assert!(!is_hub_id("a/b/c.jsonl"));
         assert!(!is_hub_id("./x"));
     }
@@ -689,8 +689,8 @@ mod tests {
         let loaded = runner_recipe::load_str(
             "r.yaml",
             "base_model: Qwen/Qwen3-0.6B\nmodel_type: AutoModelForCausalLM\n\
-             datasets:\n  - path: x.jsonl\n    type: alpaca\nadapter: lora\n\
-             lora_target_linear: true\nnum_epochs: 1\n",
+             datasets:\n  - path: org/data\n    type: alpaca\nadapter: lora\n\
+             lora_target_linear: true\nnum_epochs: 1\nlearning_rate: 0.0002\n",
             &[],
         )
         .unwrap();
@@ -703,5 +703,25 @@ mod tests {
         let (a, how) = guess_arch(&m);
         assert_eq!(a, Arch::Llama);
         assert!(how.contains("unknown"), "{how}");
+    }
+
+    #[test]
+    fn an_absent_model_path_is_set_aside_and_kept_as_written() {
+        let text = concat!(
+            "base_model: .cache/models/none.gguf\n",
+            "datasets:\n  - path: org/data\n    type: alpaca\n",
+            "adapter: lora\nlora_target_linear: true\nnum_epochs: 1\nlearning_rate: 0.0002\n"
+        );
+        let plain = runner_recipe::load_str("r.yaml", text, &[]);
+        assert!(plain.is_err(), "the real run refuses a missing base model");
+        let l = tolerate_absent_model(plain).unwrap();
+        assert_eq!(l.plan.model.base_model, ".cache/models/none.gguf");
+        assert!(l.sources.overrides.is_empty());
+        // An override wins over the file; any other error stays an error.
+        let set = vec!["base_model=\"gone/x.gguf\"".to_string()];
+        let l = tolerate_absent_model(runner_recipe::load_str("r.yaml", text, &set)).unwrap();
+        assert_eq!(l.plan.model.base_model, "gone/x.gguf");
+        let bad = vec!["lora_r=0".to_string()];
+        assert!(tolerate_absent_model(runner_recipe::load_str("r.yaml", text, &bad)).is_err());
     }
 }
