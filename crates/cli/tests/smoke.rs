@@ -44,6 +44,8 @@ impl Sandbox {
             .env("HF_HUB_CACHE", self.hub())
             .env("HF_HUB_OFFLINE", "1")
             .env("RUNNER_MODEL_CACHE", self.path().join("models"))
+            // A failed smoke run keeps its work folder: inside the sandbox, not in /tmp.
+            .env("TMPDIR", self.path())
             .output()
             .expect("runner starts")
     }

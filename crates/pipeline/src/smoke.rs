@@ -38,8 +38,8 @@ pub struct Smoke {
     pub loaded: Loaded,
     /// Each substitution, one line, to say before the run.
     pub substitutions: Vec<String>,
-    /// Holds the tiny model and generated rows (and the outputs unless `output_dir` was set on
-    /// the command line, in which case it stays with them).
+    /// Holds the tiny model and generated rows, and the outputs unless `output_dir` was set on
+    /// the command line (then it is `OUTPUT_DIR-smoke-model` and stays beside them).
     pub work_dir: PathBuf,
     /// The outputs are inside `work_dir`.
     pub temporary_outputs: bool,
@@ -136,13 +136,12 @@ fn written_value(text: &str, overrides: &[String], key: &str) -> Option<String> 
 /// generated rows into a new work folder and reloads the recipe with the substitutions.
 pub fn prepare(loaded: &Loaded) -> anyhow::Result<Smoke> {
     let plan = &loaded.plan;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let work_dir =
-        std::env::temp_dir().join(format!("runner-smoke-{}-{nanos:09}", std::process::id()));
-    std::fs::create_dir_all(&work_dir)
-        .with_context(|| format!("creating the smoke run's folder {}", work_dir.display()))?;
+    let user_output = loaded
+        .sources
+        .overrides
+        .iter()
+        .any(|o| o.starts_with("output_dir="));
+    let work_dir = work_folder(user_output.then_some(plan.train.output_dir.as_path()))?;
     let mut subs = Vec::new();
     let mut sets: Vec<String> = Vec::new();
 
@@ -389,15 +388,11 @@ pub fn prepare(loaded: &Loaded) -> anyhow::Result<Smoke> {
     }
     subs.push(format!("training:  {train_note}, on the CPU"));
 
-    let user_output = loaded
-        .sources
-        .overrides
-        .iter()
-        .any(|o| o.starts_with("output_dir="));
     if user_output {
         subs.push(format!(
-            "outputs:   {} (output_dir given)",
-            t.output_dir.display()
+            "outputs:   {} (output_dir given; the tiny model and generated rows beside it, in {})",
+            t.output_dir.display(),
+            work_dir.display()
         ));
     } else {
         let out = work_dir.join("output");
@@ -424,6 +419,44 @@ pub fn prepare(loaded: &Loaded) -> anyhow::Result<Smoke> {
         work_dir,
         temporary_outputs: !user_output,
     })
+}
+
+/// Marks a folder as a smoke run's work folder, which a later smoke run may replace.
+const WORK_MARK: &str = ".runner-smoke";
+
+/// A new work folder: `OUTPUT_DIR-smoke-model` beside outputs the user asked to keep (replacing
+/// an earlier smoke run's, never anything else), else a fresh folder under the system's
+/// temporary folder.
+fn work_folder(kept_output: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let beside = kept_output.and_then(|out| {
+        let name = out.file_name()?.to_string_lossy().into_owned();
+        Some(out.with_file_name(format!("{name}-smoke-model")))
+    });
+    let dir = match beside {
+        Some(dir) => {
+            if dir.join(WORK_MARK).is_file() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("replacing the smoke folder {}", dir.display()))?;
+            } else if dir.exists() {
+                anyhow::bail!(
+                    "{} exists and is not a smoke run's folder: move it, or choose another \
+                     output_dir",
+                    dir.display()
+                );
+            }
+            dir
+        }
+        None => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            std::env::temp_dir().join(format!("runner-smoke-{}-{nanos:09}", std::process::id()))
+        }
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the smoke run's folder {}", dir.display()))?;
+    runner_io::atomic::write(&dir.join(WORK_MARK), b"runner --smoke work folder\n")?;
+    Ok(dir)
 }
 
 /// Runs the prepared smoke run: the whole pipeline on the first [`ROWS`] rows of each dataset,
@@ -703,6 +736,26 @@ mod tests {
         let (a, how) = guess_arch(&m);
         assert_eq!(a, Arch::Llama);
         assert!(how.contains("unknown"), "{how}");
+    }
+
+    #[test]
+    fn the_work_folder_beside_kept_outputs_replaces_only_a_smoke_runs_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let dir = work_folder(Some(&out)).unwrap();
+        assert_eq!(dir, tmp.path().join("out-smoke-model"));
+        std::fs::write(dir.join("old"), "x").unwrap();
+        let again = work_folder(Some(&out)).unwrap();
+        assert!(
+            !again.join("old").exists(),
+            "an earlier smoke folder is replaced"
+        );
+        std::fs::remove_file(again.join(WORK_MARK)).unwrap();
+        let e = work_folder(Some(&out)).unwrap_err().to_string();
+        assert!(e.contains("is not a smoke run's folder"), "{e}");
+        let temp = work_folder(None).unwrap();
+        assert!(temp.starts_with(std::env::temp_dir()) && temp.join(WORK_MARK).is_file());
+        std::fs::remove_dir_all(temp).unwrap();
     }
 
     #[test]
