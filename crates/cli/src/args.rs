@@ -59,6 +59,11 @@ pub enum Command {
         /// Skip malformed rows (counted in the data summary) instead of stopping at the first.
         #[arg(long)]
         skip_bad_rows: bool,
+        /// Smoke-train the recipe as written, in seconds on the CPU: a tiny random model of the
+        /// same family, its tokenizer when local (else a built-in one), the first rows of its
+        /// data (generated rows when not local), a few steps; every substitution is printed.
+        #[arg(long, conflicts_with_all = ["dry_run", "gpus", "processes"])]
+        smoke: bool,
         #[command(flatten)]
         parallel: ParallelArgs,
         #[command(flatten)]

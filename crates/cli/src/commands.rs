@@ -46,13 +46,36 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
             plan_device,
             skip_bad_rows,
+            smoke,
             parallel,
             folder,
         } => {
             let loaded = match load(&recipe) {
                 Ok(l) => l,
+                // A smoke run substitutes the model: one not fetched here is no error for it.
+                Err(e) if smoke => match runner_pipeline::smoke::tolerate_absent_model(Err(e)) {
+                    Ok(l) => l,
+                    Err(e) => return Ok(report(&e, color)),
+                },
                 Err(e) => return Ok(report(&e, color)),
             };
+            if smoke {
+                let smoke = runner_pipeline::smoke::prepare(&loaded)?;
+                println!(
+                    "smoke run of {}: the recipe as written, with these substitutions:",
+                    loaded.sources.name
+                );
+                for s in &smoke.substitutions {
+                    println!("  {s}");
+                }
+                print_substitutions(&smoke.loaded);
+                print!("{}", stages(&smoke.loaded.plan));
+                let folder = runner_pipeline::outdir::FolderFlags {
+                    overwrite: folder.overwrite,
+                    allow_changed: folder.allow_changed,
+                };
+                return crate::run::smoke(&smoke, folder, skip_bad_rows);
+            }
             if dry_run {
                 let loaded = pinned(&loaded, HubNeed::Configuration)?;
                 print_substitutions(&loaded);

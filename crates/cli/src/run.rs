@@ -182,6 +182,70 @@ fn run_here(
     }
 }
 
+/// `runner run RECIPE --smoke`: the prepared smoke run on the CPU, then its checks and what it
+/// cannot check. The work folder is removed when the run passes and kept (and named) when not.
+pub fn smoke(
+    smoke: &runner_pipeline::smoke::Smoke,
+    folder: runner_pipeline::outdir::FolderFlags,
+    skip_bad_rows: bool,
+) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let print = |s: &str| eprintln!("{s}");
+    let result = runner_pipeline::smoke::run(
+        smoke,
+        runner_pipeline::RunOptions {
+            recipe_label: &smoke.loaded.sources.name,
+            device: Device::Cpu,
+            comm: None,
+            // SIGINT/SIGTERM stop it as they stop a run (main.rs's handler).
+            stop: runner_io::interrupt::stop_flag(),
+            progress_bar: false,
+            report: &print,
+            folder,
+            skip_bad_rows,
+        },
+    );
+    let kept = || format!("its files are kept in {}", smoke.work_dir.display());
+    // The error itself is printed as the real run prints it.
+    let (report, checked) =
+        result.inspect_err(|_| eprintln!("the smoke run failed; {}", kept()))?;
+    let outcome = &report.outcome;
+    if !matches!(
+        outcome.stop,
+        StopReason::Finished | StopReason::EarlyStopping { .. }
+    ) {
+        eprintln!(
+            "the smoke run stopped early ({}); {}",
+            runner_pipeline::stop_name(&outcome.stop),
+            kept()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    for line in &checked.lines {
+        println!("checked: {line}");
+    }
+    println!("{}", runner_pipeline::smoke::NOT_CHECKED);
+    if smoke.temporary_outputs {
+        if let Err(e) = smoke.clean_up() {
+            eprintln!("note: {} not removed: {e}", smoke.work_dir.display());
+        }
+    } else {
+        // The outputs were asked for: the tiny model they were trained on stays beside them
+        // (run.json names it), so they can be loaded, merged or generated from.
+        println!(
+            "adapter: {}\ntiny model: {}",
+            smoke.loaded.plan.train.output_dir.display(),
+            smoke.loaded.plan.model.base_model
+        );
+    }
+    println!(
+        "smoke run passed: {} steps in {:.1} s",
+        outcome.steps,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Peak resident memory of this process (Linux `VmHWM`), for the figures `runner run` prints.
 fn peak_rss_gb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -226,6 +226,9 @@ pub struct PrepareOptions {
     pub no_write: bool,
     /// Skip rows that cannot be read or encoded (counted and reported) instead of stopping.
     pub skip_bad_rows: bool,
+    /// Encode only the first N rows of each dataset (a smoke run, issue 19); part of the cache
+    /// key, so a limited entry never stands in for the whole data.
+    pub max_rows: Option<u64>,
 }
 
 /// Loads the tokenizer the model plan names (`tokenizer_config`, else `base_model`), applying
@@ -366,6 +369,9 @@ pub fn prepare_with(
     if opts.skip_bad_rows {
         key.text("skip_bad_rows", "true");
     }
+    if let Some(n) = opts.max_rows {
+        key.text("max_rows", &n.to_string());
+    }
     let mut jobs = Vec::new();
     for (split, list) in [("train", &plan.datasets), ("test", &plan.test_datasets)] {
         for ds in list.iter() {
@@ -407,7 +413,7 @@ pub fn prepare_with(
             let mut test = Vec::new();
             for (split, ds, files, enc) in &jobs {
                 let (samples, ds_summary) =
-                    pool.install(|| encode_dataset(ds, files, enc, tok, plan, opts.skip_bad_rows))?;
+                    pool.install(|| encode_dataset(ds, files, enc, tok, plan, opts))?;
                 summary.datasets.push(ds_summary);
                 if *split == "train" {
                     train.extend(samples)
@@ -524,8 +530,10 @@ fn encode_dataset(
     enc: &RowEncoder<'_>,
     tok: &TextTokenizer,
     plan: &DataPlan,
-    skip_bad_rows: bool,
+    opts: PrepareOptions,
 ) -> Result<(Vec<Sample>, DatasetSummary)> {
+    let skip_bad_rows = opts.skip_bad_rows;
+    let mut left = opts.max_rows.unwrap_or(u64::MAX);
     let mut out = Vec::new();
     let mut sum = DatasetSummary {
         path: ds.path.clone(),
@@ -552,8 +560,15 @@ fn encode_dataset(
     // slow way.
     let stop = std::sync::atomic::AtomicBool::new(false);
     for file in files {
+        if left == 0 {
+            break;
+        }
         let mut bad_in_encode = Vec::new();
-        source::read_rows_bounded(file, CHUNK_ROWS, max_row, &mut on_bad, &mut |rows| {
+        source::read_rows_bounded(file, CHUNK_ROWS, max_row, &mut on_bad, &mut |mut rows| {
+            // Past the limit the rest of the file is still parsed (a malformed row fails as it
+            // would in the full run) but not encoded.
+            rows.truncate(left.min(rows.len() as u64) as usize);
+            left -= rows.len() as u64;
             sum.rows_read += rows.len() as u64;
             let results: Vec<Result<Outcome>> = rows
                 .par_iter()

@@ -95,6 +95,81 @@ pub fn write_tiny_qwen3(dir: &Path, seed: u64) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
+/// The sliding window of a smoke model whose real model slides: short enough that the rows of
+/// a smoke run cross it, so the windowed attention path runs.
+pub const SMOKE_WINDOW: usize = 32;
+
+/// What a family looks like when only its name is known (no `config.json` in reach): Llama
+/// plain, Mistral with Mistral-7B-v0.1's sliding window (4096) on every layer, Qwen2 with q/k/v
+/// biases, Qwen3 with q/k norm and tied embeddings (as its small models).
+pub fn family_defaults(arch: Arch) -> ModelConfig {
+    let mut cfg = tiny_config(arch);
+    if arch == Arch::Mistral {
+        cfg.sliding_window = vec![Some(4096); cfg.num_hidden_layers];
+    }
+    cfg
+}
+
+/// A tiny configuration of the same family as `real`, for a smoke run (issue 19). Kept: the
+/// architecture and every switch that changes the code path (q/k/v, o and MLP biases, q/k
+/// norm, tied embeddings, RoPE theta and scaling, grouped-query attention, which layers use a
+/// sliding window). Tiny: 2 layers, hidden 64, MLP 128, 4 heads of 16 (2 KV heads when the
+/// real model groups queries), a sliding window of at most [`SMOKE_WINDOW`]. `vocab_size`,
+/// `bos`, `eos` come from the tokenizer the smoke run uses. Also returns what changed beyond
+/// the sizes, to say.
+pub fn smoke_like(
+    real: &ModelConfig,
+    vocab_size: usize,
+    bos: Option<u32>,
+    eos: Option<u32>,
+) -> (ModelConfig, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut cfg = tiny_config(real.arch);
+    cfg.vocab_size = vocab_size;
+    cfg.bos_token_id = bos;
+    cfg.eos_token_id = eos;
+    cfg.tie_word_embeddings = real.tie_word_embeddings;
+    cfg.qkv_bias = real.qkv_bias;
+    cfg.o_bias = real.o_bias;
+    cfg.mlp_bias = real.mlp_bias;
+    cfg.qk_norm = real.qk_norm;
+    cfg.rms_norm_eps = real.rms_norm_eps;
+    cfg.rope_theta = real.rope_theta;
+    cfg.max_position_embeddings = real
+        .max_position_embeddings
+        .max(cfg.max_position_embeddings);
+    if real.num_key_value_heads == real.num_attention_heads {
+        cfg.num_key_value_heads = cfg.num_attention_heads;
+    }
+    cfg.rope_scaling = match &real.rope_scaling {
+        // Per-frequency factors are sized to the real head_dim.
+        RopeScaling::Factors(_) => {
+            notes.push(
+                "RoPE frequency factors (sized to the real head_dim) dropped: plain RoPE".into(),
+            );
+            RopeScaling::None
+        }
+        other => other.clone(),
+    };
+    let windows: Vec<usize> = real.sliding_window.iter().flatten().copied().collect();
+    if let Some(&w) = windows.iter().min() {
+        let tiny_w = w.min(SMOKE_WINDOW);
+        let all = windows.len() == real.sliding_window.len();
+        // Mixed models (Qwen2's max_window_layers, layer_types) keep one full and one sliding
+        // layer, in the real model's order.
+        let first_slides = real.sliding_window.first().is_some_and(Option::is_some);
+        cfg.sliding_window = (0..cfg.num_hidden_layers)
+            .map(|i| (all || (i == 0) == first_slides).then_some(tiny_w))
+            .collect();
+        if tiny_w != w {
+            notes.push(format!(
+                "sliding window {w} → {tiny_w}, so the smoke rows cross it"
+            ));
+        }
+    }
+    (cfg, notes)
+}
+
 /// llama.cpp's row permutation of Q and K (the inverse of [`crate::gguf::unpermute_qk`]):
 /// `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2).reshape(rows, cols)`.
 pub fn permute_qk_llama_cpp(w: &Tensor, n_head: usize) -> Result<Tensor> {
@@ -226,4 +301,59 @@ pub fn builtin(name: &str) -> Result<std::path::PathBuf> {
         }
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trips(cfg: &ModelConfig) {
+        let path = Path::new("config.json");
+        let back = ModelConfig::from_json_str(&cfg.to_hf_json().to_string(), path).unwrap();
+        assert_eq!(&back, cfg, "{:?} through config.json", cfg.arch);
+    }
+
+    #[test]
+    fn smoke_like_keeps_the_family_switches_and_shrinks_the_window() {
+        // Mistral-7B-v0.1: a 4096 window on every layer.
+        let (c, notes) = smoke_like(&family_defaults(Arch::Mistral), 300, Some(1), Some(2));
+        assert_eq!(c.arch, Arch::Mistral);
+        assert_eq!(c.sliding_window, vec![Some(SMOKE_WINDOW); 2]);
+        assert!(notes.iter().any(|n| n.contains("4096 → 32")), "{notes:?}");
+        assert_eq!(
+            (c.vocab_size, c.bos_token_id, c.eos_token_id),
+            (300, Some(1), Some(2))
+        );
+        round_trips(&c);
+
+        // Qwen2: q/k/v biases; sliding only from max_window_layers on: one full, one sliding.
+        let mut q2 = tiny_config(Arch::Qwen2);
+        q2.num_hidden_layers = 4;
+        q2.sliding_window = vec![None, None, Some(8), Some(8)];
+        q2.rope_theta = 1_000_000.0;
+        let (c, notes) = smoke_like(&q2, 300, None, Some(2));
+        assert!(c.qkv_bias && !c.qk_norm);
+        assert_eq!(c.sliding_window, vec![None, Some(8)]);
+        assert!(notes.is_empty(), "a window under 32 is kept: {notes:?}");
+        assert_eq!(c.rope_theta, 1_000_000.0);
+        round_trips(&c);
+
+        // Qwen3: q/k norm and tied embeddings; Llama: plain, MHA kept as MHA, llama3 RoPE kept.
+        let (c, _) = smoke_like(&family_defaults(Arch::Qwen3), 300, None, None);
+        assert!(c.qk_norm && c.tie_word_embeddings && !c.qkv_bias);
+        round_trips(&c);
+        let mut llama = tiny_config(Arch::Llama);
+        llama.num_key_value_heads = llama.num_attention_heads;
+        llama.rope_scaling = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        };
+        let (c, _) = smoke_like(&llama, 300, None, None);
+        assert_eq!(c.num_key_value_heads, c.num_attention_heads);
+        assert_eq!(c.rope_scaling, llama.rope_scaling);
+        assert!(c.sliding_window.iter().all(Option::is_none));
+        round_trips(&c);
+    }
 }

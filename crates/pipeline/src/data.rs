@@ -13,16 +13,26 @@ pub fn prepare_data(
     comm: Option<&Arc<dyn Communicator>>,
     skip_bad_rows: bool,
 ) -> anyhow::Result<runner_data::Prepared> {
+    let options = runner_data::PrepareOptions {
+        skip_bad_rows,
+        ..Default::default()
+    };
+    prepare_data_with(plan, tok, comm, options)
+}
+
+/// Stage 2 with preparation options (a smoke run limits the rows read).
+pub fn prepare_data_with(
+    plan: &DataPlan,
+    tok: &runner_data::tokenizer::TextTokenizer,
+    comm: Option<&Arc<dyn Communicator>>,
+    options: runner_data::PrepareOptions,
+) -> anyhow::Result<runner_data::Prepared> {
     let rank = comm.map_or(0, |c| c.rank());
     let barrier =
         |c: &Arc<dyn Communicator>| c.all_reduce_f64("data preparation (rank 0 first)", &mut [0.0]);
     if let Some(c) = comm.filter(|_| rank != 0) {
         barrier(c)?;
     }
-    let options = runner_data::PrepareOptions {
-        skip_bad_rows,
-        ..Default::default()
-    };
     let data = runner_data::prepare_with(plan, tok, options)?;
     if let Some(c) = comm.filter(|_| rank == 0) {
         barrier(c)?;

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod model;
 pub mod outdir;
 pub mod reproduce;
+pub mod smoke;
 
 use candle_core::Device;
 use manifest::{Manifest, OutcomeRecord, PreparedRecord, RecipeRecord, RunStatus, StageTime};
@@ -95,6 +96,15 @@ fn hold_for_tests(name: &str) {
 /// Runs the whole pipeline for `loaded` (a validated recipe): resolve inputs, prepare data,
 /// build the model, train, and (when training finished) export; writes `run.json`.
 pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
+    run_with(loaded, opts, runner_data::PrepareOptions::default())
+}
+
+/// [`run()`] with data-preparation options: a smoke run ([`smoke`]) reads a few rows.
+pub fn run_with(
+    loaded: &Loaded,
+    opts: RunOptions,
+    data_options: runner_data::PrepareOptions,
+) -> anyhow::Result<RunReport> {
     let started = SystemTime::now();
     let rank = opts.comm.as_ref().map_or(0, |c| c.rank());
     let writer = rank == 0;
@@ -177,7 +187,11 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
 
     // 2. data
     let data = stage(&mut stages, "prepare_data", || {
-        data::prepare_data(&plan.data, tok, opts.comm.as_ref(), opts.skip_bad_rows)
+        let options = runner_data::PrepareOptions {
+            skip_bad_rows: opts.skip_bad_rows,
+            ..data_options
+        };
+        data::prepare_data_with(&plan.data, tok, opts.comm.as_ref(), options)
     })?;
     report(&data.summary.to_string());
 
