@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# `runner preprocess` at two sizes of the same synthetic multi-turn chat set (issue 14 item 5):
+# wall time and peak RSS for each, measured alternately in one run, with the ratio of the
+# times, the CPU model and the machine's load before every measurement.
+#
+#   tools/data/bench_preprocess.sh [SMALL_ROWS [LARGE_ROWS [REPEATS]]]    # 5000 100000 2
+#
+# Data: crates/data's `gen_chats` example (runner_data::testing::write_synthetic_chats), SmolLM2
+# tokenizer and its own chat template (scripts/fetch-smollm2.sh), roles_to_train [assistant],
+# sequence_len 2048, sample_packing, no eval split; `--force` so every run prepares afresh.
+# Build: the dev profile (the workspace's dependencies are built at opt-level 3; a release build
+# is too slow for the shared dev machine). Set RUNNER_BIN to time another binary (RUNNER_BINS="A B"
+# to compare several, alternating), CARGO_TARGET_DIR
+# to build elsewhere (e.g. with --config 'profile.dev.package.runner-data.opt-level=3').
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+small=${1:-5000}
+large=${2:-100000}
+repeats=${3:-2}
+work=${BENCH_DIR:-${TMPDIR:-/tmp}/runner-bench-preprocess}
+target=${CARGO_TARGET_DIR:-target}
+mkdir -p "$work"
+
+cargo build --workspace --locked --bin runner --example gen_chats ${CARGO_EXTRA:-} >&2
+bin=${RUNNER_BIN:-$target/debug/runner}
+gguf=${RUNNER_SMOLLM2_GGUF:-$PWD/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+[ -f "$gguf" ] || { echo "no SmolLM2 GGUF at $gguf: run scripts/fetch-smollm2.sh" >&2; exit 1; }
+
+for n in "$small" "$large"; do
+  [ -s "$work/chats-$n.jsonl" ] || "$target/debug/examples/gen_chats" "$n" "$work/chats-$n.jsonl"
+  cat > "$work/recipe-$n.yaml" <<YAML
+base_model: $gguf
+datasets:
+  - path: $work/chats-$n.jsonl
+    type: chat_template
+    chat_template: tokenizer_default
+    field_messages: messages
+    message_property_mappings:
+      role: role
+      content: content
+    roles_to_train: [assistant]
+    train_on_eos: turn
+val_set_size: 0
+dataset_prepared_path: $work/prepared-$n
+sequence_len: 2048
+sample_packing: true
+adapter: lora
+lora_r: 8
+lora_alpha: 16
+lora_target_linear: true
+micro_batch_size: 1
+num_epochs: 1
+learning_rate: 0.0002
+output_dir: $work/out
+YAML
+done
+
+echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
+# RUNNER_BINS="OLD NEW" times several binaries, alternating with the sizes inside each repeat.
+bins=(${RUNNER_BINS:-$bin})
+declare -A times rss
+for r in $(seq "$repeats"); do
+  for b in "${!bins[@]}"; do
+    for n in "$small" "$large"; do
+      load=$(cut -d' ' -f1-3 /proc/loadavg)
+      rm -rf "$work/prepared-$n"
+      /usr/bin/time -f '%e %M' -o "$work/time-$n" "${bins[$b]}" preprocess --force "$work/recipe-$n.yaml" > "$work/summary-$n.txt"
+      read -r secs kib < "$work/time-$n"
+      times[$b.$n]+="$secs "
+      rss[$b.$n]+="$kib "
+      echo "run $r, ${bins[$b]}: $n rows: $secs s, peak RSS $((kib / 1024)) MiB (load before: $load); $(grep -E '^tokens' "$work/summary-$n.txt" | cut -d, -f1); $(grep -E '^packed' "$work/summary-$n.txt")"
+    done
+  done
+done
+rm -rf "$work/prepared-$small" "$work/prepared-$large"
+for b in "${!bins[@]}"; do
+  echo "== ${bins[$b]}"
+  python3 - "$small" "$large" "${times[$b.$small]}" "${times[$b.$large]}" "${rss[$b.$small]}" "${rss[$b.$large]}" <<'PY'
+import sys, statistics as st
+s, l = int(sys.argv[1]), int(sys.argv[2])
+ts, tl = [list(map(float, a.split())) for a in sys.argv[3:5]]
+rs, rl = [list(map(int, a.split())) for a in sys.argv[5:7]]
+ms, ml = st.median(ts), st.median(tl)
+print(f"{s:>7} rows: median {ms:.2f} s, peak RSS {max(rs)/1024:.0f} MiB")
+print(f"{l:>7} rows: median {ml:.2f} s, peak RSS {max(rl)/1024:.0f} MiB")
+print(f"time ratio {ml/ms:.1f}x for {l/s:.0f}x the rows (per-run ratios: "
+      + ", ".join(f"{b/a:.1f}x" for a, b in zip(ts, tl)) + ")")
+PY
+done
