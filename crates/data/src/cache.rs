@@ -397,4 +397,52 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 1);
     }
+
+    #[test]
+    fn issue_14_spilled_samples_make_the_same_file_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // Past one record batch, lengths and labels all different.
+        let samples: Vec<Sample> = (0..BATCH_ROWS as u32 + 50)
+            .map(|i| Sample {
+                input_ids: (0..i % 13 + 1).map(|t| t * 7 + i).collect(),
+                labels: (0..i % 13 + 1)
+                    .map(|t| {
+                        if t % 3 == 0 {
+                            crate::sample::IGNORE
+                        } else {
+                            t as i32
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut spill = Spill::create(&dir.path().join("s.spill")).unwrap();
+        for (i, s) in samples.iter().enumerate() {
+            assert_eq!(spill.push(s).unwrap(), i as u32);
+        }
+        // A permutation (7919 is prime to the count), as the seeded shuffle gives.
+        let n = samples.len() as u32;
+        let order: Vec<u32> = (0..n).map(|i| i * 7919 % n).collect();
+        spill
+            .write_arrow(&order, &dir.path().join("spilled.arrow"))
+            .unwrap();
+        let in_order: Vec<Sample> = order.iter().map(|&i| samples[i as usize].clone()).collect();
+        write_samples(&dir.path().join("direct.arrow"), &in_order).unwrap();
+        let spilled = std::fs::read(dir.path().join("spilled.arrow")).unwrap();
+        assert!(spilled == std::fs::read(dir.path().join("direct.arrow")).unwrap());
+        assert_eq!(
+            read_samples(&dir.path().join("spilled.arrow")).unwrap(),
+            in_order
+        );
+        let (lens, trained) = read_stats(&dir.path().join("spilled.arrow")).unwrap();
+        assert_eq!(
+            lens,
+            in_order.iter().map(|s| s.len() as u32).collect::<Vec<_>>()
+        );
+        let want: Vec<u32> = in_order.iter().map(|s| s.trained_tokens() as u32).collect();
+        assert_eq!(trained, want);
+        assert_eq!(spill.trained()[5], samples[5].trained_tokens() as u32);
+        spill.remove();
+        assert!(!dir.path().join("s.spill").exists());
+    }
 }

@@ -3,14 +3,37 @@
 
 use crate::error::{DataError, Result};
 use crate::formats::RowEncoder;
-use crate::prepare::DatasetSummary;
 use crate::sample::Sample;
 use crate::source::{self, InputFile};
 use crate::tokenizer::TextTokenizer;
 use rayon::prelude::*;
 use runner_recipe::plan::{DataPlan, DatasetPlan, ExcessLength};
+use serde::Serialize;
+use std::path::PathBuf;
 
 const CHUNK_ROWS: usize = 2048;
+
+/// One dataset's counts, as `runner preprocess` reports them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct DatasetSummary {
+    pub path: String,
+    pub files: Vec<PathBuf>,
+    pub rows_read: u64,
+    pub dropped_too_long: u64,
+    pub dropped_untrainable: u64,
+    pub truncated: u64,
+    pub tokens: u64,
+    pub trained_tokens: u64,
+    /// Rows skipped as unreadable or malformed (only with `skip_bad_rows`).
+    #[serde(default)]
+    pub skipped_bad: u64,
+    /// The first few of those errors.
+    #[serde(default)]
+    pub bad_row_examples: Vec<String>,
+    /// Rows whose chat template rendered none of their messages' content.
+    #[serde(default)]
+    pub contentless: u64,
+}
 
 enum Outcome {
     Keep(Sample, bool),

@@ -5,6 +5,7 @@
 
 use crate::cache::{self, KeyBuilder};
 use crate::chat::ChatEncoder;
+pub use crate::encode::DatasetSummary;
 use crate::encode::encode_dataset;
 use crate::error::{DataError, Result};
 use crate::formats::{PromptLayout, RowEncoder};
@@ -41,27 +42,6 @@ pub struct Summary {
     pub cache_dir: PathBuf,
     pub reused_cache: bool,
     pub seconds: f64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct DatasetSummary {
-    pub path: String,
-    pub files: Vec<PathBuf>,
-    pub rows_read: u64,
-    pub dropped_too_long: u64,
-    pub dropped_untrainable: u64,
-    pub truncated: u64,
-    pub tokens: u64,
-    pub trained_tokens: u64,
-    /// Rows skipped as unreadable or malformed (only with `skip_bad_rows`).
-    #[serde(default)]
-    pub skipped_bad: u64,
-    /// The first few of those errors.
-    #[serde(default)]
-    pub bad_row_examples: Vec<String>,
-    /// Rows whose chat template rendered none of their messages' content.
-    #[serde(default)]
-    pub contentless: u64,
 }
 
 impl Summary {
