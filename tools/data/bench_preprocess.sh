@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `runner preprocess` at two sizes of the same synthetic multi-turn chat set (issue 14 item 5):
-# wall time and peak RSS for each, measured alternately in one run, with the ratio of the
-# times, the CPU model and the machine's load before every measurement.
+# wall time, CPU time (user + sys: steadier than wall time on a loaded machine) and peak RSS for
+# each, measured alternately in one run, with the ratios of the times, the CPU model and the
+# machine's load before every measurement.
 #
 #   tools/data/bench_preprocess.sh [SMALL_ROWS [LARGE_ROWS [REPEATS]]]    # 5000 100000 2
 #
@@ -9,9 +10,9 @@
 # tokenizer and its own chat template (scripts/fetch-smollm2.sh), roles_to_train [assistant],
 # sequence_len 2048, sample_packing, no eval split; `--force` so every run prepares afresh.
 # Build: the dev profile (the workspace's dependencies are built at opt-level 3; a release build
-# is too slow for the shared dev machine). Set RUNNER_BIN to time another binary (RUNNER_BINS="A B"
-# to compare several, alternating), CARGO_TARGET_DIR
-# to build elsewhere (e.g. with --config 'profile.dev.package.runner-data.opt-level=3').
+# is too slow for the shared dev machine). RUNNER_BIN times another binary, RUNNER_BINS="A B"
+# several (alternating with the sizes inside each repeat); CARGO_TARGET_DIR builds elsewhere and
+# CARGO_EXTRA adds cargo arguments (e.g. --config 'profile.dev.package.runner-data.opt-level=3').
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 small=${1:-5000}
@@ -58,32 +59,34 @@ done
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
 # RUNNER_BINS="OLD NEW" times several binaries, alternating with the sizes inside each repeat.
 bins=(${RUNNER_BINS:-$bin})
-declare -A times rss
+declare -A times cpus rss
 for r in $(seq "$repeats"); do
   for b in "${!bins[@]}"; do
     for n in "$small" "$large"; do
       load=$(cut -d' ' -f1-3 /proc/loadavg)
       rm -rf "$work/prepared-$n"
-      /usr/bin/time -f '%e %M' -o "$work/time-$n" "${bins[$b]}" preprocess --force "$work/recipe-$n.yaml" > "$work/summary-$n.txt"
-      read -r secs kib < "$work/time-$n"
+      /usr/bin/time -f '%e %U %S %M' -o "$work/time-$n" "${bins[$b]}" preprocess --force "$work/recipe-$n.yaml" > "$work/summary-$n.txt"
+      read -r secs user sys kib < "$work/time-$n"
+      cpu=$(python3 -c "print(f'{$user + $sys:.2f}')")
       times[$b.$n]+="$secs "
+      cpus[$b.$n]+="$cpu "
       rss[$b.$n]+="$kib "
-      echo "run $r, ${bins[$b]}: $n rows: $secs s, peak RSS $((kib / 1024)) MiB (load before: $load); $(grep -E '^tokens' "$work/summary-$n.txt" | cut -d, -f1); $(grep -E '^packed' "$work/summary-$n.txt")"
+      echo "run $r, ${bins[$b]}: $n rows: $secs s wall, $cpu s CPU, peak RSS $((kib / 1024)) MiB (load before: $load); $(grep -E '^tokens' "$work/summary-$n.txt" | cut -d, -f1); $(grep -E '^packed' "$work/summary-$n.txt")"
     done
   done
 done
 rm -rf "$work/prepared-$small" "$work/prepared-$large"
 for b in "${!bins[@]}"; do
   echo "== ${bins[$b]}"
-  python3 - "$small" "$large" "${times[$b.$small]}" "${times[$b.$large]}" "${rss[$b.$small]}" "${rss[$b.$large]}" <<'PY'
+  python3 - "$small" "$large" "${times[$b.$small]}" "${times[$b.$large]}" "${cpus[$b.$small]}" "${cpus[$b.$large]}" "${rss[$b.$small]}" "${rss[$b.$large]}" <<'PY'
 import sys, statistics as st
 s, l = int(sys.argv[1]), int(sys.argv[2])
-ts, tl = [list(map(float, a.split())) for a in sys.argv[3:5]]
-rs, rl = [list(map(int, a.split())) for a in sys.argv[5:7]]
-ms, ml = st.median(ts), st.median(tl)
-print(f"{s:>7} rows: median {ms:.2f} s, peak RSS {max(rs)/1024:.0f} MiB")
-print(f"{l:>7} rows: median {ml:.2f} s, peak RSS {max(rl)/1024:.0f} MiB")
-print(f"time ratio {ml/ms:.1f}x for {l/s:.0f}x the rows (per-run ratios: "
-      + ", ".join(f"{b/a:.1f}x" for a, b in zip(ts, tl)) + ")")
+ts, tl, cs, cl = [list(map(float, a.split())) for a in sys.argv[3:7]]
+rs, rl = [list(map(int, a.split())) for a in sys.argv[7:9]]
+for n, t, c, r in ((s, ts, cs, rs), (l, tl, cl, rl)):
+    print(f"{n:>7} rows: median {st.median(t):.2f} s wall, {st.median(c):.2f} s CPU, peak RSS {max(r)/1024:.0f} MiB")
+for what, a, b in (("wall", ts, tl), ("CPU", cs, cl)):
+    print(f"{what} time ratio {st.median(b)/st.median(a):.1f}x for {l/s:.0f}x the rows (per run: "
+          + ", ".join(f"{y/x:.1f}x" for x, y in zip(a, b)) + ")")
 PY
 done
