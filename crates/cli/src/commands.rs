@@ -133,11 +133,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             };
             let tok = runner_data::load_tokenizer(&loaded.plan.model)?;
-            let prepared = runner_data::prepare_with(&loaded.plan.data, &tok, options)?;
+            let summary = runner_data::preprocess(&loaded.plan.data, &tok, options)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&prepared.summary)?);
+                println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
-                println!("{}", prepared.summary);
+                println!("{summary}");
             }
             Ok(ExitCode::SUCCESS)
         }

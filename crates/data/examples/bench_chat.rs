@@ -17,101 +17,11 @@
 use runner_data::tokenizer::{TextTokenizer, TokenizerOverrides};
 use runner_data::{PrepareOptions, prepare_with};
 use runner_recipe::plan::*;
-use std::io::Write;
 use std::time::Instant;
 
 // What the `runner` binary should use too: glibc malloc costs about a third of the time here.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const WORDS: &[&str] = &[
-    "the",
-    "model",
-    "learns",
-    "from",
-    "data",
-    "when",
-    "gradients",
-    "flow",
-    "through",
-    "adapters",
-    "each",
-    "token",
-    "counts",
-    "loss",
-    "is",
-    "averaged",
-    "over",
-    "trained",
-    "positions",
-    "a",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "lazy",
-    "dog",
-    "why",
-    "does",
-    "packing",
-    "help",
-    "because",
-    "padding",
-    "wastes",
-    "compute",
-    "and",
-    "memory",
-    "please",
-    "explain",
-    "in",
-    "detail",
-    "with",
-    "an",
-    "example",
-    "numbers",
-    "like",
-    "42",
-    "or",
-    "3.14",
-    "matter",
-    "température",
-    "naïve",
-    "café",
-    "日本語",
-    "テスト",
-    "🙂",
-    "résumé",
-    "über",
-    "straße",
-];
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
-fn sentence(rng: &mut Rng, words: u64) -> String {
-    let mut s = String::new();
-    for i in 0..words {
-        if i > 0 {
-            s.push(' ');
-        }
-        s.push_str(WORDS[rng.range(0, WORDS.len() as u64) as usize]);
-        if rng.range(0, 12) == 0 {
-            s.push_str(if rng.range(0, 2) == 0 { "." } else { "," });
-        }
-    }
-    s.push('.');
-    s
-}
 
 fn main() {
     let mut rows = 5000usize;
@@ -141,23 +51,7 @@ fn main() {
     let data = keep
         .map(Into::into)
         .unwrap_or_else(|| tmp.join("chat.jsonl"));
-    let mut rng = Rng(0x5EED_1234_ABCD_0001);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&data).unwrap());
-    for _ in 0..rows {
-        let mut msgs = Vec::new();
-        if rng.range(0, 3) == 0 {
-            msgs.push(serde_json::json!({"role": "system", "content": sentence(&mut rng, 12)}));
-        }
-        for _ in 0..rng.range(2, 5) {
-            let q = rng.range(10, 40);
-            let a = rng.range(25, 90);
-            msgs.push(serde_json::json!({"role": "user", "content": sentence(&mut rng, q)}));
-            msgs.push(serde_json::json!({"role": "assistant", "content": sentence(&mut rng, a)}));
-        }
-        writeln!(f, "{}", serde_json::json!({ "messages": msgs })).unwrap();
-    }
-    f.flush().unwrap();
-    drop(f);
+    runner_data::testing::write_synthetic_chats(&data, rows).unwrap();
 
     let t0 = Instant::now();
     let tok = TextTokenizer::load(&gguf, &TokenizerOverrides::default()).unwrap();

@@ -11,7 +11,7 @@ use crate::sample::Sample;
 use arrow_array::{
     Array, ArrayRef, Int32Array, ListArray, RecordBatch, UInt32Array, cast::AsArray,
 };
-use arrow_buffer::OffsetBuffer;
+use arrow_buffer::{MutableBuffer, OffsetBuffer, ScalarBuffer, ToByteSlice};
 use arrow_schema::{DataType, Field, Schema};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -68,11 +68,23 @@ fn schema() -> Arc<Schema> {
 }
 
 fn batch(samples: &[Sample]) -> Result<RecordBatch> {
-    let offsets = || OffsetBuffer::<i32>::from_lengths(samples.iter().map(Sample::len));
-    let ids =
-        UInt32Array::from_iter_values(samples.iter().flat_map(|s| s.input_ids.iter().copied()));
-    let labels =
-        Int32Array::from_iter_values(samples.iter().flat_map(|s| s.labels.iter().copied()));
+    let total: usize = samples.iter().map(Sample::len).sum();
+    let mut ids = MutableBuffer::new(4 * total);
+    let mut labels = MutableBuffer::new(4 * total);
+    for s in samples {
+        ids.extend_from_slice(&s.input_ids);
+        labels.extend_from_slice(&s.labels);
+    }
+    let lens: Vec<usize> = samples.iter().map(Sample::len).collect();
+    batch_from(&lens, ids, labels)
+}
+
+/// One record batch from the samples' lengths and their ids and labels laid end to end (whole
+/// slices copied at once: per-token iterator code is slow in the dev build).
+fn batch_from(lens: &[usize], ids: MutableBuffer, labels: MutableBuffer) -> Result<RecordBatch> {
+    let offsets = || OffsetBuffer::<i32>::from_lengths(lens.iter().copied());
+    let ids = UInt32Array::new(ScalarBuffer::from(ids), None);
+    let labels = Int32Array::new(ScalarBuffer::from(labels), None);
     let item = |t| Arc::new(Field::new("item", t, false));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(ListArray::new(
@@ -88,7 +100,7 @@ fn batch(samples: &[Sample]) -> Result<RecordBatch> {
             None,
         )),
         Arc::new(UInt32Array::from_iter_values(
-            samples.iter().map(|s| s.len() as u32),
+            lens.iter().map(|&n| n as u32),
         )),
     ];
     RecordBatch::try_new(schema(), cols).map_err(|e| DataError::Cache {
@@ -97,35 +109,194 @@ fn batch(samples: &[Sample]) -> Result<RecordBatch> {
     })
 }
 
-/// Writes samples as an Arrow IPC stream, in record batches of up to 10k rows.
+/// Rows per Arrow record batch in the cache files.
+pub const BATCH_ROWS: usize = 10_000;
+
+/// Writes samples as an Arrow IPC stream, in record batches of up to [`BATCH_ROWS`] rows.
 pub fn write_samples(path: &Path, samples: &[Sample]) -> Result<()> {
-    let bad = |e: &dyn std::fmt::Display| DataError::Cache {
+    let mut w = SampleWriter::create(path)?;
+    for chunk in samples.chunks(BATCH_ROWS) {
+        w.write(chunk)?;
+    }
+    w.finish()
+}
+
+/// An Arrow IPC stream of samples written one record batch at a time, so a cache file never
+/// needs the whole dataset in memory.
+pub struct SampleWriter {
+    path: PathBuf,
+    w: arrow_ipc::writer::StreamWriter<std::io::BufWriter<std::fs::File>>,
+}
+
+impl SampleWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        let f = std::fs::File::create(path).map_err(|e| DataError::write(path, e))?;
+        let w = arrow_ipc::writer::StreamWriter::try_new(std::io::BufWriter::new(f), &schema())
+            .map_err(|e| cache_error(path, &e))?;
+        Ok(SampleWriter {
+            path: path.to_path_buf(),
+            w,
+        })
+    }
+
+    /// Writes `samples` as one record batch.
+    pub fn write(&mut self, samples: &[Sample]) -> Result<()> {
+        self.write_batch(&batch(samples)?)
+    }
+
+    fn write_batch(&mut self, b: &RecordBatch) -> Result<()> {
+        self.w.write(b).map_err(|e| cache_error(&self.path, &e))
+    }
+
+    /// Ends the stream and syncs the file.
+    pub fn finish(mut self) -> Result<()> {
+        let path = self.path;
+        let bad = |e: &dyn std::fmt::Display| cache_error(&path, e);
+        self.w.finish().map_err(|e| bad(&e))?;
+        let f = self.w.into_inner().map_err(|e| bad(&e))?;
+        f.into_inner()
+            .map_err(|e| bad(&e))?
+            .sync_all()
+            .map_err(|e| DataError::write(&path, e))
+    }
+}
+
+fn cache_error(path: &Path, e: &dyn std::fmt::Display) -> DataError {
+    DataError::Cache {
         path: path.to_path_buf(),
         message: e.to_string(),
-    };
-    let f = std::fs::File::create(path).map_err(|e| DataError::write(path, e))?;
-    let mut w = arrow_ipc::writer::StreamWriter::try_new(std::io::BufWriter::new(f), &schema())
-        .map_err(|e| bad(&e))?;
-    for chunk in samples.chunks(10_000) {
-        w.write(&batch(chunk)?).map_err(|e| bad(&e))?;
     }
-    w.finish().map_err(|e| bad(&e))?;
-    let f = w.into_inner().map_err(|e| bad(&e))?;
-    f.into_inner()
-        .map_err(|e| bad(&e))?
-        .sync_all()
-        .map_err(|e| DataError::write(path, e))
+}
+
+/// Encoded samples parked in a scratch file while a dataset is read, so that preparing holds
+/// one chunk of rows, not the dataset: only each sample's length and trained-token count stay in
+/// memory (16 bytes a sample; the order of the cache files is decided from those). A sample is
+/// its ids then its labels, 32-bit in the machine's byte order (the file never leaves the
+/// process that writes it).
+pub struct Spill {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    offsets: Vec<u64>,
+    lens: Vec<u32>,
+    trained: Vec<u32>,
+    end: u64,
+}
+
+impl Spill {
+    pub fn create(path: &Path) -> Result<Self> {
+        let f = std::fs::File::create(path).map_err(|e| DataError::write(path, e))?;
+        Ok(Spill {
+            path: path.to_path_buf(),
+            out: std::io::BufWriter::with_capacity(1 << 20, f),
+            offsets: Vec::new(),
+            lens: Vec::new(),
+            trained: Vec::new(),
+            end: 0,
+        })
+    }
+
+    /// Appends a sample; returns its index.
+    pub fn push(&mut self, s: &Sample) -> Result<u32> {
+        use std::io::Write;
+        let (ids, labels) = (s.input_ids.to_byte_slice(), s.labels.to_byte_slice());
+        self.out
+            .write_all(ids)
+            .and_then(|_| self.out.write_all(labels))
+            .map_err(|e| DataError::write(&self.path, e))?;
+        self.offsets.push(self.end);
+        self.end += (ids.len() + labels.len()) as u64;
+        self.lens.push(s.len() as u32);
+        self.trained.push(s.trained_tokens() as u32);
+        Ok((self.lens.len() - 1) as u32)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+    /// Each sample's length, by index.
+    pub fn lens(&self) -> &[u32] {
+        &self.lens
+    }
+    /// Each sample's trained tokens, by index.
+    pub fn trained(&self) -> &[u32] {
+        &self.trained
+    }
+
+    /// Writes the samples `order` names, in that order, as an Arrow cache file (the same
+    /// record batches [`write_samples`] writes for those samples in memory).
+    pub fn write_arrow(&mut self, order: &[u32], path: &Path) -> Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        self.out
+            .flush()
+            .map_err(|e| DataError::write(&self.path, e))?;
+        let mut f = std::fs::File::open(&self.path).map_err(|e| DataError::io(&self.path, e))?;
+        let mut w = SampleWriter::create(path)?;
+        let mut bytes = Vec::new();
+        for part in order.chunks(BATCH_ROWS) {
+            let lens: Vec<usize> = part
+                .iter()
+                .map(|&i| self.lens[i as usize] as usize)
+                .collect();
+            let total: usize = lens.iter().sum();
+            let mut ids = MutableBuffer::new(4 * total);
+            let mut labels = MutableBuffer::new(4 * total);
+            for (&i, &n) in part.iter().zip(&lens) {
+                bytes.resize(8 * n, 0);
+                f.seek(SeekFrom::Start(self.offsets[i as usize]))
+                    .and_then(|_| f.read_exact(&mut bytes))
+                    .map_err(|e| DataError::io(&self.path, e))?;
+                ids.extend_from_slice(&bytes[..4 * n]);
+                labels.extend_from_slice(&bytes[4 * n..]);
+            }
+            w.write_batch(&batch_from(&lens, ids, labels)?)?;
+        }
+        w.finish()
+    }
+
+    /// Deletes the scratch file.
+    pub fn remove(self) {
+        let path = self.path.clone();
+        drop(self);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Each sample's length and trained tokens in a cache file, read one record batch at a time.
+pub fn read_stats(path: &Path) -> Result<(Vec<u32>, Vec<u32>)> {
+    let mut lens = Vec::new();
+    let mut trained = Vec::new();
+    for_each_batch(path, &mut |ids, labels| {
+        lens.push(ids.len() as u32);
+        trained.push(
+            labels
+                .iter()
+                .filter(|&&l| l != crate::sample::IGNORE)
+                .count() as u32,
+        );
+    })?;
+    Ok((lens, trained))
 }
 
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
-    let bad = |e: &dyn std::fmt::Display| DataError::Cache {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let r = arrow_ipc::reader::StreamReader::try_new(std::io::BufReader::new(f), None)
-        .map_err(|e| bad(&e))?;
     let mut out = Vec::new();
+    for_each_batch(path, &mut |ids, labels| {
+        out.push(Sample {
+            input_ids: ids.to_vec(),
+            labels: labels.to_vec(),
+        })
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with each sample's ids and labels, holding one record batch at a time.
+fn for_each_batch(path: &Path, f: &mut dyn FnMut(&[u32], &[i32])) -> Result<()> {
+    let bad = |e: &dyn std::fmt::Display| cache_error(path, e);
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let r = arrow_ipc::reader::StreamReader::try_new(std::io::BufReader::new(file), None)
+        .map_err(|e| bad(&e))?;
     for b in r {
         let b = b.map_err(|e| bad(&e))?;
         let (Some(ids), Some(labels)) = (b.column_by_name("input_ids"), b.column_by_name("labels"))
@@ -142,17 +313,26 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
             ) else {
                 return Err(bad(&"unexpected column types"));
             };
-            out.push(Sample {
-                input_ids: a.values().to_vec(),
-                labels: l.values().to_vec(),
-            });
+            f(a.values(), l.values());
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Writes a cache entry atomically: files go to a temporary folder that is renamed to `dir`.
 pub fn write_entry(dir: &Path, files: &[(&str, &[Sample])], summary_json: &str) -> Result<()> {
+    write_entry_with(dir, |tmp| {
+        for (file, samples) in files {
+            write_samples(&tmp.join(file), samples)?;
+        }
+        Ok(summary_json.to_string())
+    })
+}
+
+/// Writes a cache entry atomically: `fill` writes the files into a temporary folder (which it
+/// may also use as scratch space) and returns the summary JSON; the folder is renamed to `dir`
+/// only when complete, and removed on an error or a signal.
+pub fn write_entry_with(dir: &Path, fill: impl FnOnce(&Path) -> Result<String>) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| DataError::write(parent, e))?;
     let name = dir
@@ -165,9 +345,7 @@ pub fn write_entry(dir: &Path, files: &[(&str, &[Sample])], summary_json: &str) 
     // A signal while it is written removes it (issue 17): no stale folder in the cache.
     runner_io::atomic::track_temporary(&tmp);
     let result = (|| {
-        for (file, samples) in files {
-            write_samples(&tmp.join(file), samples)?;
-        }
+        let summary_json = fill(&tmp)?;
         let s = tmp.join("summary.json");
         runner_io::atomic::write_synced(&s, summary_json.as_bytes())
             .map_err(|e| DataError::write(&e.path, e.source))?;
@@ -218,5 +396,53 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn issue_14_spilled_samples_make_the_same_file_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // Past one record batch, lengths and labels all different.
+        let samples: Vec<Sample> = (0..BATCH_ROWS as u32 + 50)
+            .map(|i| Sample {
+                input_ids: (0..i % 13 + 1).map(|t| t * 7 + i).collect(),
+                labels: (0..i % 13 + 1)
+                    .map(|t| {
+                        if t % 3 == 0 {
+                            crate::sample::IGNORE
+                        } else {
+                            t as i32
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut spill = Spill::create(&dir.path().join("s.spill")).unwrap();
+        for (i, s) in samples.iter().enumerate() {
+            assert_eq!(spill.push(s).unwrap(), i as u32);
+        }
+        // A permutation (7919 is prime to the count), as the seeded shuffle gives.
+        let n = samples.len() as u32;
+        let order: Vec<u32> = (0..n).map(|i| i * 7919 % n).collect();
+        spill
+            .write_arrow(&order, &dir.path().join("spilled.arrow"))
+            .unwrap();
+        let in_order: Vec<Sample> = order.iter().map(|&i| samples[i as usize].clone()).collect();
+        write_samples(&dir.path().join("direct.arrow"), &in_order).unwrap();
+        let spilled = std::fs::read(dir.path().join("spilled.arrow")).unwrap();
+        assert!(spilled == std::fs::read(dir.path().join("direct.arrow")).unwrap());
+        assert_eq!(
+            read_samples(&dir.path().join("spilled.arrow")).unwrap(),
+            in_order
+        );
+        let (lens, trained) = read_stats(&dir.path().join("spilled.arrow")).unwrap();
+        assert_eq!(
+            lens,
+            in_order.iter().map(|s| s.len() as u32).collect::<Vec<_>>()
+        );
+        let want: Vec<u32> = in_order.iter().map(|s| s.trained_tokens() as u32).collect();
+        assert_eq!(trained, want);
+        assert_eq!(spill.trained()[5], samples[5].trained_tokens() as u32);
+        spill.remove();
+        assert!(!dir.path().join("s.spill").exists());
     }
 }

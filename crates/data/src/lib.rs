@@ -27,6 +27,7 @@
 
 pub mod cache;
 pub mod chat;
+mod encode;
 pub mod error;
 pub mod formats;
 pub mod gguf;
@@ -42,4 +43,6 @@ pub mod testing;
 pub mod tokenizer;
 
 pub use error::{DataError, Location, Result};
-pub use prepare::{PrepareOptions, Prepared, Summary, load_tokenizer, prepare, prepare_with};
+pub use prepare::{
+    PrepareOptions, Prepared, Summary, load_tokenizer, prepare, prepare_with, preprocess,
+};

@@ -46,15 +46,20 @@ impl Pack {
 /// Packs samples (each at most `capacity` long) first-fit-decreasing. Returns the packs in
 /// creation order; samples keep their relative order inside a pack.
 pub fn pack_ffd(samples: &[Sample], capacity: usize) -> Vec<Pack> {
-    let mut order: Vec<usize> = (0..samples.len())
-        .filter(|&i| !samples[i].is_empty())
-        .collect();
+    let lens: Vec<usize> = samples.iter().map(Sample::len).collect();
+    pack_lengths(&lens, capacity)
+}
+
+/// [`pack_ffd`] from the samples' lengths alone (index `i` is sample `i`): packing needs no
+/// tokens, so `runner preprocess` packs a dataset it never holds in memory.
+pub fn pack_lengths(lens: &[usize], capacity: usize) -> Vec<Pack> {
+    let mut order: Vec<usize> = (0..lens.len()).filter(|&i| lens[i] > 0).collect();
     // Stable: equal lengths keep input order, so the result is deterministic.
-    order.sort_by_key(|&i| std::cmp::Reverse(samples[i].len()));
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
     let mut tree = MaxTree::new(order.len().max(1));
     let mut bins: Vec<Vec<usize>> = Vec::new();
     for &i in &order {
-        let len = samples[i].len().min(capacity);
+        let len = lens[i].min(capacity);
         let b = match tree.leftmost_at_least(len) {
             Some(b) if b < bins.len() => b,
             _ => {
@@ -73,7 +78,7 @@ pub fn pack_ffd(samples: &[Sample], capacity: usize) -> Vec<Pack> {
             Pack {
                 seq_lens: members
                     .iter()
-                    .map(|&i| samples[i].len().min(capacity) as u32)
+                    .map(|&i| lens[i].min(capacity) as u32)
                     .collect(),
                 samples: members.into_iter().map(|i| i as u32).collect(),
             }

@@ -1,26 +1,26 @@
 //! The stage's entry point: `DataPlan` + tokenizer → train/eval samples (and packs), through the
-//! cache. Rows are read in chunks and encoded in parallel (rayon), so memory holds one chunk of
-//! rows plus the output.
+//! cache. Rows are read in chunks and encoded in parallel (`encode`); a new cache entry is
+//! written through a scratch file, so preparing holds one chunk of rows and one record batch,
+//! not the dataset (`preprocess` never loads it; `prepare_with` reads the entry back).
 
 use crate::cache::{self, KeyBuilder};
 use crate::chat::ChatEncoder;
+pub use crate::encode::DatasetSummary;
+use crate::encode::encode_dataset;
 use crate::error::{DataError, Result};
 use crate::formats::{PromptLayout, RowEncoder};
-use crate::pack::{Batch, Pack, pack_ffd, packing_efficiency, pad_batch, pad_packs};
+use crate::pack::{Batch, Pack, pack_ffd, pack_lengths, packing_efficiency, pad_batch, pad_packs};
 use crate::sample::Sample;
 use crate::source::{self, InputFile};
 use crate::template::{ChatTemplate, named_template_source};
 use crate::tokenizer::{TextTokenizer, TokenizerOverrides};
-use rayon::prelude::*;
 use runner_recipe::plan::{
-    ChatTemplate as PlanTemplate, DataPlan, DatasetFormat, DatasetPlan, ExcessLength, ModelPlan,
-    NamedTemplate, ValSet,
+    ChatTemplate as PlanTemplate, DataPlan, DatasetFormat, DatasetPlan, ModelPlan, NamedTemplate,
+    ValSet,
 };
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
-
-const CHUNK_ROWS: usize = 2048;
 
 /// What `runner preprocess` reports.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -42,27 +42,6 @@ pub struct Summary {
     pub cache_dir: PathBuf,
     pub reused_cache: bool,
     pub seconds: f64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct DatasetSummary {
-    pub path: String,
-    pub files: Vec<PathBuf>,
-    pub rows_read: u64,
-    pub dropped_too_long: u64,
-    pub dropped_untrainable: u64,
-    pub truncated: u64,
-    pub tokens: u64,
-    pub trained_tokens: u64,
-    /// Rows skipped as unreadable or malformed (only with `skip_bad_rows`).
-    #[serde(default)]
-    pub skipped_bad: u64,
-    /// The first few of those errors.
-    #[serde(default)]
-    pub bad_row_examples: Vec<String>,
-    /// Rows whose chat template rendered none of their messages' content.
-    #[serde(default)]
-    pub contentless: u64,
 }
 
 impl Summary {
@@ -344,17 +323,26 @@ pub fn prepare(plan: &DataPlan, tok: &TextTokenizer) -> Result<Prepared> {
     prepare_with(plan, tok, PrepareOptions::default())
 }
 
-pub fn prepare_with(
-    plan: &DataPlan,
-    tok: &TextTokenizer,
-    opts: PrepareOptions,
-) -> Result<Prepared> {
-    let start = Instant::now();
-    let pool = rayon::ThreadPoolBuilder::new()
+type Job<'a, 'p> = (
+    &'static str,
+    &'p DatasetPlan,
+    Vec<InputFile>,
+    RowEncoder<'a>,
+);
+
+fn worker_pool(plan: &DataPlan) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
         .num_threads(plan.processes.unwrap_or(0))
         .build()
-        .map_err(|e| DataError::Config(format!("cannot start worker threads: {e}")))?;
+        .map_err(|e| DataError::Config(format!("cannot start worker threads: {e}")))
+}
 
+/// The cache key and the datasets to encode.
+fn plan_jobs<'a, 'p>(
+    plan: &'p DataPlan,
+    tok: &'a TextTokenizer,
+    opts: PrepareOptions,
+) -> Result<(String, Vec<Job<'a, 'p>>)> {
     // Key: version, tokenizer, settings (without where-to and how-many-threads), templates, files.
     let mut key = KeyBuilder::default();
     key.text("tokenizer", &tok.fingerprint);
@@ -383,65 +371,215 @@ pub fn prepare_with(
             jobs.push((split, ds, files, enc));
         }
     }
-    let cache_key = key.finish();
-    let cache_dir = plan.prepared_path.join(&cache_key);
+    Ok((key.finish(), jobs))
+}
 
-    let mut summary = Summary {
-        cache_key: cache_key.clone(),
-        cache_dir: cache_dir.clone(),
-        ..Default::default()
-    };
-    // A cache entry that cannot be read back (damaged on disk) is a miss: it is removed and
-    // the data prepared again.
-    let cached = cache::find_entry(&plan.prepared_path, &cache_key)
+/// A cache entry that cannot be read back (damaged on disk) is a miss: it is removed and the
+/// data prepared again.
+fn cached<T>(
+    plan: &DataPlan,
+    key: &str,
+    opts: PrepareOptions,
+    read: impl FnOnce(&std::path::Path) -> Result<T>,
+) -> Option<T> {
+    cache::find_entry(&plan.prepared_path, key)
         .filter(|_| !opts.force)
-        .and_then(|dir| match read_entry(&dir) {
+        .and_then(|dir| match read(&dir) {
             Ok(v) => Some(v),
             Err(_) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 None
             }
-        });
-    let (train, eval) = match cached {
+        })
+}
+
+pub fn prepare_with(
+    plan: &DataPlan,
+    tok: &TextTokenizer,
+    opts: PrepareOptions,
+) -> Result<Prepared> {
+    let start = Instant::now();
+    let pool = worker_pool(plan)?;
+    let (cache_key, jobs) = plan_jobs(plan, tok, opts)?;
+    let cache_dir = plan.prepared_path.join(&cache_key);
+    let mut summary = Summary {
+        cache_key: cache_key.clone(),
+        cache_dir: cache_dir.clone(),
+        ..Default::default()
+    };
+    let (train, eval) = match cached(plan, &cache_key, opts, read_entry) {
         Some((train, eval, datasets)) => {
             summary.datasets = datasets;
             summary.reused_cache = true;
             (train, eval)
         }
-        None => {
+        None if opts.no_write => {
             let mut train = Vec::new();
             let mut test = Vec::new();
             for (split, ds, files, enc) in &jobs {
-                let (samples, ds_summary) =
-                    pool.install(|| encode_dataset(ds, files, enc, tok, plan, opts))?;
-                summary.datasets.push(ds_summary);
-                if *split == "train" {
-                    train.extend(samples)
+                let out = if *split == "train" {
+                    &mut train
                 } else {
-                    test.extend(samples)
-                }
+                    &mut test
+                };
+                let ds_summary = pool.install(|| {
+                    encode_dataset(ds, files, enc, tok, plan, opts, &mut |s| {
+                        out.push(s);
+                        Ok(())
+                    })
+                })?;
+                summary.datasets.push(ds_summary);
             }
             let (mut train, eval) = split_eval(train, test, plan);
             if plan.shuffle_merged_datasets {
                 shuffle(&mut train, plan.seed);
             }
-            if !opts.no_write {
-                let mut s = summary.clone();
-                s.train_samples = train.len() as u64;
-                s.eval_samples = eval.len() as u64;
-                let json = serde_json::to_string_pretty(&s).unwrap_or_default();
-                let mut files: Vec<(&str, &[Sample])> = vec![("train.arrow", &train)];
-                if !eval.is_empty() {
-                    files.push(("eval.arrow", &eval));
-                }
-                cache::write_entry(&cache_dir, &files, &json)?;
-            }
+            (train, eval)
+        }
+        None => {
+            // The same path as `runner preprocess` (memory bounded by a chunk), then read back.
+            encode_to_cache(&jobs, &pool, plan, tok, opts, &mut summary)?;
+            let (train, eval, _) = read_entry(&cache_dir)?;
             (train, eval)
         }
     };
-    if train.is_empty() {
+    let stats = |v: &[Sample]| SplitStats {
+        lens: v.iter().map(|s| s.len() as u32).collect(),
+        trained: v.iter().map(|s| s.trained_tokens() as u32).collect(),
+    };
+    let train_packs = finish_summary(
+        &mut summary,
+        plan,
+        &stats(&train),
+        &stats(&eval),
+        opts.skip_bad_rows,
+    )?;
+    let eval_packs = (plan.sample_packing && plan.eval_sample_packing && !eval.is_empty())
+        .then(|| pack_ffd(&eval, plan.sequence_len));
+    summary.seconds = start.elapsed().as_secs_f64();
+    Ok(Prepared {
+        train,
+        eval,
+        train_packs,
+        eval_packs,
+        summary,
+    })
+}
+
+/// What `runner preprocess` does: prepares the data into the cache (or finds it there) and
+/// reports it, without holding the dataset: rows are encoded a chunk at a time into a scratch
+/// file, the cache files are written from it a record batch at a time, and the summary and the
+/// packing come from each sample's length and trained-token count (issue 14: memory bounded by
+/// a batch, time linear in the rows). With `no_write` it is [`prepare_with`]'s summary.
+pub fn preprocess(plan: &DataPlan, tok: &TextTokenizer, opts: PrepareOptions) -> Result<Summary> {
+    if opts.no_write {
+        return prepare_with(plan, tok, opts).map(|p| p.summary);
+    }
+    let start = Instant::now();
+    let pool = worker_pool(plan)?;
+    let (cache_key, jobs) = plan_jobs(plan, tok, opts)?;
+    let cache_dir = plan.prepared_path.join(&cache_key);
+    let mut summary = Summary {
+        cache_key: cache_key.clone(),
+        cache_dir: cache_dir.clone(),
+        ..Default::default()
+    };
+    let read_stats = |dir: &std::path::Path| -> Result<(SplitStats, SplitStats)> {
+        let split = |name: &str| -> Result<SplitStats> {
+            let path = dir.join(name);
+            if name == "eval.arrow" && !path.is_file() {
+                return Ok(SplitStats::default());
+            }
+            let (lens, trained) = cache::read_stats(&path)?;
+            Ok(SplitStats { lens, trained })
+        };
+        Ok((split("train.arrow")?, split("eval.arrow")?))
+    };
+    let (train, eval) = match cached(plan, &cache_key, opts, read_stats) {
+        Some(stats) => {
+            summary.datasets = read_datasets(&cache_dir);
+            summary.reused_cache = true;
+            stats
+        }
+        None => encode_to_cache(&jobs, &pool, plan, tok, opts, &mut summary)?,
+    };
+    finish_summary(&mut summary, plan, &train, &eval, opts.skip_bad_rows)?;
+    summary.seconds = start.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Each sample's length and trained tokens, in a split's order.
+#[derive(Debug, Default)]
+struct SplitStats {
+    lens: Vec<u32>,
+    trained: Vec<u32>,
+}
+
+/// Encodes every dataset into a new cache entry through a scratch file ([`cache::Spill`]):
+/// the rows are never all in memory, and the files are the bytes the in-memory path writes
+/// (the same split, shuffle and record batches). Returns the train and eval splits' stats.
+fn encode_to_cache(
+    jobs: &[Job<'_, '_>],
+    pool: &rayon::ThreadPool,
+    plan: &DataPlan,
+    tok: &TextTokenizer,
+    opts: PrepareOptions,
+    summary: &mut Summary,
+) -> Result<(SplitStats, SplitStats)> {
+    let mut out = (SplitStats::default(), SplitStats::default());
+    let dir = summary.cache_dir.clone();
+    cache::write_entry_with(&dir, |tmp| {
+        let mut spill = cache::Spill::create(&tmp.join("samples.spill"))?;
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        for (split, ds, files, enc) in jobs {
+            let order = if *split == "train" {
+                &mut train
+            } else {
+                &mut test
+            };
+            let spill = &mut spill;
+            let ds_summary = pool.install(|| {
+                encode_dataset(ds, files, enc, tok, plan, opts, &mut |s| {
+                    order.push(spill.push(&s)?);
+                    Ok(())
+                })
+            })?;
+            summary.datasets.push(ds_summary);
+        }
+        let (mut train, eval) = split_eval(train, test, plan);
+        if plan.shuffle_merged_datasets {
+            shuffle(&mut train, plan.seed);
+        }
+        spill.write_arrow(&train, &tmp.join("train.arrow"))?;
+        if !eval.is_empty() {
+            spill.write_arrow(&eval, &tmp.join("eval.arrow"))?;
+        }
+        let stats = |order: &[u32]| SplitStats {
+            lens: order.iter().map(|&i| spill.lens()[i as usize]).collect(),
+            trained: order.iter().map(|&i| spill.trained()[i as usize]).collect(),
+        };
+        out = (stats(&train), stats(&eval));
+        spill.remove();
+        let mut s = summary.clone();
+        s.train_samples = train.len() as u64;
+        s.eval_samples = eval.len() as u64;
+        Ok(serde_json::to_string_pretty(&s).unwrap_or_default())
+    })?;
+    Ok(out)
+}
+
+/// Totals, counts and packing for the summary; the train packs when `sample_packing`. Refuses
+/// when no training sample is left, saying why.
+fn finish_summary(
+    summary: &mut Summary,
+    plan: &DataPlan,
+    train: &SplitStats,
+    eval: &SplitStats,
+    skipping: bool,
+) -> Result<Option<Vec<Pack>>> {
+    if train.lens.is_empty() {
         return Err(DataError::NothingToTrain {
-            reasons: why_empty(&summary, plan, eval.len(), opts.skip_bad_rows),
+            reasons: why_empty(summary, plan, eval.lens.len(), skipping),
         });
     }
     for d in &summary.datasets {
@@ -451,35 +589,22 @@ pub fn prepare_with(
         summary.rows_truncated += d.truncated;
         summary.rows_skipped_bad += d.skipped_bad;
     }
-    summary.train_samples = train.len() as u64;
-    summary.eval_samples = eval.len() as u64;
-    summary.tokens = train.iter().chain(&eval).map(|s| s.len() as u64).sum();
-    summary.trained_tokens = train
-        .iter()
-        .chain(&eval)
-        .map(|s| s.trained_tokens() as u64)
-        .sum();
-    let (train_packs, eval_packs) = if plan.sample_packing {
-        let mut tp = pack_ffd(&train, plan.sequence_len);
-        if plan.shuffle_merged_datasets {
-            shuffle(&mut tp, plan.seed ^ 0x9E37_79B9_7F4A_7C15);
-        }
-        summary.train_packs = Some(tp.len() as u64);
-        summary.packing_efficiency = Some(packing_efficiency(&tp, plan.sequence_len));
-        let ep = (plan.eval_sample_packing && !eval.is_empty())
-            .then(|| pack_ffd(&eval, plan.sequence_len));
-        (Some(tp), ep)
-    } else {
-        (None, None)
-    };
-    summary.seconds = start.elapsed().as_secs_f64();
-    Ok(Prepared {
-        train,
-        eval,
-        train_packs,
-        eval_packs,
-        summary,
-    })
+    summary.train_samples = train.lens.len() as u64;
+    summary.eval_samples = eval.lens.len() as u64;
+    let sum = |v: &[u32]| v.iter().map(|&n| n as u64).sum::<u64>();
+    summary.tokens = sum(&train.lens) + sum(&eval.lens);
+    summary.trained_tokens = sum(&train.trained) + sum(&eval.trained);
+    if !plan.sample_packing {
+        return Ok(None);
+    }
+    let lens: Vec<usize> = train.lens.iter().map(|&n| n as usize).collect();
+    let mut tp = pack_lengths(&lens, plan.sequence_len);
+    if plan.shuffle_merged_datasets {
+        shuffle(&mut tp, plan.seed ^ 0x9E37_79B9_7F4A_7C15);
+    }
+    summary.train_packs = Some(tp.len() as u64);
+    summary.packing_efficiency = Some(packing_efficiency(&tp, plan.sequence_len));
+    Ok(Some(tp))
 }
 
 type Entry = (Vec<Sample>, Vec<Sample>, Vec<DatasetSummary>);
@@ -492,166 +617,19 @@ fn read_entry(dir: &std::path::Path) -> Result<Entry> {
     } else {
         Vec::new()
     };
-    let mut datasets = Vec::new();
+    Ok((train, eval, read_datasets(dir)))
+}
+
+/// The per-dataset counts a cache entry's summary.json recorded.
+fn read_datasets(dir: &std::path::Path) -> Vec<DatasetSummary> {
     if let Ok(text) = std::fs::read_to_string(dir.join("summary.json"))
         && let Ok(old) = serde_json::from_str::<serde_json::Value>(&text)
         && let Some(ds) = old.get("datasets")
     {
-        datasets = serde_json::from_value(ds.clone()).unwrap_or_default();
+        serde_json::from_value(ds.clone()).unwrap_or_default()
+    } else {
+        Vec::new()
     }
-    Ok((train, eval, datasets))
-}
-
-enum Outcome {
-    Keep(Sample, bool),
-    TooLong,
-    Untrainable,
-    /// Not encoded: another row's error stops the run.
-    Stopped,
-}
-
-/// Errors that belong to one row (skippable with `skip_bad_rows`), as opposed to the file, the
-/// tokenizer or the recipe.
-fn is_row_error(e: &DataError) -> bool {
-    matches!(
-        e,
-        DataError::Json { .. }
-            | DataError::NotUtf8 { .. }
-            | DataError::MissingField { .. }
-            | DataError::WrongType { .. }
-            | DataError::BadRow { .. }
-            | DataError::TemplateRejected { .. }
-    )
-}
-
-fn encode_dataset(
-    ds: &DatasetPlan,
-    files: &[InputFile],
-    enc: &RowEncoder<'_>,
-    tok: &TextTokenizer,
-    plan: &DataPlan,
-    opts: PrepareOptions,
-) -> Result<(Vec<Sample>, DatasetSummary)> {
-    let skip_bad_rows = opts.skip_bad_rows;
-    let mut left = opts.max_rows.unwrap_or(u64::MAX);
-    let mut out = Vec::new();
-    let mut sum = DatasetSummary {
-        path: ds.path.clone(),
-        files: files.iter().map(|f| f.path.clone()).collect(),
-        ..Default::default()
-    };
-    let max = plan.sequence_len;
-    let mut bad = 0u64;
-    let mut bad_examples: Vec<String> = Vec::new();
-    let mut on_bad = |e: DataError| -> Result<()> {
-        if !skip_bad_rows || !is_row_error(&e) {
-            return Err(e);
-        }
-        bad += 1;
-        if bad_examples.len() < 3 {
-            bad_examples.push(e.to_string());
-        }
-        Ok(())
-    };
-    let mut encode_bad = 0u64;
-    let max_row = source::max_row_bytes(plan.sequence_len);
-    // Set by the first error that stops the run (a template past its limits, a tokenizer
-    // failure), so the chunk's other rows return at once instead of each failing the same
-    // slow way.
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    for file in files {
-        if left == 0 {
-            break;
-        }
-        let mut bad_in_encode = Vec::new();
-        source::read_rows_bounded(file, CHUNK_ROWS, max_row, &mut on_bad, &mut |mut rows| {
-            // Past the limit the rest of the file is still parsed (a malformed row fails as it
-            // would in the full run) but not encoded.
-            rows.truncate(left.min(rows.len() as u64) as usize);
-            left -= rows.len() as u64;
-            sum.rows_read += rows.len() as u64;
-            let results: Vec<Result<Outcome>> = rows
-                .par_iter()
-                .map(|row| {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        return Ok(Outcome::Stopped);
-                    }
-                    let s = enc.encode(tok, plan.train_on_inputs, &row.value, &row.at);
-                    if let Err(e) = &s
-                        && !(skip_bad_rows && is_row_error(e))
-                    {
-                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    let mut s = s?;
-                    let mut truncated = false;
-                    if s.len() > max {
-                        match plan.excess_length_strategy {
-                            ExcessLength::Drop => return Ok(Outcome::TooLong),
-                            ExcessLength::Raise => {
-                                return Err(DataError::TooLong {
-                                    at: row.at.clone(),
-                                    len: s.len(),
-                                    max,
-                                });
-                            }
-                            ExcessLength::Truncate => {
-                                s.input_ids.truncate(max);
-                                s.labels.truncate(max);
-                                truncated = true;
-                            }
-                        }
-                    }
-                    if s.trained_tokens() == 0 {
-                        return Ok(Outcome::Untrainable);
-                    }
-                    Ok(Outcome::Keep(s, truncated))
-                })
-                .collect();
-            for r in results {
-                let r = match r {
-                    Ok(r) => r,
-                    Err(e) if skip_bad_rows && is_row_error(&e) => {
-                        bad_in_encode.push(e);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                match r {
-                    Outcome::Keep(s, truncated) => {
-                        sum.tokens += s.len() as u64;
-                        sum.trained_tokens += s.trained_tokens() as u64;
-                        sum.truncated += u64::from(truncated);
-                        out.push(s);
-                    }
-                    Outcome::TooLong => sum.dropped_too_long += 1,
-                    Outcome::Untrainable => sum.dropped_untrainable += 1,
-                    Outcome::Stopped => {}
-                }
-            }
-            Ok(())
-        })?;
-        encode_bad += bad_in_encode.len() as u64;
-        for e in bad_in_encode {
-            on_bad(e)?;
-        }
-    }
-    // Rows that failed to parse never reached the encoder's count.
-    sum.rows_read += bad - encode_bad;
-    sum.skipped_bad = bad;
-    sum.bad_row_examples = bad_examples;
-    sum.contentless = enc.contentless_rows();
-    if sum.rows_read == 0 {
-        return Err(DataError::EmptyDataset {
-            dataset: ds.path.clone(),
-            looked: sum
-                .files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
-    Ok((out, sum))
 }
 
 /// Why no training sample is left, per dataset and cause, with counts (issue 17: one catch-all
@@ -722,11 +700,7 @@ fn why_empty(s: &Summary, plan: &DataPlan, eval: usize, skipping: bool) -> Strin
 }
 
 /// `test_datasets` when given; else `val_set_size` rows chosen by a seeded shuffle.
-fn split_eval(
-    mut train: Vec<Sample>,
-    test: Vec<Sample>,
-    plan: &DataPlan,
-) -> (Vec<Sample>, Vec<Sample>) {
+fn split_eval<T>(mut train: Vec<T>, test: Vec<T>, plan: &DataPlan) -> (Vec<T>, Vec<T>) {
     if !test.is_empty() {
         return (train, test);
     }

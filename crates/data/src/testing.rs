@@ -96,3 +96,116 @@ pub fn write_tiny_tokenizer(dir: &Path, add_bos: bool) -> std::io::Result<()> {
     });
     std::fs::write(dir.join("tokenizer_config.json"), config.to_string())
 }
+
+/// Writes `rows` synthetic multi-turn chats (`{"messages": [...]}` per line, an optional system
+/// turn then 2–4 user/assistant pairs, words drawn from a fixed list with some non-ASCII) to
+/// `path`. The same rows for the same count on every machine (a fixed xorshift seed): the data of
+/// `bench_chat` and of tools/data/bench_preprocess.sh.
+pub fn write_synthetic_chats(path: &Path, rows: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for _ in 0..rows {
+        let mut msgs = Vec::new();
+        if rng.range(0, 3) == 0 {
+            msgs.push(serde_json::json!({"role": "system", "content": sentence(&mut rng, 12)}));
+        }
+        for _ in 0..rng.range(2, 5) {
+            let q = rng.range(10, 40);
+            let a = rng.range(25, 90);
+            msgs.push(serde_json::json!({"role": "user", "content": sentence(&mut rng, q)}));
+            msgs.push(serde_json::json!({"role": "assistant", "content": sentence(&mut rng, a)}));
+        }
+        writeln!(f, "{}", serde_json::json!({ "messages": msgs }))?;
+    }
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()
+}
+
+const WORDS: &[&str] = &[
+    "the",
+    "model",
+    "learns",
+    "from",
+    "data",
+    "when",
+    "gradients",
+    "flow",
+    "through",
+    "adapters",
+    "each",
+    "token",
+    "counts",
+    "loss",
+    "is",
+    "averaged",
+    "over",
+    "trained",
+    "positions",
+    "a",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "lazy",
+    "dog",
+    "why",
+    "does",
+    "packing",
+    "help",
+    "because",
+    "padding",
+    "wastes",
+    "compute",
+    "and",
+    "memory",
+    "please",
+    "explain",
+    "in",
+    "detail",
+    "with",
+    "an",
+    "example",
+    "numbers",
+    "like",
+    "42",
+    "or",
+    "3.14",
+    "matter",
+    "température",
+    "naïve",
+    "café",
+    "日本語",
+    "テスト",
+    "🙂",
+    "résumé",
+    "über",
+    "straße",
+];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+fn sentence(rng: &mut Rng, words: u64) -> String {
+    let mut s = String::new();
+    for i in 0..words {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(WORDS[rng.range(0, WORDS.len() as u64) as usize]);
+        if rng.range(0, 12) == 0 {
+            s.push_str(if rng.range(0, 2) == 0 { "." } else { "," });
+        }
+    }
+    s.push('.');
+    s
+}
