@@ -57,18 +57,26 @@ pub(crate) fn is_row_error(e: &DataError) -> bool {
     )
 }
 
+/// Which rows [`encode_dataset`] reads: bad ones skipped (and counted) or fatal, and at most
+/// how many.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RowOptions {
+    pub skip_bad_rows: bool,
+    pub max_rows: Option<u64>,
+}
+
 pub(crate) fn encode_dataset(
     ds: &DatasetPlan,
     files: &[InputFile],
     enc: &RowEncoder<'_>,
     tok: &TextTokenizer,
     plan: &DataPlan,
-    opts: crate::prepare::PrepareOptions,
+    rows: RowOptions,
     sink: &mut (dyn FnMut(Sample) -> Result<()> + Send),
 ) -> Result<DatasetSummary> {
-    let skip_bad_rows = opts.skip_bad_rows;
+    let skip_bad_rows = rows.skip_bad_rows;
     // A smoke run reads the first `max_rows` rows of each dataset.
-    let mut left = opts.max_rows.unwrap_or(u64::MAX);
+    let mut left = rows.max_rows.unwrap_or(u64::MAX);
     let mut sum = DatasetSummary {
         path: ds.path.clone(),
         files: files.iter().map(|f| f.path.clone()).collect(),

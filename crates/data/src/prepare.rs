@@ -210,6 +210,15 @@ pub struct PrepareOptions {
     pub max_rows: Option<u64>,
 }
 
+impl PrepareOptions {
+    fn rows(self) -> crate::encode::RowOptions {
+        crate::encode::RowOptions {
+            skip_bad_rows: self.skip_bad_rows,
+            max_rows: self.max_rows,
+        }
+    }
+}
+
 /// Loads the tokenizer the model plan names (`tokenizer_config`, else `base_model`), applying
 /// `special_tokens` and `tokens`.
 pub fn load_tokenizer(model: &ModelPlan) -> Result<TextTokenizer> {
@@ -423,7 +432,7 @@ pub fn prepare_with(
                     &mut test
                 };
                 let ds_summary = pool.install(|| {
-                    encode_dataset(ds, files, enc, tok, plan, opts, &mut |s| {
+                    encode_dataset(ds, files, enc, tok, plan, opts.rows(), &mut |s| {
                         out.push(s);
                         Ok(())
                     })
@@ -539,7 +548,7 @@ fn encode_to_cache(
             };
             let spill = &mut spill;
             let ds_summary = pool.install(|| {
-                encode_dataset(ds, files, enc, tok, plan, opts, &mut |s| {
+                encode_dataset(ds, files, enc, tok, plan, opts.rows(), &mut |s| {
                     order.push(spill.push(&s)?);
                     Ok(())
                 })
