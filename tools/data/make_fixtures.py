@@ -164,6 +164,177 @@ def make(name, tok, template_spec, template_text, kwargs=None, skip=()):
     print(f"wrote chat_{name}.json ({len(cases)} cases)")
 
 
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+                               "required": ["city"]}}}
+TIME_TOOL = {"type": "function", "function": {"name": "get_time", "description": "Local time",
+             "parameters": json.dumps({"type": "object", "properties": {"tz": {"type": "string"}}})}}
+
+# Rows as datasets hold them (OpenAI style: tool-call arguments as JSON strings, `tools` as a list
+# or a JSON string), with the dataset settings each is prepared under.
+RICH_CASES = [
+    ("tool_calls", {"tools": [WEATHER_TOOL, TIME_TOOL], "messages": [
+        {"role": "system", "content": "You help with travel."},
+        {"role": "user", "content": "Weather and time in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"c\"}"}},
+            {"type": "function", "function": {"name": "get_time", "arguments": {"tz": "Europe/Paris"}}}]},
+        {"role": "tool", "content": "{\"temp\": 21.5}", "name": "get_weather"},
+        {"role": "tool", "content": "14:05", "name": "get_time"},
+        {"role": "assistant", "content": "It is 21.5 °C and 14:05 in Paris."},
+    ]}, {}),
+    ("tools_json_string_null_content", {"tools": json.dumps([WEATHER_TOOL]), "messages": [
+        {"role": "user", "content": "Is it cold in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+        {"role": "tool", "content": "-3"},
+        {"role": "assistant", "content": "Yes: -3 degrees."},
+    ]}, {"train_on_eos": "all"}),
+    ("reasoning_content", {"messages": [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "reasoning_content": "Add two and two.", "content": "4"},
+        {"role": "user", "content": "Times 3?"},
+        {"role": "assistant", "reasoning_content": "\n4 times 3 is 12.\n", "content": "12"},
+    ]}, {}),
+    ("reasoning_field_and_kwargs", {"messages": [
+        {"role": "user", "content": "Capital of Peru?"},
+        {"role": "assistant", "thoughts": "It is Lima.", "content": "Lima."},
+    ]}, {"field_thinking": "thoughts", "chat_template_kwargs": {"enable_thinking": False}}),
+    ("message_training_flags", {"messages": [
+        {"role": "user", "content": "Say a number.", "train": True},
+        {"role": "assistant", "content": "Seven.", "train": False},
+        {"role": "user", "content": "Another?"},
+        {"role": "assistant", "content": "Nine."},
+    ]}, {"message_field_training": "train"}),
+]
+
+DEFAULT_RICH = {"roles_to_train": ["assistant"], "train_on_eos": "turn", "train_on_inputs": False,
+                "chat_template_kwargs": {}, "field_thinking": "reasoning_content",
+                "template_thinking_key": "reasoning_content", "message_field_training": None, "field_tools": "tools"}
+
+
+def axolotl_turns(row, st):
+    """What Axolotl 0.19's chat_template strategy hands transformers for a row: null values dropped,
+    `field_thinking` renamed to `template_thinking_key`, tool-call arguments and tool parameters
+    given as JSON strings parsed, the per-message training flag taken out."""
+    tools = row.get(st["field_tools"])
+    if isinstance(tools, str):
+        tools = json.loads(tools)
+    for t in tools or []:
+        f = t.get("function", {})
+        if isinstance(f.get("parameters"), str):
+            f["parameters"] = json.loads(f["parameters"])
+    turns, flags = [], []
+    for m in row["messages"]:
+        t = {}
+        for k, v in m.items():
+            if v is None or k == st["message_field_training"]:
+                continue
+            t[st["template_thinking_key"] if k == st["field_thinking"] else k] = v
+        for call in t.get("tool_calls") or []:
+            f = call.get("function", {})
+            if isinstance(f.get("arguments"), str):
+                f["arguments"] = json.loads(f["arguments"])
+        turns.append(t)
+        flags.append(m.get(st["message_field_training"]) if st["message_field_training"] else None)
+    return turns, tools or None, flags
+
+
+def rich_spans(tok, template, turns, text, kwargs):
+    """A plain turn (role and content only): where its content sits, as content_spans finds it. A
+    turn with more (tool calls, reasoning): Axolotl's find_turn rule, on the whole conversation and
+    on characters: the stretch of text that differs from the render with that turn replaced by
+    {role, content: sentinel}."""
+    spans = []
+    for i, t in enumerate(turns):
+        probe = [dict(x) for x in turns]
+        if set(t) <= {"role", "content"}:
+            probe[i]["content"] = SENTINEL
+            p = tok.apply_chat_template(probe, chat_template=template, tokenize=False, **kwargs).find(SENTINEL)
+            c = t["content"]
+            if p < 0:
+                spans.append(None)
+            elif text[p : p + len(c)] == c:
+                spans.append((p, p + len(c)))
+            elif text[p : p + len(c.strip())] == c.strip():
+                spans.append((p, p + len(c.strip())))
+            else:
+                raise SystemExit(f"cannot place message {i} content in the rendered text")
+            continue
+        probe[i] = {"role": t["role"], "content": SENTINEL}
+        d = tok.apply_chat_template(probe, chat_template=template, tokenize=False, **kwargs)
+        p = 0
+        while p < min(len(text), len(d)) and text[p] == d[p]:
+            p += 1
+        s = 0
+        while s < min(len(text), len(d)) - p and text[len(text) - 1 - s] == d[len(d) - 1 - s]:
+            s += 1
+        spans.append((p, len(text) - s) if p < len(text) - s else None)
+    return spans
+
+
+def rich_labels(ids, offsets, spans, trains, eot_ids, mode):
+    """labels_for with each turn's `trains` given: a message's own training flag wins over
+    roles_to_train and train_on_inputs (Axolotl's should_train)."""
+    n = len(ids)
+    labels = [-100] * n
+    last = None
+    for span, tr in zip(spans, trains):
+        if (not tr and mode != "all") or span is None:
+            continue
+        s, e = span
+        first = next((k for k in range(n) if offsets[k][1] > s), n)
+        end = first
+        while end < n and offsets[end][0] < e and s < e:
+            end += 1
+        if tr:
+            for k in range(first, end):
+                labels[k] = ids[k]
+        k = next((k for k in range(end, n) if ids[k] in eot_ids), None)
+        if k is not None and k - end <= 3:
+            last = k if last is None else max(last, k)
+            if mode == "all" or (mode == "turn" and tr):
+                labels[k] = ids[k]
+    if mode == "last" and last is not None:
+        labels[last] = ids[last]
+    return labels
+
+
+def turn_end_ids(tok, template_text):
+    eot_ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    for t in TURN_END_TOKENS:
+        tid = tok.convert_tokens_to_ids(t)
+        if t in template_text and isinstance(tid, int) and tid != tok.unk_token_id and tid not in eot_ids:
+            eot_ids.append(tid)
+    return eot_ids
+
+
+def make_rich(name, tok, template_spec, template_text, skip=()):
+    cases = []
+    for cname, row, over in RICH_CASES:
+        if cname in skip:
+            continue
+        st = {**DEFAULT_RICH, **over}
+        turns, tools, flags = axolotl_turns(json.loads(json.dumps(row)), st)
+        kwargs = dict(st["chat_template_kwargs"])
+        if tools:
+            kwargs["tools"] = tools
+        text = tok.apply_chat_template(turns, chat_template=template_text, tokenize=False, **kwargs)
+        ids = ids_of(tok.apply_chat_template(turns, chat_template=template_text, tokenize=True, **kwargs))
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        assert list(enc["input_ids"]) == ids, f"{name}/{cname}: tokenizing the text differs"
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        spans = rich_spans(tok, template_text, turns, text, kwargs)
+        trains = [f if f is not None else (st["train_on_inputs"] or t["role"] in st["roles_to_train"])
+                  for t, f in zip(turns, flags)]
+        labels = rich_labels(ids, offsets, spans, trains, turn_end_ids(tok, template_text), st["train_on_eos"])
+        cases.append({"name": cname, "row": row, "settings": st, "text": text, "input_ids": ids, "labels": labels})
+    fixture = {"generated_by": "tools/data/make_fixtures.py", "transformers": transformers.__version__,
+               "template": template_spec, "cases": cases}
+    (OUT / f"chat_rich_{name}.json").write_text(json.dumps(fixture, ensure_ascii=False, indent=1) + "\n")
+    print(f"wrote chat_rich_{name}.json ({len(cases)} cases)")
+
+
 ALPACA_ROWS = [
     {"instruction": "Give three tips for staying healthy.", "input": "", "output": "1. Eat well.\n2. Sleep.\n3. Move."},
     {"instruction": "Translate to French.", "input": "Good morning, café owner!", "output": "Bonjour, patron du café !"},
@@ -289,6 +460,13 @@ def named(n):
 
 
 def main():
+    if sys.argv[1:] == ["rich"]:
+        qwen = AutoTokenizer.from_pretrained(str(ROOT / ".cache" / "tokenizers" / "qwen3"))
+        make_rich("qwen3_default", qwen, {"tokenizer": "qwen3", "kind": "tokenizer_default"}, qwen.chat_template,
+                  skip=["tools_json_string_null_content"])  # Qwen3's own template needs a string content
+        make_rich("qwen3_qwen25", qwen, {"tokenizer": "qwen3", "kind": "named", "name": "qwen_25"}, named("qwen_25"),
+                  skip=["reasoning_content", "reasoning_field_and_kwargs"])  # it never prints reasoning (runner refuses)
+        return
     smol = os.environ.get("RUNNER_SMOLLM2_GGUF", str(ROOT / ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     tokdir = ROOT / ".cache" / "tokenizers"
     make_columnar()
@@ -305,6 +483,11 @@ def main():
     qwen = AutoTokenizer.from_pretrained(str(tokdir / "qwen3"))
     make("qwen3_default", qwen, {"tokenizer": "qwen3", "kind": "tokenizer_default"}, qwen.chat_template)
     make("qwen3_qwen25", qwen, {"tokenizer": "qwen3", "kind": "named", "name": "qwen_25"}, named("qwen_25"))
+    # Tool calls, reasoning content, template kwargs and per-message training flags (issue 15).
+    make_rich("qwen3_default", qwen, {"tokenizer": "qwen3", "kind": "tokenizer_default"}, qwen.chat_template,
+                  skip=["tools_json_string_null_content"])  # Qwen3's own template needs a string content
+    make_rich("qwen3_qwen25", qwen, {"tokenizer": "qwen3", "kind": "named", "name": "qwen_25"}, named("qwen_25"),
+                  skip=["reasoning_content", "reasoning_field_and_kwargs"])  # it never prints reasoning (runner refuses)
     # Render-only parity for the other built-ins (the text decides the ids; SmolLM2 tokenizes it).
     for n in ["mistral_v1", "mistral_v2v3", "gemma", "phi_3", "qwen3"]:
         skip = ["system_multi_turn"] if n == "gemma" else []

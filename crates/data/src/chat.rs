@@ -14,8 +14,9 @@
 
 use crate::error::{DataError, Location, Result};
 use crate::sample::{IGNORE, Sample};
-use crate::template::{ChatTemplate, Message};
+use crate::template::{ChatTemplate, Message, MessageExtra};
 use crate::tokenizer::TextTokenizer;
+use minijinja::value::Value;
 use runner_recipe::plan::{ChatFormat, TrainOnEos};
 use serde_json::{Map, Value as Json};
 
@@ -57,6 +58,16 @@ pub fn turn_end_ids(template_source: &str, tok: &TextTokenizer) -> Vec<u32> {
     ids
 }
 
+/// One row's conversation as the template gets it: messages, what each carries besides its
+/// content, each one's own training flag (`message_field_training`), and the row's `tools`.
+#[derive(Debug, Clone, Default)]
+pub struct Conversation {
+    pub messages: Vec<Message>,
+    pub extras: Vec<MessageExtra>,
+    pub train: Vec<Option<bool>>,
+    pub vars: Vec<(String, Value)>,
+}
+
 /// Everything needed to turn one chat row into a sample.
 pub struct ChatEncoder<'a> {
     pub template: ChatTemplate,
@@ -79,6 +90,10 @@ impl<'a> ChatEncoder<'a> {
         default_system_message: Option<String>,
     ) -> Self {
         let eot_ids = turn_end_ids(&template.source, tok);
+        let mut template = template;
+        for (k, v) in &fmt.extras.template_kwargs {
+            template = template.with_value(k, json_value(v));
+        }
         ChatEncoder {
             template,
             tok,
@@ -97,6 +112,12 @@ impl<'a> ChatEncoder<'a> {
 
     /// The row's messages with roles mapped, system message dropped or defaulted.
     pub fn messages(&self, row: &Map<String, Json>, at: &Location) -> Result<Vec<Message>> {
+        Ok(self.conversation(row, at)?.messages)
+    }
+
+    /// The row's conversation: messages with roles mapped, system message dropped or
+    /// defaulted, tool calls, reasoning and training flags, and the row's tools.
+    pub fn conversation(&self, row: &Map<String, Json>, at: &Location) -> Result<Conversation> {
         let field = &self.fmt.field_messages;
         let with_field = |f: &str| Location {
             field: Some(f.to_string()),
@@ -119,6 +140,10 @@ impl<'a> ChatEncoder<'a> {
             }
         };
         let mut out = Vec::with_capacity(list.len() + 1);
+        let mut extras = Vec::with_capacity(list.len() + 1);
+        let mut train = Vec::with_capacity(list.len() + 1);
+        let source = &self.template.source;
+        let x = &self.fmt.extras;
         for (i, m) in list.iter().enumerate() {
             let path = |k: &str| with_field(&format!("{field}[{i}].{k}"));
             let Json::Object(m) = m else {
@@ -144,7 +169,37 @@ impl<'a> ChatEncoder<'a> {
                     });
                 }
             };
+            let mut extra = MessageExtra::default();
+            let tool_calls = match m.get("tool_calls") {
+                None | Some(Json::Null) => None,
+                Some(Json::Array(calls)) if calls.is_empty() => None,
+                Some(Json::Array(calls)) => Some(parse_tool_calls(calls, &path("tool_calls"))?),
+                Some(other) => {
+                    return Err(DataError::WrongType {
+                        at: path("tool_calls"),
+                        expected: "a list of tool calls",
+                        found: json_kind(other).into(),
+                    });
+                }
+            };
+            if tool_calls.is_some() && !source.contains("tool_calls") {
+                return Err(DataError::BadRow {
+                    at: path("tool_calls"),
+                    message: format!(
+                        "template {} never reads `tool_calls`, so this turn's tool calls would \
+                         be dropped; use a template that renders them (the model's own, or \
+                         qwen_25 / qwen3)",
+                        self.template.origin
+                    ),
+                });
+            }
             let content = match m.get(&self.fmt.content_key) {
+                // A tool-call turn may have no content (OpenAI's `content: null`); Axolotl drops
+                // the null, so the template sees no `content` key.
+                None | Some(Json::Null) if tool_calls.is_some() => {
+                    extra.no_content = true;
+                    String::new()
+                }
                 Some(Json::String(s)) => s.clone(),
                 // transformers hands `None` to the template, which prints it as the text `None`
                 // or skips the turn, depending on the template: neither is what a training row
@@ -211,7 +266,71 @@ impl<'a> ChatEncoder<'a> {
             if self.fmt.drop_system_message && role == "system" {
                 continue;
             }
+            let thinking = match m.get(&x.field_thinking) {
+                None | Some(Json::Null) => None,
+                Some(Json::String(s)) => Some(s.clone()),
+                Some(other) => {
+                    return Err(DataError::WrongType {
+                        at: path(&x.field_thinking),
+                        expected: "a string (the turn's reasoning)",
+                        found: json_kind(other).into(),
+                    });
+                }
+            };
+            if let Some(t) = thinking {
+                if !source.contains(x.template_thinking_key.as_str()) {
+                    return Err(DataError::BadRow {
+                        at: path(&x.field_thinking),
+                        message: format!(
+                            "template {} never reads `{}`, so this turn's reasoning would be \
+                             dropped; use a template that renders it (the model's own, or qwen3), \
+                             or set `template_thinking_key` to the key it reads",
+                            self.template.origin, x.template_thinking_key
+                        ),
+                    });
+                }
+                extra.whole_turn = true;
+                extra
+                    .fields
+                    .push((x.template_thinking_key.clone(), Value::from(t)));
+            }
+            let flag = match &x.message_field_training {
+                None => None,
+                Some(k) => match m.get(k) {
+                    None | Some(Json::Null) => None,
+                    Some(Json::Bool(b)) => Some(*b),
+                    Some(other) => {
+                        return Err(DataError::WrongType {
+                            at: path(k),
+                            expected: "true or false (train this turn or not)",
+                            found: json_kind(other).into(),
+                        });
+                    }
+                },
+            };
+            if let Some(calls) = tool_calls {
+                extra.whole_turn = true;
+                extra.fields.push(("tool_calls".into(), json_value(&calls)));
+            }
+            // Other message keys (`name`, `tool_call_id`, ...) reach the template as they are.
+            for (k, v) in m {
+                let taken = [
+                    self.fmt.role_key.as_str(),
+                    self.fmt.content_key.as_str(),
+                    x.field_thinking.as_str(),
+                    "tool_calls",
+                ];
+                if v.is_null()
+                    || taken.contains(&k.as_str())
+                    || x.message_field_training.as_deref() == Some(k.as_str())
+                {
+                    continue;
+                }
+                extra.fields.push((k.clone(), json_value(v)));
+            }
             out.push(Message { role, content });
+            extras.push(extra);
+            train.push(flag);
         }
         if out.is_empty() {
             return Err(DataError::BadRow {
@@ -230,8 +349,60 @@ impl<'a> ChatEncoder<'a> {
                     content: sys.clone(),
                 },
             );
+            extras.insert(0, MessageExtra::default());
+            train.insert(0, None);
         }
-        Ok(out)
+        let vars = match self.tools(row, &with_field(&x.field_tools))? {
+            Some(tools) => vec![("tools".to_string(), json_value(&tools))],
+            None => Vec::new(),
+        };
+        Ok(Conversation {
+            messages: out,
+            extras,
+            train,
+            vars,
+        })
+    }
+
+    /// The row's tool definitions (`field_tools`): a list, or a JSON string of one, with each
+    /// function's `parameters` parsed when given as a JSON string (as Axolotl does). None when
+    /// absent or empty (transformers then renders without tools).
+    fn tools(&self, row: &Map<String, Json>, at: &Location) -> Result<Option<Json>> {
+        let tools = match row.get(&self.fmt.extras.field_tools) {
+            None | Some(Json::Null) => return Ok(None),
+            Some(Json::String(s)) => parse_json(s, at, "the tools")?,
+            Some(v) => v.clone(),
+        };
+        let Json::Array(mut list) = tools else {
+            return Err(DataError::WrongType {
+                at: at.clone(),
+                expected: "a list of tool definitions",
+                found: json_kind(&tools).into(),
+            });
+        };
+        if list.is_empty() {
+            return Ok(None);
+        }
+        for tool in list.iter_mut() {
+            if let Some(Json::String(p)) = tool.pointer("/function/parameters") {
+                let parsed = parse_json(p, at, "a tool's `parameters`")?;
+                if let Some(slot) = tool.pointer_mut("/function/parameters") {
+                    *slot = parsed;
+                }
+            }
+        }
+        if !self.template.source.contains("tools") {
+            return Err(DataError::BadRow {
+                at: at.clone(),
+                message: format!(
+                    "template {} never reads `tools`, so the row's tool definitions would be \
+                     dropped; use a template that renders them (the model's own, or qwen_25 / \
+                     qwen3)",
+                    self.template.origin
+                ),
+            });
+        }
+        Ok(Some(Json::Array(list)))
     }
 
     /// A role the template is expected to render: one chat templates share, one the recipe
@@ -261,11 +432,23 @@ impl<'a> ChatEncoder<'a> {
         role.to_string()
     }
 
-    /// Renders, tokenizes and masks one conversation.
+    /// Renders, tokenizes and masks one conversation of plain messages.
     pub fn encode(&self, messages: &[Message], at: &Location) -> Result<Sample> {
+        self.encode_conversation(
+            &Conversation {
+                messages: messages.to_vec(),
+                ..Default::default()
+            },
+            at,
+        )
+    }
+
+    /// Renders, tokenizes and masks one conversation.
+    pub fn encode_conversation(&self, conv: &Conversation, at: &Location) -> Result<Sample> {
+        let messages = &conv.messages;
         let rendered = self
             .template
-            .render_tracked(messages)
+            .render_tracked_rich(messages, &conv.extras, &conv.vars)
             .map_err(|e| self.render_error(&e, at))?;
         if rendered.spans.iter().all(Option::is_none)
             && messages.iter().any(|m| !m.content.is_empty())
@@ -279,7 +462,10 @@ impl<'a> ChatEncoder<'a> {
         let mut last_eot: Option<usize> = None;
         let eos_mode = self.fmt.train_on_eos;
         for (i, m) in messages.iter().enumerate() {
-            let trains = self.train_on_inputs || self.fmt.roles_to_train.contains(&m.role);
+            // A message's own training flag wins over its role (Axolotl's `should_train`).
+            let trains = conv.train.get(i).copied().flatten().unwrap_or_else(|| {
+                self.train_on_inputs || self.fmt.roles_to_train.contains(&m.role)
+            });
             if !trains && eos_mode != TrainOnEos::All {
                 continue;
             }
@@ -353,6 +539,33 @@ impl ChatEncoder<'_> {
     }
 }
 
+/// Tool calls with each `function.arguments` given as a JSON string parsed into its object, as
+/// Axolotl does before rendering (templates write the arguments with `tojson`).
+fn parse_tool_calls(calls: &[Json], at: &Location) -> Result<Vec<Json>> {
+    let mut out = calls.to_vec();
+    for call in out.iter_mut() {
+        if let Some(Json::String(a)) = call.pointer("/function/arguments") {
+            let parsed = parse_json(a, at, "a tool call's `arguments`")?;
+            if let Some(slot) = call.pointer_mut("/function/arguments") {
+                *slot = parsed;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A JSON value as a template value (maps keep their key order, like Python dicts).
+fn json_value<T: serde::Serialize>(v: T) -> Value {
+    Value::from(minijinja::value::Serde(v))
+}
+
+fn parse_json(text: &str, at: &Location, what: &str) -> Result<Json> {
+    serde_json::from_str(text).map_err(|e| DataError::BadRow {
+        at: at.clone(),
+        message: format!("{what} is a string but not valid JSON ({e}); write it as JSON"),
+    })
+}
+
 pub(crate) fn jinja_message(e: &minijinja::Error) -> String {
     match e.detail() {
         Some(d) => d.to_string(),
@@ -396,6 +609,7 @@ mod tests {
             roles_to_train: vec!["assistant".into()],
             train_on_eos: TrainOnEos::Turn,
             drop_system_message: false,
+            extras: Default::default(),
         }
     }
 

@@ -40,6 +40,18 @@ pub struct Message {
     pub content: String,
 }
 
+/// What a message carries besides role and content (tool calls, reasoning, `name`, ...), as the
+/// template sees it, and whether its content is absent (a tool-call turn whose content is null:
+/// Axolotl drops null keys, so the template finds no `content`).
+#[derive(Debug, Clone, Default)]
+pub struct MessageExtra {
+    pub no_content: bool,
+    /// The turn carries tool calls or reasoning: its span is the whole turn's (see
+    /// [`ChatTemplate::render_tracked_rich`]), not its content's.
+    pub whole_turn: bool,
+    pub fields: Vec<(String, Value)>,
+}
+
 /// A rendered conversation: the text, and for each message the byte range its content occupies
 /// in it (None when the template did not write that message, e.g. a dropped system prompt).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +71,7 @@ pub struct ChatTemplate {
     eos_token: String,
     /// Further template variables (`pad_token`, `unk_token`, ...), as transformers passes the
     /// tokenizer's special tokens map.
-    extra: Vec<(String, String)>,
+    extra: Vec<(String, Value)>,
     /// The tracking mode that last worked (see `try_mode`).
     mode_hint: std::sync::atomic::AtomicUsize,
 }
@@ -114,7 +126,13 @@ impl ChatTemplate {
 
     /// Adds a template variable, e.g. `pad_token`.
     pub fn with_variable(mut self, name: &str, value: &str) -> Self {
-        self.extra.push((name.to_string(), value.to_string()));
+        self.extra.push((name.to_string(), Value::from(value)));
+        self
+    }
+
+    /// Adds a template variable of any value, e.g. a `chat_template_kwargs` entry.
+    pub fn with_value(mut self, name: &str, value: Value) -> Self {
+        self.extra.push((name.to_string(), value));
         self
     }
 
@@ -122,6 +140,7 @@ impl ChatTemplate {
         &self,
         messages: Vec<Value>,
         add_generation_prompt: bool,
+        vars: &[(String, Value)],
     ) -> Result<String, JinjaError> {
         let fixed = [
             ("messages", Value::from(messages)),
@@ -132,7 +151,8 @@ impl ChatTemplate {
         let extra = self
             .extra
             .iter()
-            .map(|(k, v)| (k.as_str(), Value::from(v.as_str())));
+            .chain(vars)
+            .map(|(k, v)| (k.as_str(), v.clone()));
         let ctx = Value::from_pairs(extra.chain(fixed));
         let mut out = Bounded::default();
         match self
@@ -180,9 +200,43 @@ impl ChatTemplate {
     ) -> Result<String, JinjaError> {
         let values = messages
             .iter()
-            .map(|m| message_value(&m.role, Value::from(m.content.as_str())))
+            .map(|m| message_value(&m.role, Some(Value::from(m.content.as_str())), None))
             .collect();
-        self.render_values(values, add_generation_prompt)
+        self.render_values(values, add_generation_prompt, &[])
+    }
+
+    /// Like [`Self::render_tracked`], with each message's extra fields (`extras`: empty, or one
+    /// per message) and per-row variables (`tools`). A message with extra fields gets Axolotl's
+    /// `find_turn` span instead of its content's: the stretch of text that changes when that
+    /// message is replaced by `{role, content: <dummy>}`, which covers its tool calls and
+    /// reasoning wherever the template writes them (taken on the whole conversation, as text).
+    pub fn render_tracked_rich(
+        &self,
+        messages: &[Message],
+        extras: &[MessageExtra],
+        vars: &[(String, Value)],
+    ) -> Result<Rendered, JinjaError> {
+        let ctx = Ctx { extras, vars };
+        let mut r = self.render_tracked_ctx(messages, &ctx)?;
+        for (i, x) in extras.iter().enumerate() {
+            if !x.whole_turn {
+                continue;
+            }
+            let values = messages
+                .iter()
+                .enumerate()
+                .map(|(j, m)| {
+                    if j == i {
+                        message_value(&m.role, Some(Value::from(DUMMY.to_string())), None)
+                    } else {
+                        message_value(&m.role, ctx.content(j, &m.content), extras.get(j))
+                    }
+                })
+                .collect();
+            let dummy = self.render_values(values, false, vars)?;
+            r.spans[i] = diff_span(&r.text, &dummy);
+        }
+        Ok(r)
     }
 
     /// Renders and reports where each message's content landed in the text.
@@ -191,6 +245,16 @@ impl ChatTemplate {
     /// `.strip()`), the markers go around the content without its surrounding whitespace instead.
     /// Either way the text returned is exactly the plain render.
     pub fn render_tracked(&self, messages: &[Message]) -> Result<Rendered, JinjaError> {
+        self.render_tracked_ctx(
+            messages,
+            &Ctx {
+                extras: &[],
+                vars: &[],
+            },
+        )
+    }
+
+    fn render_tracked_ctx(&self, messages: &[Message], ctx: &Ctx) -> Result<Rendered, JinjaError> {
         if messages.len() > MAX_MARKED_MESSAGES {
             return Err(JinjaError::new(
                 ErrorKind::InvalidOperation,
@@ -208,13 +272,21 @@ impl ChatTemplate {
                 ));
             }
         }
-        let plain = self.render(messages, false)?;
+        let plain = self.render_values(
+            messages
+                .iter()
+                .enumerate()
+                .map(|(j, m)| message_value(&m.role, ctx.content(j, &m.content), ctx.extras.get(j)))
+                .collect(),
+            false,
+            ctx.vars,
+        )?;
         // Try the mode that worked last first: templates are consistent, so this is usually
         // the only extra render. Every mode is checked against the plain render, so the order
         // cannot change the result.
         let hint = self.mode_hint.load(std::sync::atomic::Ordering::Relaxed);
         for mode in std::iter::once(hint).chain((0..3).filter(|&m| m != hint)) {
-            if let Some(r) = self.try_mode(mode, messages, &plain)? {
+            if let Some(r) = self.try_mode(mode, messages, &plain, ctx)? {
                 self.mode_hint
                     .store(mode, std::sync::atomic::Ordering::Relaxed);
                 return Ok(r);
@@ -238,6 +310,7 @@ impl ChatTemplate {
         mode: usize,
         messages: &[Message],
         plain: &str,
+        ctx: &Ctx,
     ) -> Result<Option<Rendered>, JinjaError> {
         if mode < 2 {
             let core_only = mode == 1;
@@ -255,10 +328,17 @@ impl ChatTemplate {
                     } else {
                         format!("{start}{}{end}", m.content)
                     };
-                    message_value(&m.role, Value::from(marked))
+                    let content = ctx.content(i, &m.content).map(|c| {
+                        if ctx.whole_turn(i) {
+                            c
+                        } else {
+                            Value::from(marked)
+                        }
+                    });
+                    message_value(&m.role, content, ctx.extras.get(i))
                 })
                 .collect();
-            let marked = self.render_values(values, false)?;
+            let marked = self.render_values(values, false, ctx.vars)?;
             if let Some(mut r) = strip_markers(&marked, messages.len())
                 && r.text == *plain
             {
@@ -292,10 +372,17 @@ impl ChatTemplate {
             .enumerate()
             .map(|(i, m)| {
                 let (start, end) = markers(i);
-                message_value(&m.role, Value::from(format!("{start}{}{end}", m.content)))
+                let content = ctx.content(i, &m.content).map(|c| {
+                    if ctx.whole_turn(i) {
+                        c
+                    } else {
+                        Value::from(format!("{start}{}{end}", m.content))
+                    }
+                });
+                message_value(&m.role, content, ctx.extras.get(i))
             })
             .collect();
-        let marked = self.render_values(values, false)?;
+        let marked = self.render_values(values, false, ctx.vars)?;
         if let Some((text, ends)) = strip_markers_lenient(&marked, messages.len())
             && text == *plain
         {
@@ -310,8 +397,61 @@ impl ChatTemplate {
     }
 }
 
-fn message_value(role: &str, content: Value) -> Value {
-    Value::from_pairs([("role", Value::from(role)), ("content", content)])
+/// The extras and variables of one render.
+struct Ctx<'a> {
+    extras: &'a [MessageExtra],
+    vars: &'a [(String, Value)],
+}
+
+impl Ctx<'_> {
+    /// Message `i` is traced by [`diff_span`], not by markers: markers would change how a
+    /// template treats its content (`{% if content %}` of an empty tool-call turn).
+    fn whole_turn(&self, i: usize) -> bool {
+        self.extras.get(i).is_some_and(|x| x.whole_turn)
+    }
+
+    /// Message `i`'s content as the template gets it: none when the message has none.
+    fn content(&self, i: usize, content: &str) -> Option<Value> {
+        match self.extras.get(i) {
+            Some(x) if x.no_content => None,
+            _ => Some(Value::from(content)),
+        }
+    }
+}
+
+/// The stand-in content for Axolotl's `find_turn` diff: a reserved character no content holds.
+const DUMMY: char = '\u{10FFFD}';
+
+fn message_value(role: &str, content: Option<Value>, extra: Option<&MessageExtra>) -> Value {
+    let mut pairs = vec![("role", Value::from(role))];
+    if let Some(c) = content {
+        pairs.push(("content", c));
+    }
+    if let Some(x) = extra {
+        pairs.extend(x.fields.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    }
+    Value::from_pairs(pairs)
+}
+
+/// Where `text` differs from `other`: after their common prefix, before their common suffix
+/// (on characters). None when nothing differs.
+fn diff_span(text: &str, other: &str) -> Option<Range<usize>> {
+    let prefix: usize = text
+        .chars()
+        .zip(other.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a.len_utf8())
+        .sum();
+    let room = text.len().min(other.len()) - prefix;
+    let mut suffix = 0;
+    for (a, b) in text.chars().rev().zip(other.chars().rev()) {
+        if a != b || suffix + a.len_utf8() > room {
+            break;
+        }
+        suffix += a.len_utf8();
+    }
+    let end = text.len() - suffix;
+    (prefix < end).then_some(prefix..end)
 }
 
 fn is_marker(c: char) -> bool {

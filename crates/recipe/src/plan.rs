@@ -267,6 +267,35 @@ pub struct ChatFormat {
     pub roles_to_train: Vec<String>,
     pub train_on_eos: TrainOnEos,
     pub drop_system_message: bool,
+    /// Tools, reasoning, template variables and per-message training flags.
+    pub extras: ChatExtras,
+}
+
+/// What a chat row carries besides roles and contents (issue 15), with Axolotl's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatExtras {
+    /// `field_tools`: the row column passed to the template as `tools`.
+    pub field_tools: String,
+    /// `field_thinking`: the message key holding a turn's reasoning.
+    pub field_thinking: String,
+    /// `template_thinking_key`: the key the template reads that reasoning from.
+    pub template_thinking_key: String,
+    /// `message_field_training`: the message key whose boolean trains the turn or not.
+    pub message_field_training: Option<String>,
+    /// `chat_template_kwargs` (recipe level): extra template variables.
+    pub template_kwargs: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for ChatExtras {
+    fn default() -> Self {
+        ChatExtras {
+            field_tools: "tools".into(),
+            field_thinking: "reasoning_content".into(),
+            template_thinking_key: "reasoning_content".into(),
+            message_field_training: None,
+            template_kwargs: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -35,7 +35,7 @@ const OTHER_MODEL: &str = "no effect: it applies only to another model family (r
 const QUANT_BASE: &str =
     "only bitsandbytes-style bases are supported: use load_in_4bit (QLoRA, NF4) or load_in_8bit";
 const RL_DATA: &str = "preference-dataset fields need `rl`, which runner does not support (supervised fine-tuning only)";
-const ITEM3: &str = "not supported yet (tool calls, reasoning fields and per-message training flags are planned); train on `messages` with `type: chat_template`";
+const ITEM3: &str = "not supported yet: character-range training details are not implemented; use `message_field_training` (a whole turn) instead";
 const FULL_FT: &str = "full fine-tuning is not supported; runner trains adapters (use lora_modules_to_save for embed_tokens / lm_head)";
 const OPTIMIZER_ONLY: &str =
     "no effect: it configures an optimizer runner does not run (runner's optimizer is AdamW)";
@@ -65,7 +65,6 @@ pub const CONFIG: &[(&str, Verdict)] = &[
     ("bfloat16", Refused("write `bf16: true` (Axolotl treats `bfloat16: true` as bf16 training)")),
     ("bnb_config_kwargs", Refused("runner's NF4 is bitsandbytes' QLoRA setting (nf4, double quantization, blocks of 64); other BitsAndBytesConfig options are not supported")),
     ("center_rewards_coefficient", Refused(REWARD)),
-    ("chat_template_kwargs", Refused("extra chat-template variables are not supported yet; put the template you want in chat_template_jinja")),
     ("chunked_cross_entropy", Substituted(OWN_CE)),
     ("chunked_cross_entropy_num_chunks", Substituted(OWN_CE)),
     ("cls_model_config", Substituted("runner reads the architecture from config.json's `model_type`")),
@@ -402,15 +401,12 @@ pub const DATASET: &[(&str, Verdict)] = &[
     ("field_human", Refused("use type: chat_template with message_property_mappings and roles")),
     ("field_model", Refused("use type: chat_template with message_property_mappings and roles")),
     ("field_rejected", Refused(RL_DATA)),
-    ("field_thinking", Refused(ITEM3)),
-    ("field_tools", Refused(ITEM3)),
     ("input_format", Refused("use a custom `type:` mapping (format, no_input_format)")),
     ("input_transform", Refused("row transforms are Python; convert the data first")),
     ("length", Refused("synthetic datasets are not supported; give data files")),
     ("logprobs_field", Refused("knowledge distillation is not supported")),
     ("max_completion_length", Refused("process-supervision (stepwise) datasets are not supported")),
     ("max_input_id", Refused("synthetic datasets are not supported; give data files")),
-    ("message_field_training", Refused(ITEM3)),
     ("message_field_training_detail", Refused(ITEM3)),
     ("min_input_id", Refused("synthetic datasets are not supported; give data files")),
     ("preprocess_shards", Inert("no effect: runner prepares the data in one pass into its cache")),
@@ -418,10 +414,9 @@ pub const DATASET: &[(&str, Verdict)] = &[
     ("sequence_length", Refused("synthetic datasets are not supported; give data files")),
     ("shards", Refused("training on a shard of the data is not supported; split the data files instead")),
     ("shards_idx", Refused("training on a shard of the data is not supported; split the data files instead")),
-    ("split_thinking", Refused(ITEM3)),
+    ("split_thinking", Refused("not supported yet: give the reasoning in its own message field (`field_thinking`, default `reasoning_content`)")),
     ("step_separator", Refused("process-supervision (stepwise) datasets are not supported")),
     ("temperature", Refused("knowledge distillation is not supported")),
-    ("template_thinking_key", Refused(ITEM3)),
     ("train_on_eot", Refused("not supported yet; use train_on_eos")),
     ("train_on_last_step_only", Refused("process-supervision (stepwise) datasets are not supported")),
     ("trust_remote_code", Refused("runner never runs code from a dataset repository")),

@@ -68,6 +68,28 @@ pub(super) fn resolve_data(r: &mut Resolver, raw: &RawRecipe) -> Option<DataPlan
         .enumerate()
         .map(|(i, d)| resolve_dataset(r, "test_datasets", i, d, &recipe_template))
         .collect();
+    // `chat_template_kwargs` is recipe-wide in Axolotl: every chat dataset renders with it.
+    let kwargs = raw.chat_template_kwargs.clone().unwrap_or_default();
+    for name in kwargs.keys() {
+        if RESERVED_TEMPLATE_VARIABLES.contains(&name.as_str()) {
+            r.error(
+                &format!("chat_template_kwargs.{name}"),
+                format!("`{name}` is set by runner for every render (transformers sets it too)"),
+                "remove it",
+            );
+        }
+    }
+    let mut datasets = datasets;
+    let mut test_datasets = test_datasets;
+    for d in datasets
+        .iter_mut()
+        .chain(test_datasets.iter_mut())
+        .flatten()
+    {
+        if let DatasetFormat::ChatTemplate(c) = &mut d.format {
+            c.extras.template_kwargs = kwargs.clone();
+        }
+    }
     let sample_packing = raw.sample_packing.unwrap_or(false);
     for (plan, key) in [
         ("data.test_datasets", "test_datasets"),
@@ -226,6 +248,10 @@ fn resolve_dataset(
         ("chat_template", d.chat_template.is_some()),
         ("chat_template_jinja", d.chat_template_jinja.is_some()),
         ("drop_system_message", d.drop_system_message.is_some()),
+        ("field_tools", d.field_tools.is_some()),
+        ("field_thinking", d.field_thinking.is_some()),
+        ("template_thinking_key", d.template_thinking_key.is_some()),
+        ("message_field_training", d.message_field_training.is_some()),
     ];
 
     let misplaced = |r: &mut Resolver, fields: &[&str], kind: &str| {
@@ -405,6 +431,18 @@ fn resolve_dataset(
             ] {
                 r.from(&format!("{cp}.{f}"), &key(f));
             }
+            for f in [
+                "field_tools",
+                "field_thinking",
+                "template_thinking_key",
+                "message_field_training",
+            ] {
+                r.from(&format!("{cp}.extras.{f}"), &key(f));
+            }
+            r.from(
+                &format!("{cp}.extras.template_kwargs"),
+                "chat_template_kwargs",
+            );
         }
         Some(DatasetFormat::Completion { .. }) => {
             r.from(&format!("{pp}.format.completion.field"), &key("field"));
@@ -451,6 +489,17 @@ fn resolve_dataset(
         format: format?,
     })
 }
+
+/// Template variables that come from the data or the tokenizer, never from
+/// `chat_template_kwargs`.
+const RESERVED_TEMPLATE_VARIABLES: [&str; 6] = [
+    "messages",
+    "tools",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+    "chat_template",
+];
 
 fn custom_alpaca(c: RawCustomFormat) -> CustomAlpaca {
     // Axolotl's defaults for a user-defined prompt format.
@@ -571,5 +620,18 @@ fn chat_format(
             Some(TrainOnEosName::None) => TrainOnEos::None,
         },
         drop_system_message: d.drop_system_message.unwrap_or(false),
+        extras: ChatExtras {
+            field_tools: d.field_tools.clone().unwrap_or_else(|| "tools".into()),
+            field_thinking: d
+                .field_thinking
+                .clone()
+                .unwrap_or_else(|| "reasoning_content".into()),
+            template_thinking_key: d
+                .template_thinking_key
+                .clone()
+                .unwrap_or_else(|| "reasoning_content".into()),
+            message_field_training: d.message_field_training.clone(),
+            template_kwargs: Default::default(),
+        },
     })
 }
