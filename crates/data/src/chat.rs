@@ -12,6 +12,8 @@
 //! end-of-turn token trained (the data says "answer nothing, then stop"); Axolotl 0.21's
 //! token-diffing `find_turn` cannot locate an empty turn and trains nothing there.
 
+pub(crate) use crate::conversation::json_kind;
+use crate::conversation::{Conversation, json_value, parse_tool_calls, tools};
 use crate::error::{DataError, Location, Result};
 use crate::sample::{IGNORE, Sample};
 use crate::template::{ChatTemplate, Message, MessageExtra};
@@ -56,16 +58,6 @@ pub fn turn_end_ids(template_source: &str, tok: &TextTokenizer) -> Vec<u32> {
         }
     }
     ids
-}
-
-/// One row's conversation as the template gets it: messages, what each carries besides its
-/// content, each one's own training flag (`message_field_training`), and the row's `tools`.
-#[derive(Debug, Clone, Default)]
-pub struct Conversation {
-    pub messages: Vec<Message>,
-    pub extras: Vec<MessageExtra>,
-    pub train: Vec<Option<bool>>,
-    pub vars: Vec<(String, Value)>,
 }
 
 /// Everything needed to turn one chat row into a sample.
@@ -352,7 +344,12 @@ impl<'a> ChatEncoder<'a> {
             extras.insert(0, MessageExtra::default());
             train.insert(0, None);
         }
-        let vars = match self.tools(row, &with_field(&x.field_tools))? {
+        let vars = match tools(
+            row,
+            &x.field_tools,
+            &self.template,
+            &with_field(&x.field_tools),
+        )? {
             Some(tools) => vec![("tools".to_string(), json_value(&tools))],
             None => Vec::new(),
         };
@@ -362,47 +359,6 @@ impl<'a> ChatEncoder<'a> {
             train,
             vars,
         })
-    }
-
-    /// The row's tool definitions (`field_tools`): a list, or a JSON string of one, with each
-    /// function's `parameters` parsed when given as a JSON string (as Axolotl does). None when
-    /// absent or empty (transformers then renders without tools).
-    fn tools(&self, row: &Map<String, Json>, at: &Location) -> Result<Option<Json>> {
-        let tools = match row.get(&self.fmt.extras.field_tools) {
-            None | Some(Json::Null) => return Ok(None),
-            Some(Json::String(s)) => parse_json(s, at, "the tools")?,
-            Some(v) => v.clone(),
-        };
-        let Json::Array(mut list) = tools else {
-            return Err(DataError::WrongType {
-                at: at.clone(),
-                expected: "a list of tool definitions",
-                found: json_kind(&tools).into(),
-            });
-        };
-        if list.is_empty() {
-            return Ok(None);
-        }
-        for tool in list.iter_mut() {
-            if let Some(Json::String(p)) = tool.pointer("/function/parameters") {
-                let parsed = parse_json(p, at, "a tool's `parameters`")?;
-                if let Some(slot) = tool.pointer_mut("/function/parameters") {
-                    *slot = parsed;
-                }
-            }
-        }
-        if !self.template.source.contains("tools") {
-            return Err(DataError::BadRow {
-                at: at.clone(),
-                message: format!(
-                    "template {} never reads `tools`, so the row's tool definitions would be \
-                     dropped; use a template that renders them (the model's own, or qwen_25 / \
-                     qwen3)",
-                    self.template.origin
-                ),
-            });
-        }
-        Ok(Some(Json::Array(list)))
     }
 
     /// A role the template is expected to render: one chat templates share, one the recipe
@@ -539,33 +495,6 @@ impl ChatEncoder<'_> {
     }
 }
 
-/// Tool calls with each `function.arguments` given as a JSON string parsed into its object, as
-/// Axolotl does before rendering (templates write the arguments with `tojson`).
-fn parse_tool_calls(calls: &[Json], at: &Location) -> Result<Vec<Json>> {
-    let mut out = calls.to_vec();
-    for call in out.iter_mut() {
-        if let Some(Json::String(a)) = call.pointer("/function/arguments") {
-            let parsed = parse_json(a, at, "a tool call's `arguments`")?;
-            if let Some(slot) = call.pointer_mut("/function/arguments") {
-                *slot = parsed;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A JSON value as a template value (maps keep their key order, like Python dicts).
-fn json_value<T: serde::Serialize>(v: T) -> Value {
-    Value::from(minijinja::value::Serde(v))
-}
-
-fn parse_json(text: &str, at: &Location, what: &str) -> Result<Json> {
-    serde_json::from_str(text).map_err(|e| DataError::BadRow {
-        at: at.clone(),
-        message: format!("{what} is a string but not valid JSON ({e}); write it as JSON"),
-    })
-}
-
 pub(crate) fn jinja_message(e: &minijinja::Error) -> String {
     match e.detail() {
         Some(d) => d.to_string(),
@@ -579,17 +508,6 @@ pub(crate) fn present_keys(m: &Map<String, Json>) -> String {
     }
     let keys: Vec<String> = m.keys().map(|k| format!("`{k}`")).collect();
     format!("fields {}", keys.join(", "))
-}
-
-pub(crate) fn json_kind(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "a list",
-        Json::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,251 @@
+//! What a chat row carries besides roles and contents (issue 15): the row's tool definitions,
+//! tool calls with JSON-string arguments, and the [`Conversation`] handed to the template.
+
+use crate::error::{DataError, Location, Result};
+use crate::template::{ChatTemplate, Message, MessageExtra};
+use minijinja::value::Value;
+use serde_json::{Map, Value as Json};
+
+/// One row's conversation as the template gets it: messages, what each carries besides its
+/// content, each one's own training flag (`message_field_training`), and the row's `tools`.
+#[derive(Debug, Clone, Default)]
+pub struct Conversation {
+    pub messages: Vec<Message>,
+    pub extras: Vec<MessageExtra>,
+    pub train: Vec<Option<bool>>,
+    pub vars: Vec<(String, Value)>,
+}
+
+/// The row's tool definitions (`field_tools`): a list, or a JSON string of one, with each
+/// function's `parameters` parsed when given as a JSON string (as Axolotl does). None when
+/// absent or empty (transformers then renders without tools).
+pub(crate) fn tools(
+    row: &Map<String, Json>,
+    field: &str,
+    template: &ChatTemplate,
+    at: &Location,
+) -> Result<Option<Json>> {
+    let tools = match row.get(field) {
+        None | Some(Json::Null) => return Ok(None),
+        Some(Json::String(s)) => parse_json(s, at, "the tools")?,
+        Some(v) => v.clone(),
+    };
+    let Json::Array(mut list) = tools else {
+        return Err(DataError::WrongType {
+            at: at.clone(),
+            expected: "a list of tool definitions",
+            found: json_kind(&tools).into(),
+        });
+    };
+    if list.is_empty() {
+        return Ok(None);
+    }
+    for tool in list.iter_mut() {
+        if let Some(Json::String(p)) = tool.pointer("/function/parameters") {
+            let parsed = parse_json(p, at, "a tool's `parameters`")?;
+            if let Some(slot) = tool.pointer_mut("/function/parameters") {
+                *slot = parsed;
+            }
+        }
+    }
+    if !template.source.contains("tools") {
+        return Err(DataError::BadRow {
+            at: at.clone(),
+            message: format!(
+                "template {} never reads `tools`, so the row's tool definitions would be \
+                 dropped; use a template that renders them (the model's own, or qwen_25 / \
+                 qwen3)",
+                template.origin
+            ),
+        });
+    }
+    Ok(Some(Json::Array(list)))
+}
+
+/// Tool calls with each `function.arguments` given as a JSON string parsed into its object, as
+/// Axolotl does before rendering (templates write the arguments with `tojson`).
+pub(crate) fn parse_tool_calls(calls: &[Json], at: &Location) -> Result<Vec<Json>> {
+    let mut out = calls.to_vec();
+    for call in out.iter_mut() {
+        if let Some(Json::String(a)) = call.pointer("/function/arguments") {
+            let parsed = parse_json(a, at, "a tool call's `arguments`")?;
+            if let Some(slot) = call.pointer_mut("/function/arguments") {
+                *slot = parsed;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A JSON value as a template value (maps keep their key order, like Python dicts).
+pub(crate) fn json_value<T: serde::Serialize>(v: T) -> Value {
+    Value::from(minijinja::value::Serde(v))
+}
+
+fn parse_json(text: &str, at: &Location, what: &str) -> Result<Json> {
+    serde_json::from_str(text).map_err(|e| DataError::BadRow {
+        at: at.clone(),
+        message: format!("{what} is a string but not valid JSON ({e}); write it as JSON"),
+    })
+}
+
+pub(crate) fn json_kind(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::chat::ChatEncoder;
+    use crate::error::Location;
+    use crate::sample::IGNORE;
+    use crate::template::{ChatTemplate, named_template_source};
+    use crate::tokenizer::TextTokenizer;
+    use runner_recipe::plan::{
+        ChatFormat, ChatTemplate as PlanTemplate, NamedTemplate, TrainOnEos,
+    };
+    use serde_json::{Map, Value as Json, json};
+
+    fn fmt() -> ChatFormat {
+        ChatFormat {
+            template: PlanTemplate::TokenizerDefault,
+            field_messages: "messages".into(),
+            role_key: "role".into(),
+            content_key: "content".into(),
+            roles: vec![],
+            roles_to_train: vec!["assistant".into()],
+            train_on_eos: TrainOnEos::Turn,
+            drop_system_message: false,
+            extras: Default::default(),
+        }
+    }
+
+    fn encoder<'a>(tok: &'a TextTokenizer, name: NamedTemplate, f: &ChatFormat) -> ChatEncoder<'a> {
+        let t = ChatTemplate::new(named_template_source(name), "named", "", "<|im_end|>").unwrap();
+        ChatEncoder::new(t, tok, f, false, None)
+    }
+
+    fn row(v: Json) -> Map<String, Json> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn call(args: Json) -> Json {
+        json!([{"type": "function", "function": {"name": "f", "arguments": args}}])
+    }
+
+    fn trained(tok: &TextTokenizer, enc: &ChatEncoder, r: &Map<String, Json>) -> String {
+        let conv = enc.conversation(r, &Location::default()).unwrap();
+        let s = enc
+            .encode_conversation(&conv, &Location::default())
+            .unwrap();
+        s.input_ids
+            .iter()
+            .zip(&s.labels)
+            .filter(|(_, l)| **l != IGNORE)
+            .map(|(&i, _)| tok.decode_one(i))
+            .collect()
+    }
+
+    #[test]
+    fn issue_15_null_content_is_allowed_only_on_tool_call_turns() {
+        let tok = TextTokenizer::builtin("t").unwrap();
+        let enc = encoder(&tok, NamedTemplate::Qwen25, &fmt());
+        let r = row(json!({"messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": null, "tool_calls": call(json!("{\"x\": 1}"))},
+        ]}));
+        // The template sees no content (its `{% if message.content %}` skips it), never `None`;
+        // the whole tool call is trained, and its arguments string was parsed to an object.
+        assert_eq!(
+            trained(&tok, &enc, &r),
+            "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call><|im_end|>"
+        );
+        for bad in [
+            json!({"role": "assistant", "content": null}),
+            json!({"role": "assistant", "content": null, "tool_calls": []}),
+            json!({"role": "user", "content": null, "tool_calls": null}),
+        ] {
+            let r = row(json!({"messages": [{"role": "user", "content": "q"}, bad]}));
+            let e = enc
+                .conversation(&r, &Location::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("messages[1].content") && e.contains("content is null"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn issue_15_tools_calls_and_reasoning_a_template_ignores_are_refused() {
+        let tok = TextTokenizer::builtin("t").unwrap();
+        let enc = encoder(&tok, NamedTemplate::Chatml, &fmt());
+        for (r, field, what) in [
+            (
+                json!({"messages": [{"role": "assistant", "content": "", "tool_calls": call(json!({}))}]}),
+                "messages[0].tool_calls",
+                "never reads `tool_calls`",
+            ),
+            (
+                json!({"tools": [{"type": "function"}], "messages": [{"role": "user", "content": "q"}]}),
+                "tools",
+                "never reads `tools`",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "content": "a", "reasoning_content": "r"}]}),
+                "messages[0].reasoning_content",
+                "never reads `reasoning_content`",
+            ),
+        ] {
+            let e = enc
+                .conversation(&row(r), &Location::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains(what), "{e}");
+        }
+        // Empty tools are no tools (transformers' `if tools`): nothing is dropped.
+        let r = row(json!({"tools": [], "messages": [{"role": "user", "content": "q"}]}));
+        assert!(enc.conversation(&r, &Location::default()).is_ok());
+    }
+
+    #[test]
+    fn issue_15_bad_tool_json_and_training_flags_are_refused_where_they_are() {
+        let tok = TextTokenizer::builtin("t").unwrap();
+        let mut f = fmt();
+        f.extras.message_field_training = Some("train".into());
+        let enc = encoder(&tok, NamedTemplate::Qwen25, &f);
+        for (r, want) in [
+            (
+                json!({"messages": [{"role": "assistant", "content": "", "tool_calls": call(json!("{oops"))}]}),
+                "messages[0].tool_calls",
+            ),
+            (
+                json!({"tools": "[not json", "messages": [{"role": "user", "content": "q"}]}),
+                "tools",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "q", "train": "yes"}]}),
+                "messages[0].train",
+            ),
+        ] {
+            let e = enc
+                .conversation(&row(r), &Location::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        // A flag trains a user turn and silences an assistant one, whatever roles_to_train says.
+        let r = row(json!({"messages": [
+            {"role": "user", "content": "q", "train": true},
+            {"role": "assistant", "content": "a", "train": false},
+        ]}));
+        assert_eq!(trained(&tok, &enc, &r), "q<|im_end|>");
+    }
+}
