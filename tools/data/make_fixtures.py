@@ -208,7 +208,17 @@ RICH_CASES = [
     ]}, {"message_field_training": "train"}),
 ]
 
+# `eot_tokens` / `train_on_eot` (Axolotl: a second pass over the end-of-turn tokens, beside the
+# EOS pass of train_on_eos).
+EOT_CASES = [
+    ("eot_tokens_train_on_eot_all", {"messages": CONVERSATIONS["system_multi_turn"]},
+     {"eot_tokens": ["<|eot_id|>"], "train_on_eot": "all"}),
+    ("eot_tokens_train_on_eot_last", {"messages": CONVERSATIONS["system_multi_turn"]},
+     {"eot_tokens": ["<|eot_id|>"], "train_on_eot": "last", "train_on_eos": "none"}),
+]
+
 DEFAULT_RICH = {"roles_to_train": ["assistant"], "train_on_eos": "turn", "train_on_inputs": False,
+                "eot_tokens": None, "train_on_eot": None,
                 "chat_template_kwargs": {}, "field_thinking": "reasoning_content",
                 "template_thinking_key": "reasoning_content", "message_field_training": None, "field_tools": "tools"}
 
@@ -273,14 +283,16 @@ def rich_spans(tok, template, turns, text, kwargs):
     return spans
 
 
-def rich_labels(ids, offsets, spans, trains, eot_ids, mode):
-    """labels_for with each turn's `trains` given: a message's own training flag wins over
-    roles_to_train and train_on_inputs (Axolotl's should_train)."""
+def rich_labels(ids, offsets, spans, trains, passes):
+    """labels_for with each turn's `trains` given (a message's own training flag wins over
+    roles_to_train and train_on_inputs: Axolotl's should_train), and one or more end-of-turn
+    passes (token ids, mode): runner's one merged pass by default; with eot_tokens or
+    train_on_eot, Axolotl's EOS pass (train_on_eos) and EOT pass (train_on_eot)."""
     n = len(ids)
     labels = [-100] * n
-    last = None
+    last = [None] * len(passes)
     for span, tr in zip(spans, trains):
-        if (not tr and mode != "all") or span is None:
+        if (not tr and all(m != "all" for _, m in passes)) or span is None:
             continue
         s, e = span
         first = next((k for k in range(n) if offsets[k][1] > s), n)
@@ -290,13 +302,15 @@ def rich_labels(ids, offsets, spans, trains, eot_ids, mode):
         if tr:
             for k in range(first, end):
                 labels[k] = ids[k]
-        k = next((k for k in range(end, n) if ids[k] in eot_ids), None)
-        if k is not None and k - end <= 3:
-            last = k if last is None else max(last, k)
-            if mode == "all" or (mode == "turn" and tr):
-                labels[k] = ids[k]
-    if mode == "last" and last is not None:
-        labels[last] = ids[last]
+        for p, (pids, mode) in enumerate(passes):
+            k = next((k for k in range(end, n) if ids[k] in pids), None)
+            if k is not None and k - end <= 3:
+                last[p] = k if last[p] is None else max(last[p], k)
+                if mode == "all" or (mode == "turn" and tr):
+                    labels[k] = ids[k]
+    for p, (_, mode) in enumerate(passes):
+        if mode == "last" and last[p] is not None:
+            labels[last[p]] = ids[last[p]]
     return labels
 
 
@@ -309,9 +323,9 @@ def turn_end_ids(tok, template_text):
     return eot_ids
 
 
-def make_rich(name, tok, template_spec, template_text, skip=()):
+def make_rich(name, tok, template_spec, template_text, skip=(), extra=()):
     cases = []
-    for cname, row, over in RICH_CASES:
+    for cname, row, over in RICH_CASES + list(extra):
         if cname in skip:
             continue
         st = {**DEFAULT_RICH, **over}
@@ -327,7 +341,18 @@ def make_rich(name, tok, template_spec, template_text, skip=()):
         spans = rich_spans(tok, template_text, turns, text, kwargs)
         trains = [f if f is not None else (st["train_on_inputs"] or t["role"] in st["roles_to_train"])
                   for t, f in zip(turns, flags)]
-        labels = rich_labels(ids, offsets, spans, trains, turn_end_ids(tok, template_text), st["train_on_eos"])
+        if st["eot_tokens"] is None and st["train_on_eot"] is None:
+            passes = [(turn_end_ids(tok, template_text), st["train_on_eos"])]
+        else:
+            eot = [tok.eos_token_id]
+            if st["eot_tokens"] is not None:
+                eot = []
+                for t in st["eot_tokens"]:
+                    one = tok.encode(t, add_special_tokens=False)
+                    assert len(one) == 1 and t in template_text, t
+                    eot += one
+            passes = [([tok.eos_token_id], st["train_on_eos"]), (eot, st["train_on_eot"] or st["train_on_eos"])]
+        labels = rich_labels(ids, offsets, spans, trains, passes)
         cases.append({"name": cname, "row": row, "settings": st, "text": text, "input_ids": ids, "labels": labels})
     fixture = {"generated_by": "tools/data/make_fixtures.py", "transformers": transformers.__version__,
                "template": template_spec, "cases": cases}
@@ -466,6 +491,9 @@ def main():
                   skip=["tools_json_string_null_content"])  # Qwen3's own template needs a string content
         make_rich("qwen3_qwen25", qwen, {"tokenizer": "qwen3", "kind": "named", "name": "qwen_25"}, named("qwen_25"),
                   skip=["reasoning_content", "reasoning_field_and_kwargs"])  # it never prints reasoning (runner refuses)
+        llama = AutoTokenizer.from_pretrained(str(ROOT / ".cache" / "tokenizers" / "llama-3.2"))
+        make_rich("llama32_llama3", llama, {"tokenizer": "llama-3.2", "kind": "named", "name": "llama3"}, named("llama3"),
+                  skip=[c[0] for c in RICH_CASES if c[0] != "message_training_flags"], extra=EOT_CASES)
         return
     smol = os.environ.get("RUNNER_SMOLLM2_GGUF", str(ROOT / ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     tokdir = ROOT / ".cache" / "tokenizers"
@@ -480,6 +508,8 @@ def main():
     make_formats("smollm2", s)
     make_formats("llama-3.2", llama)
     make("llama32_llama3", llama, {"tokenizer": "llama-3.2", "kind": "named", "name": "llama3"}, named("llama3"))
+    make_rich("llama32_llama3", llama, {"tokenizer": "llama-3.2", "kind": "named", "name": "llama3"}, named("llama3"),
+              skip=[c[0] for c in RICH_CASES if c[0] != "message_training_flags"], extra=EOT_CASES)
     qwen = AutoTokenizer.from_pretrained(str(tokdir / "qwen3"))
     make("qwen3_default", qwen, {"tokenizer": "qwen3", "kind": "tokenizer_default"}, qwen.chat_template)
     make("qwen3_qwen25", qwen, {"tokenizer": "qwen3", "kind": "named", "name": "qwen_25"}, named("qwen_25"))

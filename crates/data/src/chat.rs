@@ -60,6 +60,61 @@ pub fn turn_end_ids(template_source: &str, tok: &TextTokenizer) -> Vec<u32> {
     ids
 }
 
+/// The end-of-turn passes of a dataset. Without `eot_tokens` and `train_on_eot`: one pass over
+/// [`turn_end_ids`] with `train_on_eos`. With either: Axolotl's two passes, the tokenizer's EOS
+/// with `train_on_eos`, then `eot_tokens` (default: the EOS) with `train_on_eot` (default:
+/// `train_on_eos`). Each end-of-turn token must be one token the template writes, and an EOS
+/// listed there cannot train differently from `train_on_eos` (Axolotl refuses both too; it
+/// drops a token missing from the template with a warning, runner refuses it).
+fn eot_passes(
+    source: &str,
+    tok: &TextTokenizer,
+    fmt: &ChatFormat,
+) -> std::result::Result<Vec<(Vec<u32>, TrainOnEos)>, String> {
+    let x = &fmt.extras;
+    if x.eot_tokens.is_none() && x.train_on_eot.is_none() {
+        return Ok(vec![(turn_end_ids(source, tok), fmt.train_on_eos)]);
+    }
+    let eos: Vec<u32> = tok.eos.iter().map(|e| e.id).collect();
+    let eot_mode = x.train_on_eot.unwrap_or(fmt.train_on_eos);
+    let eot = match &x.eot_tokens {
+        None => eos.clone(),
+        Some(list) => {
+            let mut ids = Vec::new();
+            for t in list {
+                if !source.contains(t.as_str()) {
+                    return Err(format!(
+                        "eot_tokens: `{t}` never appears in the chat template's text, so it \
+                         cannot end a turn; list the token the template writes at the end of \
+                         each turn"
+                    ));
+                }
+                let enc = tok
+                    .encode_with_offsets(t)
+                    .map_err(|e| format!("eot_tokens: `{t}`: {e}"))?;
+                match enc.ids.as_slice() {
+                    [id] => ids.push(*id),
+                    other => {
+                        return Err(format!(
+                            "eot_tokens: `{t}` is {} tokens, not one; add it under `tokens:`",
+                            other.len()
+                        ));
+                    }
+                }
+            }
+            ids
+        }
+    };
+    if eot.iter().any(|id| eos.contains(id)) && eot_mode != fmt.train_on_eos {
+        return Err(
+            "eot_tokens lists the EOS token, and train_on_eot differs from train_on_eos: the \
+             same token cannot be both trained and not; make them equal or leave the EOS out"
+                .into(),
+        );
+    }
+    Ok(vec![(eos, fmt.train_on_eos), (eot, eot_mode)])
+}
+
 /// Everything needed to turn one chat row into a sample.
 pub struct ChatEncoder<'a> {
     pub template: ChatTemplate,
@@ -67,7 +122,10 @@ pub struct ChatEncoder<'a> {
     fmt: ChatFormat,
     train_on_inputs: bool,
     default_system_message: Option<String>,
-    eot_ids: Vec<u32>,
+    /// End-of-turn passes: (token ids, which of them train). One merged pass by default; the
+    /// EOS pass and the `eot_tokens` pass with `eot_tokens` / `train_on_eot` (Axolotl's rule).
+    /// An error when those settings do not fit the tokenizer or template.
+    passes: std::result::Result<Vec<(Vec<u32>, TrainOnEos)>, String>,
     /// Rows whose rendered text held none of their messages' content: a template that never
     /// prints `message['content']` trains nothing, and the empty-dataset error says so.
     contentless: std::sync::atomic::AtomicU64,
@@ -81,18 +139,15 @@ impl<'a> ChatEncoder<'a> {
         train_on_inputs: bool,
         default_system_message: Option<String>,
     ) -> Self {
-        let eot_ids = turn_end_ids(&template.source, tok);
-        let mut template = template;
-        for (k, v) in &fmt.extras.template_kwargs {
-            template = template.with_value(k, json_value(v));
-        }
+        let passes = eot_passes(&template.source, tok, fmt);
+        let template = template.with_kwargs(&fmt.extras.template_kwargs);
         ChatEncoder {
             template,
             tok,
             fmt: fmt.clone(),
             train_on_inputs,
             default_system_message,
-            eot_ids,
+            passes,
             contentless: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -211,6 +266,19 @@ impl<'a> ChatEncoder<'a> {
                 Some(Json::Array(parts)) => {
                     let mut text = String::new();
                     for (k, part) in parts.iter().enumerate() {
+                        // Axolotl trains only the parts marked so; joining them would train all.
+                        if let Some(flag) = ["train", "weight"]
+                            .into_iter()
+                            .find(|f| part.get(f).is_some_and(|v| !v.is_null()))
+                        {
+                            return Err(DataError::BadRow {
+                                at: path(&format!("{}[{k}].{flag}", self.fmt.content_key)),
+                                message: "per-part training flags are not supported yet; split \
+                                          the turn, or use `message_field_training` for a whole \
+                                          turn"
+                                    .into(),
+                            });
+                        }
                         let t = part.as_object().and_then(|p| {
                             ["text", "content", "value"]
                                 .iter()
@@ -412,17 +480,18 @@ impl<'a> ChatEncoder<'a> {
             self.contentless
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        let passes = self.check_passes()?;
         let enc = self.tok.encode_with_offsets(&rendered.text)?;
         let n = enc.ids.len();
         let mut labels = vec![IGNORE; n];
-        let mut last_eot: Option<usize> = None;
-        let eos_mode = self.fmt.train_on_eos;
+        let mut last_eot: Vec<Option<usize>> = vec![None; passes.len()];
+        let any_all = passes.iter().any(|(_, m)| *m == TrainOnEos::All);
         for (i, m) in messages.iter().enumerate() {
             // A message's own training flag wins over its role (Axolotl's `should_train`).
             let trains = conv.train.get(i).copied().flatten().unwrap_or_else(|| {
                 self.train_on_inputs || self.fmt.roles_to_train.contains(&m.role)
             });
-            if !trains && eos_mode != TrainOnEos::All {
+            if !trains && !any_all {
                 continue;
             }
             let Some(span) = rendered.spans[i].clone() else {
@@ -439,19 +508,23 @@ impl<'a> ChatEncoder<'a> {
                     *l = id as i32;
                 }
             }
-            if let Some(k) = (end..n).find(|&k| self.eot_ids.contains(&enc.ids[k]))
-                && k - end <= 3
-            {
-                last_eot = Some(last_eot.map_or(k, |l| l.max(k)));
-                if eos_mode == TrainOnEos::All || (eos_mode == TrainOnEos::Turn && trains) {
-                    labels[k] = enc.ids[k] as i32;
+            for ((ids, mode), last) in passes.iter().zip(last_eot.iter_mut()) {
+                if let Some(k) = (end..n).find(|&k| ids.contains(&enc.ids[k]))
+                    && k - end <= 3
+                {
+                    *last = Some(last.map_or(k, |l| l.max(k)));
+                    if *mode == TrainOnEos::All || (*mode == TrainOnEos::Turn && trains) {
+                        labels[k] = enc.ids[k] as i32;
+                    }
                 }
             }
         }
-        if eos_mode == TrainOnEos::Last
-            && let Some(k) = last_eot
-        {
-            labels[k] = enc.ids[k] as i32;
+        for ((_, mode), last) in passes.iter().zip(&last_eot) {
+            if *mode == TrainOnEos::Last
+                && let Some(k) = *last
+            {
+                labels[k] = enc.ids[k] as i32;
+            }
         }
         Ok(Sample {
             input_ids: enc.ids,
@@ -461,6 +534,17 @@ impl<'a> ChatEncoder<'a> {
 }
 
 impl ChatEncoder<'_> {
+    /// The end-of-turn passes, or why `eot_tokens` / `train_on_eot` cannot be used (an error of
+    /// the recipe, not of a row: the data stage stops on it before the first row).
+    pub fn check_passes(&self) -> Result<&[(Vec<u32>, TrainOnEos)]> {
+        self.passes
+            .as_deref()
+            .map_err(|message| DataError::Template {
+                template: self.template.origin.clone(),
+                message: message.clone(),
+            })
+    }
+
     /// A failed render: the row's fault only when the template rejected it; a template that
     /// cannot render at all (an `include` of nothing, an unknown filter) or ran past its limits
     /// is the template's, and stops the run whatever `--skip-bad-rows` says (issue 17: an
@@ -584,6 +668,16 @@ mod tests {
             .messages(&r, &Location::default())
             .unwrap();
         assert_eq!(ms[0].content, "ab");
+        let flagged = row(
+            json!({"messages": [{"role": "assistant", "content": [{"type": "text", "text": "a", "train": false}]}]}),
+        );
+        let e = encoder(&tok, &fmt(), None)
+            .messages(&flagged, &Location::default())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("messages[0].content[0].train"),
+            "{e}"
+        );
         let bad = row(json!({"messages": [{"role": "user", "content": [{"type": "image"}]}]}));
         let e = encoder(&tok, &fmt(), None)
             .messages(&bad, &Location::default())

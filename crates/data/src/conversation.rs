@@ -248,4 +248,42 @@ mod tests {
         ]}));
         assert_eq!(trained(&tok, &enc, &r), "q<|im_end|>");
     }
+
+    #[test]
+    fn issue_15_eot_tokens_that_cannot_end_a_turn_are_refused() {
+        let tok = TextTokenizer::builtin("t").unwrap();
+        let r = row(
+            json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}),
+        );
+        for (eot, train_on_eot, want) in [
+            (
+                vec!["<|eot_id|>"],
+                None,
+                "never appears in the chat template",
+            ),
+            (vec!["im_start"], None, "tokens, not one"),
+            (
+                vec!["<|im_end|>"],
+                Some(TrainOnEos::All),
+                "lists the EOS token",
+            ),
+        ] {
+            let mut f = fmt();
+            f.extras.eot_tokens = Some(eot.iter().map(|t| t.to_string()).collect());
+            f.extras.train_on_eot = train_on_eot;
+            let enc = encoder(&tok, NamedTemplate::Chatml, &f);
+            let e = enc.check_passes().unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+            let conv = enc.conversation(&r, &Location::default()).unwrap();
+            assert!(
+                enc.encode_conversation(&conv, &Location::default())
+                    .is_err()
+            );
+        }
+        // The EOS listed, trained the same way: fine, and the same as the default.
+        let mut f = fmt();
+        f.extras.eot_tokens = Some(vec!["<|im_end|>".into()]);
+        let enc = encoder(&tok, NamedTemplate::Chatml, &f);
+        assert_eq!(trained(&tok, &enc, &r), "a<|im_end|>");
+    }
 }

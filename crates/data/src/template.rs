@@ -136,6 +136,17 @@ impl ChatTemplate {
         self
     }
 
+    /// Adds the recipe's `chat_template_kwargs` (JSON values, maps in their order).
+    pub fn with_kwargs<'a>(
+        mut self,
+        kwargs: impl IntoIterator<Item = (&'a String, &'a serde_json::Value)>,
+    ) -> Self {
+        for (k, v) in kwargs {
+            self = self.with_value(k, Value::from(minijinja::value::Serde(v)));
+        }
+        self
+    }
+
     fn render_values(
         &self,
         messages: Vec<Value>,

@@ -215,6 +215,15 @@ fn instruction_formats_match_axolotl_sentencepiece() {
 /// Issue 15: rows with tools, tool calls (arguments as JSON strings, null content), the `tool`
 /// role, reasoning content, `chat_template_kwargs` and per-message training flags, prepared as
 /// Axolotl prepares them and rendered by transformers (`chat_rich_*.json`).
+fn mode(m: &str) -> TrainOnEos {
+    match m {
+        "turn" => TrainOnEos::Turn,
+        "all" => TrainOnEos::All,
+        "last" => TrainOnEos::Last,
+        _ => TrainOnEos::None,
+    }
+}
+
 fn check_rich(name: &str) {
     use runner_recipe::plan::ChatExtras;
     let p =
@@ -240,12 +249,7 @@ fn check_rich(name: &str) {
             content_key: "content".into(),
             roles: vec![],
             roles_to_train: serde_json::from_value(st["roles_to_train"].clone()).unwrap(),
-            train_on_eos: match st["train_on_eos"].as_str().unwrap() {
-                "turn" => TrainOnEos::Turn,
-                "all" => TrainOnEos::All,
-                "last" => TrainOnEos::Last,
-                _ => TrainOnEos::None,
-            },
+            train_on_eos: mode(st["train_on_eos"].as_str().unwrap()),
             drop_system_message: false,
             extras: ChatExtras {
                 field_tools: st["field_tools"].as_str().unwrap().into(),
@@ -254,6 +258,8 @@ fn check_rich(name: &str) {
                 message_field_training: st["message_field_training"].as_str().map(Into::into),
                 template_kwargs: serde_json::from_value(st["chat_template_kwargs"].clone())
                     .unwrap(),
+                eot_tokens: serde_json::from_value(st["eot_tokens"].clone()).unwrap(),
+                train_on_eot: st["train_on_eot"].as_str().map(mode),
             },
         };
         let template = ChatTemplate::new(&source, name, &bos, &eos).unwrap();
@@ -311,4 +317,9 @@ fn issue_15_tools_reasoning_kwargs_and_flags_match_transformers_qwen3() {
 #[test]
 fn issue_15_tool_calls_with_null_content_match_transformers_qwen25() {
     check_rich("qwen3_qwen25");
+}
+
+#[test]
+fn issue_15_eot_tokens_and_train_on_eot_match_axolotl_llama32() {
+    check_rich("llama32_llama3");
 }

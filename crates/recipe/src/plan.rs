@@ -284,6 +284,11 @@ pub struct ChatExtras {
     pub message_field_training: Option<String>,
     /// `chat_template_kwargs` (recipe level): extra template variables.
     pub template_kwargs: std::collections::BTreeMap<String, serde_json::Value>,
+    /// `eot_tokens` (recipe level): the end-of-turn tokens of `train_on_eot`.
+    pub eot_tokens: Option<Vec<String>>,
+    /// `train_on_eot`; None = as `train_on_eos`. With this or `eot_tokens` set, the EOS and
+    /// the end-of-turn tokens are two passes, as in Axolotl.
+    pub train_on_eot: Option<TrainOnEos>,
 }
 
 impl Default for ChatExtras {
@@ -294,6 +299,8 @@ impl Default for ChatExtras {
             template_thinking_key: "reasoning_content".into(),
             message_field_training: None,
             template_kwargs: Default::default(),
+            eot_tokens: None,
+            train_on_eot: None,
         }
     }
 }

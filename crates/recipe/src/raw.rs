@@ -102,6 +102,9 @@ pub struct RawRecipe {
     /// Extra chat-template variables for every chat dataset, e.g. `{enable_thinking: false}`
     /// (transformers' `apply_chat_template(**kwargs)`).
     pub chat_template_kwargs: Option<BTreeMap<String, serde_json::Value>>,
+    /// Tokens that end a turn, for the datasets' `train_on_eot` (each a single token the chat
+    /// template writes). Default: the tokenizer's EOS.
+    pub eot_tokens: Option<Vec<String>>,
     /// System message added to conversations that have none.
     pub default_system_message: Option<String>,
     /// Shuffle rows after merging datasets. Default true.
@@ -262,6 +265,8 @@ pub struct RawDataset {
     pub template_thinking_key: Option<String>,
     /// Message key holding `true`/`false`: train that turn or not, whatever its role.
     pub message_field_training: Option<String>,
+    /// Which `eot_tokens` are trained: `turn`, `all`, `last`, `none`. Default: as `train_on_eos`.
+    pub train_on_eot: Option<TrainOnEosName>,
     /// Custom alpaca: column of the system prompt.
     pub field_system: Option<String>,
     /// Custom alpaca: column of the instruction.

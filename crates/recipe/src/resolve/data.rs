@@ -88,6 +88,7 @@ pub(super) fn resolve_data(r: &mut Resolver, raw: &RawRecipe) -> Option<DataPlan
     {
         if let DatasetFormat::ChatTemplate(c) = &mut d.format {
             c.extras.template_kwargs = kwargs.clone();
+            c.extras.eot_tokens = raw.eot_tokens.clone();
         }
     }
     let sample_packing = raw.sample_packing.unwrap_or(false);
@@ -436,6 +437,7 @@ fn resolve_dataset(
                 "field_thinking",
                 "template_thinking_key",
                 "message_field_training",
+                "train_on_eot",
             ] {
                 r.from(&format!("{cp}.extras.{f}"), &key(f));
             }
@@ -443,6 +445,7 @@ fn resolve_dataset(
                 &format!("{cp}.extras.template_kwargs"),
                 "chat_template_kwargs",
             );
+            r.from(&format!("{cp}.extras.eot_tokens"), "eot_tokens");
         }
         Some(DatasetFormat::Completion { .. }) => {
             r.from(&format!("{pp}.format.completion.field"), &key("field"));
@@ -500,6 +503,15 @@ const RESERVED_TEMPLATE_VARIABLES: [&str; 6] = [
     "eos_token",
     "chat_template",
 ];
+
+fn eos_mode(n: TrainOnEosName) -> TrainOnEos {
+    match n {
+        TrainOnEosName::Turn => TrainOnEos::Turn,
+        TrainOnEosName::All => TrainOnEos::All,
+        TrainOnEosName::Last => TrainOnEos::Last,
+        TrainOnEosName::None => TrainOnEos::None,
+    }
+}
 
 fn custom_alpaca(c: RawCustomFormat) -> CustomAlpaca {
     // Axolotl's defaults for a user-defined prompt format.
@@ -613,12 +625,7 @@ fn chat_format(
         content_key,
         roles,
         roles_to_train,
-        train_on_eos: match d.train_on_eos {
-            None | Some(TrainOnEosName::Turn) => TrainOnEos::Turn,
-            Some(TrainOnEosName::All) => TrainOnEos::All,
-            Some(TrainOnEosName::Last) => TrainOnEos::Last,
-            Some(TrainOnEosName::None) => TrainOnEos::None,
-        },
+        train_on_eos: d.train_on_eos.map_or(TrainOnEos::Turn, eos_mode),
         drop_system_message: d.drop_system_message.unwrap_or(false),
         extras: ChatExtras {
             field_tools: d.field_tools.clone().unwrap_or_else(|| "tools".into()),
@@ -632,6 +639,8 @@ fn chat_format(
                 .unwrap_or_else(|| "reasoning_content".into()),
             message_field_training: d.message_field_training.clone(),
             template_kwargs: Default::default(),
+            eot_tokens: None,
+            train_on_eot: d.train_on_eot.map(eos_mode),
         },
     })
 }
