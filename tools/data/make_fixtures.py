@@ -15,6 +15,18 @@ The masking rule, written out (Axolotl 0.21 chat_template strategy, train_on_eos
   * then the first end-of-turn token (the tokenizer's EOS, or a turn-end token the template text
     writes) at most 3 tokens after the content's last token: trained for `turn` when the turn
     trains, for `all` always (every turn is visited), and for `last` only the last one found.
+
+chat_rich_*.json (issue 15): rows as datasets hold them (tools, tool calls with JSON-string
+arguments, null content on tool-call turns, the `tool` role, reasoning content, per-message
+training flags), turned into what Axolotl's chat_template strategy (src/axolotl/prompt_strategies/
+chat_template.py) hands transformers, with the dataset settings of each case. A turn with tool
+calls or reasoning trains, as in Axolotl's find_turn, the stretch of text that differs from the
+render with that turn replaced by {role, content: sentinel} (taken on the whole conversation; Axolotl
+diffs a prefix of it, which misplaces turns a template renders differently when they are last).
+A message's own training flag wins over its role. With eot_tokens or train_on_eot, the end-of-turn
+rule is Axolotl's two passes (EOS with train_on_eos, eot_tokens with train_on_eot).
+`python3 tools/data/make_fixtures.py rich` writes only these (it needs only the tokenizers of
+tools/data/fetch_tokenizers.sh).
 """
 import json
 import os

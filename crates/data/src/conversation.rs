@@ -286,4 +286,35 @@ mod tests {
         let enc = encoder(&tok, NamedTemplate::Chatml, &f);
         assert_eq!(trained(&tok, &enc, &r), "a<|im_end|>");
     }
+
+    #[test]
+    fn issue_15_chat_template_kwargs_are_template_variables() {
+        let tok = TextTokenizer::builtin("t").unwrap();
+        let mut f = fmt();
+        f.extras.template_kwargs = [
+            ("enable_thinking".to_string(), json!(false)),
+            ("date_string".to_string(), json!("26 Jul 2024")),
+            ("opts".to_string(), json!({"b": 1, "a": [2.5]})),
+        ]
+        .into_iter()
+        .collect();
+        let src = "{% if not enable_thinking %}[no-think]{% endif %}{{ date_string }}|{{ opts | tojson }}|{{ enable_thinking }}{% for m in messages %}<{{ m.role }}>{{ m.content }}<|im_end|>{% endfor %}";
+        let t = ChatTemplate::new(src, "inline", "", "<|im_end|>").unwrap();
+        let enc = ChatEncoder::new(t, &tok, &f, false, None);
+        let r = row(
+            json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}),
+        );
+        let conv = enc.conversation(&r, &Location::default()).unwrap();
+        let text = enc
+            .template
+            .render_tracked_rich(&conv.messages, &conv.extras, &conv.vars)
+            .unwrap()
+            .text;
+        // Maps keep their order (as a Python dict would), values print as Jinja2 prints them.
+        assert_eq!(
+            text,
+            "[no-think]26 Jul 2024|{\"b\": 1, \"a\": [2.5]}|False<user>q<|im_end|><assistant>a<|im_end|>"
+        );
+        assert_eq!(trained(&tok, &enc, &r), "a<|im_end|>");
+    }
 }
