@@ -229,10 +229,22 @@ EOT_CASES = [
      {"eot_tokens": ["<|eot_id|>"], "train_on_eot": "last", "train_on_eos": "none"}),
 ]
 
+# Axolotl's `message_field_training_detail`: character ranges (inclusive ends) of the content.
+_THINK, _ANSWER = "Réfléchissons: 2+2.", " The answer is 4."
+RICH_CASES.append(("message_training_detail", {"messages": [
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": _THINK + _ANSWER, "detail": [
+        {"begin_offset": 0, "end_offset": len(_THINK) - 1, "train": False},
+        {"begin_offset": len(_THINK), "end_offset": len(_THINK) + len(_ANSWER) - 1, "train": True}]},
+    {"role": "user", "content": "And 3+3?", "detail": [{"begin_offset": 4, "end_offset": 7, "train": True}]},
+    {"role": "assistant", "content": "6", "detail": []},
+]}, {"message_field_training_detail": "detail"}))
+
 DEFAULT_RICH = {"roles_to_train": ["assistant"], "train_on_eos": "turn", "train_on_inputs": False,
                 "eot_tokens": None, "train_on_eot": None,
                 "chat_template_kwargs": {}, "field_thinking": "reasoning_content",
-                "template_thinking_key": "reasoning_content", "message_field_training": None, "field_tools": "tools"}
+                "template_thinking_key": "reasoning_content", "message_field_training": None, "field_tools": "tools",
+                "message_field_training_detail": None}
 
 
 def axolotl_turns(row, st):
@@ -246,11 +258,11 @@ def axolotl_turns(row, st):
         f = t.get("function", {})
         if isinstance(f.get("parameters"), str):
             f["parameters"] = json.loads(f["parameters"])
-    turns, flags = [], []
+    turns, flags, details = [], [], []
     for m in row["messages"]:
         t = {}
         for k, v in m.items():
-            if v is None or k == st["message_field_training"]:
+            if v is None or k in (st["message_field_training"], st["message_field_training_detail"]):
                 continue
             t[st["template_thinking_key"] if k == st["field_thinking"] else k] = v
         for call in t.get("tool_calls") or []:
@@ -259,7 +271,30 @@ def axolotl_turns(row, st):
                 f["arguments"] = json.loads(f["arguments"])
         turns.append(t)
         flags.append(m.get(st["message_field_training"]) if st["message_field_training"] else None)
-    return turns, tools or None, flags
+        details.append(m.get(st["message_field_training_detail"]) if st["message_field_training_detail"] else None)
+    return turns, tools or None, flags, details
+
+
+def detail_token_mask(tok, text, details):
+    """Axolotl's get_offsets_for_train_detail: the content tokenized alone, each token's range
+    widened to the next token's start - 1, the detail ranges snapped to token edges; a token
+    trains when it lies inside a range marked train."""
+    offs = [list(o) for o in tok(text, return_offsets_mapping=True, add_special_tokens=False)["offset_mapping"]]
+    for i in range(len(offs) - 1):
+        offs[i] = [offs[i][0], offs[i + 1][0] - 1]
+    offs[-1] = [offs[-1][0], len(text) - 1]
+    adjusted = []
+    for d in details:
+        b, e = d["begin_offset"], d["end_offset"]
+        bt = next((i for i, (s, _) in enumerate(offs) if s >= b), len(offs))
+        if bt > 0 and offs[bt - 1][1] > b:
+            bt -= 1
+        et = next((i for i in range(len(offs) - 1, -1, -1) if offs[i][1] <= e), -1)
+        if et < len(offs) - 1 and offs[et + 1][0] < e:
+            et += 1
+        if bt <= et:
+            adjusted.append((offs[bt][0], offs[et][1], d["train"]))
+    return [any(s >= b and e <= en and tr for b, en, tr in adjusted) for s, e in offs]
 
 
 def rich_spans(tok, template, turns, text, kwargs):
@@ -295,15 +330,16 @@ def rich_spans(tok, template, turns, text, kwargs):
     return spans
 
 
-def rich_labels(ids, offsets, spans, trains, passes):
+def rich_labels(ids, offsets, spans, trains, passes, masks=None):
     """labels_for with each turn's `trains` given (a message's own training flag wins over
-    roles_to_train and train_on_inputs: Axolotl's should_train), and one or more end-of-turn
+    roles_to_train and train_on_inputs: Axolotl's should_train; a turn with a training detail
+    trains the tokens its mask marks, counted from its first token), and one or more end-of-turn
     passes (token ids, mode): runner's one merged pass by default; with eot_tokens or
     train_on_eot, Axolotl's EOS pass (train_on_eos) and EOT pass (train_on_eot)."""
     n = len(ids)
     labels = [-100] * n
     last = [None] * len(passes)
-    for span, tr in zip(spans, trains):
+    for idx, (span, tr) in enumerate(zip(spans, trains)):
         if (not tr and all(m != "all" for _, m in passes)) or span is None:
             continue
         s, e = span
@@ -311,7 +347,11 @@ def rich_labels(ids, offsets, spans, trains, passes):
         end = first
         while end < n and offsets[end][0] < e and s < e:
             end += 1
-        if tr:
+        if tr and masks is not None and masks[idx] is not None:
+            for i, on in enumerate(masks[idx]):
+                if on and first + i < n:
+                    labels[first + i] = ids[first + i]
+        elif tr:
             for k in range(first, end):
                 labels[k] = ids[k]
         for p, (pids, mode) in enumerate(passes):
@@ -341,7 +381,7 @@ def make_rich(name, tok, template_spec, template_text, skip=(), extra=()):
         if cname in skip:
             continue
         st = {**DEFAULT_RICH, **over}
-        turns, tools, flags = axolotl_turns(json.loads(json.dumps(row)), st)
+        turns, tools, flags, details = axolotl_turns(json.loads(json.dumps(row)), st)
         kwargs = dict(st["chat_template_kwargs"])
         if tools:
             kwargs["tools"] = tools
@@ -351,8 +391,9 @@ def make_rich(name, tok, template_spec, template_text, skip=(), extra=()):
         assert list(enc["input_ids"]) == ids, f"{name}/{cname}: tokenizing the text differs"
         offsets = [tuple(o) for o in enc["offset_mapping"]]
         spans = rich_spans(tok, template_text, turns, text, kwargs)
-        trains = [f if f is not None else (st["train_on_inputs"] or t["role"] in st["roles_to_train"])
-                  for t, f in zip(turns, flags)]
+        trains = [f if f is not None else bool(d) if d is not None else (st["train_on_inputs"] or t["role"] in st["roles_to_train"])
+                  for t, f, d in zip(turns, flags, details)]
+        masks = [detail_token_mask(tok, t["content"], d) if d else None for t, d in zip(turns, details)]
         if st["eot_tokens"] is None and st["train_on_eot"] is None:
             passes = [(turn_end_ids(tok, template_text), st["train_on_eos"])]
         else:
@@ -364,7 +405,7 @@ def make_rich(name, tok, template_spec, template_text, skip=(), extra=()):
                     assert len(one) == 1 and t in template_text, t
                     eot += one
             passes = [([tok.eos_token_id], st["train_on_eos"]), (eot, st["train_on_eot"] or st["train_on_eos"])]
-        labels = rich_labels(ids, offsets, spans, trains, passes)
+        labels = rich_labels(ids, offsets, spans, trains, passes, masks)
         cases.append({"name": cname, "row": row, "settings": st, "text": text, "input_ids": ids, "labels": labels})
     fixture = {"generated_by": "tools/data/make_fixtures.py", "transformers": transformers.__version__,
                "template": template_spec, "cases": cases}

@@ -13,7 +13,9 @@
 //! token-diffing `find_turn` cannot locate an empty turn and trains nothing there.
 
 pub(crate) use crate::conversation::json_kind;
-use crate::conversation::{Conversation, json_value, parse_tool_calls, tools};
+use crate::conversation::{
+    Conversation, detail_mask, json_value, parse_detail, parse_tool_calls, tools,
+};
 use crate::error::{DataError, Location, Result};
 use crate::sample::{IGNORE, Sample};
 use crate::template::{ChatTemplate, Message, MessageExtra};
@@ -189,6 +191,7 @@ impl<'a> ChatEncoder<'a> {
         let mut out = Vec::with_capacity(list.len() + 1);
         let mut extras = Vec::with_capacity(list.len() + 1);
         let mut train = Vec::with_capacity(list.len() + 1);
+        let mut detail = Vec::with_capacity(list.len() + 1);
         let source = &self.template.source;
         let x = &self.fmt.extras;
         for (i, m) in list.iter().enumerate() {
@@ -368,6 +371,27 @@ impl<'a> ChatEncoder<'a> {
                     }
                 },
             };
+            let details = match &x.message_field_training_detail {
+                None => None,
+                Some(k) => match m.get(k) {
+                    None | Some(Json::Null) => None,
+                    Some(v) => Some(parse_detail(v, &path(k))?),
+                },
+            };
+            if details.as_ref().is_some_and(|d| !d.is_empty())
+                && (extra.whole_turn || tool_calls.is_some())
+            {
+                return Err(DataError::BadRow {
+                    at: path(
+                        x.message_field_training_detail
+                            .as_deref()
+                            .unwrap_or_default(),
+                    ),
+                    message: "a training detail on a turn with tool calls or reasoning is not \
+                              supported yet; use `message_field_training` for the whole turn"
+                        .into(),
+                });
+            }
             if let Some(calls) = tool_calls {
                 extra.whole_turn = true;
                 extra.fields.push(("tool_calls".into(), json_value(&calls)));
@@ -383,6 +407,7 @@ impl<'a> ChatEncoder<'a> {
                 if v.is_null()
                     || taken.contains(&k.as_str())
                     || x.message_field_training.as_deref() == Some(k.as_str())
+                    || x.message_field_training_detail.as_deref() == Some(k.as_str())
                 {
                     continue;
                 }
@@ -391,6 +416,7 @@ impl<'a> ChatEncoder<'a> {
             out.push(Message { role, content });
             extras.push(extra);
             train.push(flag);
+            detail.push(details);
         }
         if out.is_empty() {
             return Err(DataError::BadRow {
@@ -411,6 +437,7 @@ impl<'a> ChatEncoder<'a> {
             );
             extras.insert(0, MessageExtra::default());
             train.insert(0, None);
+            detail.insert(0, None);
         }
         let vars = match tools(
             row,
@@ -425,6 +452,7 @@ impl<'a> ChatEncoder<'a> {
             messages: out,
             extras,
             train,
+            detail,
             vars,
         })
     }
@@ -487,10 +515,18 @@ impl<'a> ChatEncoder<'a> {
         let mut last_eot: Vec<Option<usize>> = vec![None; passes.len()];
         let any_all = passes.iter().any(|(_, m)| *m == TrainOnEos::All);
         for (i, m) in messages.iter().enumerate() {
-            // A message's own training flag wins over its role (Axolotl's `should_train`).
-            let trains = conv.train.get(i).copied().flatten().unwrap_or_else(|| {
-                self.train_on_inputs || self.fmt.roles_to_train.contains(&m.role)
-            });
+            // A message's own training flag wins over its role, then whether it has a
+            // training detail (Axolotl's `should_train`).
+            let detail = conv.detail.get(i).and_then(Option::as_ref);
+            let trains = conv
+                .train
+                .get(i)
+                .copied()
+                .flatten()
+                .or(detail.map(|d| !d.is_empty()))
+                .unwrap_or_else(|| {
+                    self.train_on_inputs || self.fmt.roles_to_train.contains(&m.role)
+                });
             if !trains && !any_all {
                 continue;
             }
@@ -503,7 +539,17 @@ impl<'a> ChatEncoder<'a> {
             while end < n && enc.offsets[end].0 < span.end && span.start < span.end {
                 end += 1;
             }
-            if trains {
+            if let Some(d) = detail.filter(|d| trains && !d.is_empty()) {
+                // Axolotl counts the content's own tokens from the turn's first token.
+                for (k, on) in detail_mask(self.tok, &m.content, d)?
+                    .into_iter()
+                    .enumerate()
+                {
+                    if on && first + k < n {
+                        labels[first + k] = enc.ids[first + k] as i32;
+                    }
+                }
+            } else if trains {
                 for (l, &id) in labels[first..end].iter_mut().zip(&enc.ids[first..end]) {
                     *l = id as i32;
                 }

@@ -13,6 +13,8 @@ pub struct Conversation {
     pub messages: Vec<Message>,
     pub extras: Vec<MessageExtra>,
     pub train: Vec<Option<bool>>,
+    /// Each message's character ranges to train or not (`message_field_training_detail`).
+    pub detail: Vec<Option<Vec<TrainDetail>>>,
     pub vars: Vec<(String, Value)>,
 }
 
@@ -60,6 +62,86 @@ pub(crate) fn tools(
         });
     }
     Ok(Some(Json::Array(list)))
+}
+
+/// One range of `message_field_training_detail`: characters `begin..=end` of the content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainDetail {
+    pub begin: usize,
+    pub end: usize,
+    pub train: bool,
+}
+
+/// A message's training detail: a list of `{begin_offset, end_offset, train}`.
+pub(crate) fn parse_detail(v: &Json, at: &Location) -> Result<Vec<TrainDetail>> {
+    let bad = |found: &Json| DataError::WrongType {
+        at: at.clone(),
+        expected: "a list of {begin_offset, end_offset, train} (character offsets, inclusive end)",
+        found: json_kind(found).into(),
+    };
+    let Json::Array(list) = v else {
+        return Err(bad(v));
+    };
+    list.iter()
+        .map(|d| {
+            let num = |k: &str| d.get(k).and_then(Json::as_u64).map(|n| n as usize);
+            match (num("begin_offset"), num("end_offset"), d.get("train")) {
+                (Some(begin), Some(end), Some(Json::Bool(train))) => Ok(TrainDetail {
+                    begin,
+                    end,
+                    train: *train,
+                }),
+                _ => Err(bad(d)),
+            }
+        })
+        .collect()
+}
+
+/// Which tokens of `content`, tokenized alone, train under `details`: Axolotl's
+/// `get_offsets_for_train_detail`. Offsets are characters; each token's range runs to the
+/// next token's start - 1 (the last to the content's end), each detail is widened to the
+/// tokens it touches, and a token trains when it lies inside a range marked `train`.
+pub(crate) fn detail_mask(
+    tok: &crate::tokenizer::TextTokenizer,
+    content: &str,
+    details: &[TrainDetail],
+) -> Result<Vec<bool>> {
+    let enc = tok.encode_with_offsets(content)?;
+    let char_at = |byte: usize| content[..byte.min(content.len())].chars().count();
+    let starts: Vec<usize> = enc.offsets.iter().map(|&(s, _)| char_at(s)).collect();
+    let n = starts.len();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let len = content.chars().count();
+    let offs: Vec<(usize, usize)> = (0..n)
+        .map(|i| {
+            let end = if i + 1 < n { starts[i + 1] } else { len };
+            (starts[i], end.saturating_sub(1))
+        })
+        .collect();
+    let mut ranges = Vec::new();
+    for d in details {
+        let mut bt = offs.iter().position(|&(s, _)| s >= d.begin).unwrap_or(n);
+        if bt > 0 && offs[bt - 1].1 > d.begin {
+            bt -= 1;
+        }
+        let mut et = offs.iter().rposition(|&(_, e)| e <= d.end);
+        match et {
+            Some(e) if e + 1 < n && offs[e + 1].0 < d.end => et = Some(e + 1),
+            None if offs[0].0 < d.end => et = Some(0),
+            _ => {}
+        }
+        if let Some(et) = et
+            && bt <= et
+        {
+            ranges.push((offs[bt].0, offs[et].1, d.train));
+        }
+    }
+    Ok(offs
+        .iter()
+        .map(|&(s, e)| ranges.iter().any(|&(b, en, t)| t && s >= b && e <= en))
+        .collect())
 }
 
 /// Tool calls with each `function.arguments` given as a JSON string parsed into its object, as
@@ -316,5 +398,50 @@ mod tests {
             "[no-think]26 Jul 2024|{\"b\": 1, \"a\": [2.5]}|False<user>q<|im_end|><assistant>a<|im_end|>"
         );
         assert_eq!(trained(&tok, &enc, &r), "a<|im_end|>");
+    }
+
+    #[test]
+    fn issue_15_training_details_mark_tokens_as_axolotl_does() {
+        use super::{TrainDetail, detail_mask};
+        let tok = TextTokenizer::builtin("t").unwrap();
+        // The builtin tokenizer is byte-level, one token per byte of ASCII text.
+        let d = |begin, end, train| TrainDetail { begin, end, train };
+        let on =
+            |m: Vec<bool>| -> String { m.iter().map(|&b| if b { '1' } else { '0' }).collect() };
+        assert_eq!(
+            on(detail_mask(&tok, "abcdef", &[d(2, 3, true)]).unwrap()),
+            "001100"
+        );
+        // A later range marked not to train does not undo an earlier one (Axolotl only sets).
+        assert_eq!(
+            on(detail_mask(&tok, "abcdef", &[d(0, 3, true), d(2, 5, false)]).unwrap()),
+            "111100"
+        );
+        // Character offsets, not bytes: `é` is one character.
+        assert!(on(detail_mask(&tok, "é!", &[d(1, 1, true)]).unwrap()).ends_with('1'));
+        let mut f = fmt();
+        f.extras.message_field_training_detail = Some("detail".into());
+        let enc = encoder(&tok, NamedTemplate::Qwen25, &f);
+        for (r, want) in [
+            (
+                json!({"messages": [{"role": "user", "content": "q", "detail": [{"begin_offset": 0}]}]}),
+                "messages[0].detail",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "content": "", "tool_calls": call(json!({})), "detail": [{"begin_offset": 0, "end_offset": 0, "train": true}]}]}),
+                "not supported yet",
+            ),
+        ] {
+            let e = enc
+                .conversation(&row(r), &Location::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let r = row(json!({"messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "xyz", "detail": [{"begin_offset": 1, "end_offset": 2, "train": true}]},
+        ]}));
+        assert_eq!(trained(&tok, &enc, &r), "yz<|im_end|>");
     }
 }

@@ -256,6 +256,9 @@ fn check_rich(name: &str) {
                 field_thinking: st["field_thinking"].as_str().unwrap().into(),
                 template_thinking_key: st["template_thinking_key"].as_str().unwrap().into(),
                 message_field_training: st["message_field_training"].as_str().map(Into::into),
+                message_field_training_detail: st["message_field_training_detail"]
+                    .as_str()
+                    .map(Into::into),
                 template_kwargs: serde_json::from_value(st["chat_template_kwargs"].clone())
                     .unwrap(),
                 eot_tokens: serde_json::from_value(st["eot_tokens"].clone()).unwrap(),

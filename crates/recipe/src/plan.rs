@@ -282,6 +282,8 @@ pub struct ChatExtras {
     pub template_thinking_key: String,
     /// `message_field_training`: the message key whose boolean trains the turn or not.
     pub message_field_training: Option<String>,
+    /// `message_field_training_detail`: the message key of character ranges to train or not.
+    pub message_field_training_detail: Option<String>,
     /// `chat_template_kwargs` (recipe level): extra template variables.
     pub template_kwargs: std::collections::BTreeMap<String, serde_json::Value>,
     /// `eot_tokens` (recipe level): the end-of-turn tokens of `train_on_eot`.
@@ -298,6 +300,7 @@ impl Default for ChatExtras {
             field_thinking: "reasoning_content".into(),
             template_thinking_key: "reasoning_content".into(),
             message_field_training: None,
+            message_field_training_detail: None,
             template_kwargs: Default::default(),
             eot_tokens: None,
             train_on_eot: None,

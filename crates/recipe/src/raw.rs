@@ -265,6 +265,9 @@ pub struct RawDataset {
     pub template_thinking_key: Option<String>,
     /// Message key holding `true`/`false`: train that turn or not, whatever its role.
     pub message_field_training: Option<String>,
+    /// Message key holding character ranges of the content to train or not:
+    /// `[{begin_offset, end_offset, train}]` (inclusive ends, Axolotl's).
+    pub message_field_training_detail: Option<String>,
     /// Which `eot_tokens` are trained: `turn`, `all`, `last`, `none`. Default: as `train_on_eos`.
     pub train_on_eot: Option<TrainOnEosName>,
     /// Custom alpaca: column of the system prompt.

@@ -35,7 +35,6 @@ const OTHER_MODEL: &str = "no effect: it applies only to another model family (r
 const QUANT_BASE: &str =
     "only bitsandbytes-style bases are supported: use load_in_4bit (QLoRA, NF4) or load_in_8bit";
 const RL_DATA: &str = "preference-dataset fields need `rl`, which runner does not support (supervised fine-tuning only)";
-const ITEM3: &str = "not supported yet: character-range training details are not implemented; use `message_field_training` (a whole turn) instead";
 const FULL_FT: &str = "full fine-tuning is not supported; runner trains adapters (use lora_modules_to_save for embed_tokens / lm_head)";
 const OPTIMIZER_ONLY: &str =
     "no effect: it configures an optimizer runner does not run (runner's optimizer is AdamW)";
@@ -406,7 +405,6 @@ pub const DATASET: &[(&str, Verdict)] = &[
     ("logprobs_field", Refused("knowledge distillation is not supported")),
     ("max_completion_length", Refused("process-supervision (stepwise) datasets are not supported")),
     ("max_input_id", Refused("synthetic datasets are not supported; give data files")),
-    ("message_field_training_detail", Refused(ITEM3)),
     ("min_input_id", Refused("synthetic datasets are not supported; give data files")),
     ("preprocess_shards", Inert("no effect: runner prepares the data in one pass into its cache")),
     ("seed", Refused("synthetic datasets are not supported; give data files")),

@@ -253,6 +253,10 @@ fn resolve_dataset(
         ("field_thinking", d.field_thinking.is_some()),
         ("template_thinking_key", d.template_thinking_key.is_some()),
         ("message_field_training", d.message_field_training.is_some()),
+        (
+            "message_field_training_detail",
+            d.message_field_training_detail.is_some(),
+        ),
     ];
 
     let misplaced = |r: &mut Resolver, fields: &[&str], kind: &str| {
@@ -437,6 +441,7 @@ fn resolve_dataset(
                 "field_thinking",
                 "template_thinking_key",
                 "message_field_training",
+                "message_field_training_detail",
                 "train_on_eot",
             ] {
                 r.from(&format!("{cp}.extras.{f}"), &key(f));
@@ -638,6 +643,7 @@ fn chat_format(
                 .clone()
                 .unwrap_or_else(|| "reasoning_content".into()),
             message_field_training: d.message_field_training.clone(),
+            message_field_training_detail: d.message_field_training_detail.clone(),
             template_kwargs: Default::default(),
             eot_tokens: None,
             train_on_eot: d.train_on_eot.map(eos_mode),
