@@ -23,7 +23,8 @@ chat_template.py) hands transformers, with the dataset settings of each case. A 
 calls or reasoning trains, as in Axolotl's find_turn, the stretch of text that differs from the
 render with that turn replaced by {role, content: sentinel} (taken on the whole conversation; Axolotl
 diffs a prefix of it, which misplaces turns a template renders differently when they are last).
-A message's own training flag wins over its role. With eot_tokens or train_on_eot, the end-of-turn
+A message's own training flag wins over its role; split_thinking cuts reasoning out of assistant contents
+as Axolotl's transform_message does. With eot_tokens or train_on_eot, the end-of-turn
 rule is Axolotl's two passes (EOS with train_on_eos, eot_tokens with train_on_eot).
 `python3 tools/data/make_fixtures.py rich` writes only these (it needs only the tokenizers of
 tools/data/fetch_tokenizers.sh).
@@ -240,11 +241,19 @@ RICH_CASES.append(("message_training_detail", {"messages": [
     {"role": "assistant", "content": "6", "detail": []},
 ]}, {"message_field_training_detail": "detail"}))
 
+# Axolotl's `split_thinking`: reasoning cut out of an assistant content.
+RICH_CASES.append(("split_thinking", {"messages": [
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "<think>\n Add two and two. \n</think>\n\n4"},
+    {"role": "user", "content": "3+3?"},
+    {"role": "assistant", "content": "<|begin_of_thought|>Add.<|end_of_thought|> <|begin_of_solution|> 6 <|end_of_solution|>"},
+]}, {"split_thinking": True}))
+
 DEFAULT_RICH = {"roles_to_train": ["assistant"], "train_on_eos": "turn", "train_on_inputs": False,
                 "eot_tokens": None, "train_on_eot": None,
                 "chat_template_kwargs": {}, "field_thinking": "reasoning_content",
                 "template_thinking_key": "reasoning_content", "message_field_training": None, "field_tools": "tools",
-                "message_field_training_detail": None}
+                "message_field_training_detail": None, "split_thinking": False}
 
 
 def axolotl_turns(row, st):
@@ -265,6 +274,15 @@ def axolotl_turns(row, st):
             if v is None or k in (st["message_field_training"], st["message_field_training_detail"]):
                 continue
             t[st["template_thinking_key"] if k == st["field_thinking"] else k] = v
+        if st["split_thinking"] and t.get("role") == "assistant":
+            c = t["content"]
+            for o, e in [("<think>", "</think>"), ("<reasoning>", "</reasoning>"), ("<|begin_of_thought|>", "<|end_of_thought|>")]:
+                if o in c and e in c:
+                    t[st["template_thinking_key"]] = c[c.find(o) + len(o) : c.find(e)].strip()
+                    rest = c[c.find(e) + len(e) :].lstrip()
+                    so, se = "<|begin_of_solution|>", "<|end_of_solution|>"
+                    t["content"] = rest[rest.find(so) + len(so) : rest.find(se)].strip() if so in rest and se in rest else rest
+                    break
         for call in t.get("tool_calls") or []:
             f = call.get("function", {})
             if isinstance(f.get("arguments"), str):
@@ -543,7 +561,7 @@ def main():
         make_rich("qwen3_default", qwen, {"tokenizer": "qwen3", "kind": "tokenizer_default"}, qwen.chat_template,
                   skip=["tools_json_string_null_content"])  # Qwen3's own template needs a string content
         make_rich("qwen3_qwen25", qwen, {"tokenizer": "qwen3", "kind": "named", "name": "qwen_25"}, named("qwen_25"),
-                  skip=["reasoning_content", "reasoning_field_and_kwargs"])  # it never prints reasoning (runner refuses)
+                  skip=["reasoning_content", "reasoning_field_and_kwargs", "split_thinking"])  # it never prints reasoning (runner refuses)
         llama = AutoTokenizer.from_pretrained(str(ROOT / ".cache" / "tokenizers" / "llama-3.2"))
         make_rich("llama32_llama3", llama, {"tokenizer": "llama-3.2", "kind": "named", "name": "llama3"}, named("llama3"),
                   skip=[c[0] for c in RICH_CASES if c[0] != "message_training_flags"], extra=EOT_CASES)
@@ -570,7 +588,7 @@ def main():
     make_rich("qwen3_default", qwen, {"tokenizer": "qwen3", "kind": "tokenizer_default"}, qwen.chat_template,
                   skip=["tools_json_string_null_content"])  # Qwen3's own template needs a string content
     make_rich("qwen3_qwen25", qwen, {"tokenizer": "qwen3", "kind": "named", "name": "qwen_25"}, named("qwen_25"),
-                  skip=["reasoning_content", "reasoning_field_and_kwargs"])  # it never prints reasoning (runner refuses)
+                  skip=["reasoning_content", "reasoning_field_and_kwargs", "split_thinking"])  # it never prints reasoning (runner refuses)
     # Render-only parity for the other built-ins (the text decides the ids; SmolLM2 tokenizes it).
     for n in ["mistral_v1", "mistral_v2v3", "gemma", "phi_3", "qwen3"]:
         skip = ["system_multi_turn"] if n == "gemma" else []

@@ -14,7 +14,7 @@
 
 pub(crate) use crate::conversation::json_kind;
 use crate::conversation::{
-    Conversation, detail_mask, json_value, parse_detail, parse_tool_calls, tools,
+    Conversation, detail_mask, json_value, parse_detail, parse_tool_calls, split_thinking, tools,
 };
 use crate::error::{DataError, Location, Result};
 use crate::sample::{IGNORE, Sample};
@@ -339,6 +339,14 @@ impl<'a> ChatEncoder<'a> {
                         found: json_kind(other).into(),
                     });
                 }
+            };
+            // `split_thinking`: reasoning written inside an assistant content (Axolotl's).
+            let split = (x.split_thinking && role == "assistant")
+                .then(|| split_thinking(&content))
+                .flatten();
+            let (content, thinking) = match split {
+                Some((t, c)) => (c, Some(t)),
+                None => (content, thinking),
             };
             if let Some(t) = thinking {
                 if !source.contains(x.template_thinking_key.as_str()) {

@@ -64,6 +64,31 @@ pub(crate) fn tools(
     Ok(Some(Json::Array(list)))
 }
 
+/// `split_thinking`: an assistant content's reasoning and the rest, Axolotl's way: the first
+/// pair of thinking tags present cut out (stripped), the rest left-stripped, or only what sits
+/// between `<|begin_of_solution|>` and `<|end_of_solution|>` (stripped) when both are there.
+/// None when no pair is present.
+pub(crate) fn split_thinking(content: &str) -> Option<(String, String)> {
+    const PAIRS: [(&str, &str); 3] = [
+        ("<think>", "</think>"),
+        ("<reasoning>", "</reasoning>"),
+        ("<|begin_of_thought|>", "<|end_of_thought|>"),
+    ];
+    let (open, close) = PAIRS
+        .into_iter()
+        .find(|(o, c)| content.contains(o) && content.contains(c))?;
+    let (o, c) = (content.find(open)? + open.len(), content.find(close)?);
+    // Python's slice of an inverted range is empty.
+    let thinking = content.get(o..c).unwrap_or("").trim().to_string();
+    let rest = content[c + close.len()..].trim_start();
+    let (so, se) = ("<|begin_of_solution|>", "<|end_of_solution|>");
+    let answer = match (rest.find(so), rest.find(se)) {
+        (Some(a), Some(b)) => rest.get(a + so.len()..b).unwrap_or("").trim(),
+        _ => rest,
+    };
+    Some((thinking, answer.to_string()))
+}
+
 /// One range of `message_field_training_detail`: characters `begin..=end` of the content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrainDetail {
@@ -443,5 +468,31 @@ mod tests {
             {"role": "assistant", "content": "xyz", "detail": [{"begin_offset": 1, "end_offset": 2, "train": true}]},
         ]}));
         assert_eq!(trained(&tok, &enc, &r), "yz<|im_end|>");
+    }
+
+    #[test]
+    fn issue_15_split_thinking_cuts_reasoning_out_as_axolotl_does() {
+        use super::split_thinking;
+        let s = |c: &str| split_thinking(c).map(|(t, a)| format!("{t}|{a}"));
+        assert_eq!(s("<think>\n r \n</think>\n\nA").as_deref(), Some("r|A"));
+        assert_eq!(
+            s("<reasoning>r</reasoning> x <|begin_of_solution|> A <|end_of_solution|>").as_deref(),
+            Some("r|A")
+        );
+        assert_eq!(s("</think>a<think>").as_deref(), Some("|a<think>"));
+        assert_eq!(s("no tags"), None);
+        // Only assistant turns are split, and only when asked.
+        let tok = TextTokenizer::builtin("t").unwrap();
+        let mut f = fmt();
+        f.extras.split_thinking = true;
+        let enc = encoder(&tok, NamedTemplate::Qwen3, &f);
+        let r = row(json!({"messages": [
+            {"role": "user", "content": "<think>u</think>q"},
+            {"role": "assistant", "content": "<think>r</think>a"},
+        ]}));
+        let conv = enc.conversation(&r, &Location::default()).unwrap();
+        assert_eq!(conv.messages[0].content, "<think>u</think>q");
+        assert_eq!(conv.messages[1].content, "a");
+        assert_eq!(trained(&tok, &enc, &r), "r\n</think>\n\na<|im_end|>");
     }
 }

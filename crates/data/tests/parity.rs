@@ -259,6 +259,7 @@ fn check_rich(name: &str) {
                 message_field_training_detail: st["message_field_training_detail"]
                     .as_str()
                     .map(Into::into),
+                split_thinking: st["split_thinking"].as_bool().unwrap(),
                 template_kwargs: serde_json::from_value(st["chat_template_kwargs"].clone())
                     .unwrap(),
                 eot_tokens: serde_json::from_value(st["eot_tokens"].clone()).unwrap(),

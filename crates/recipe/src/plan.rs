@@ -284,6 +284,8 @@ pub struct ChatExtras {
     pub message_field_training: Option<String>,
     /// `message_field_training_detail`: the message key of character ranges to train or not.
     pub message_field_training_detail: Option<String>,
+    /// `split_thinking`: reasoning cut out of assistant contents.
+    pub split_thinking: bool,
     /// `chat_template_kwargs` (recipe level): extra template variables.
     pub template_kwargs: std::collections::BTreeMap<String, serde_json::Value>,
     /// `eot_tokens` (recipe level): the end-of-turn tokens of `train_on_eot`.
@@ -301,6 +303,7 @@ impl Default for ChatExtras {
             template_thinking_key: "reasoning_content".into(),
             message_field_training: None,
             message_field_training_detail: None,
+            split_thinking: false,
             template_kwargs: Default::default(),
             eot_tokens: None,
             train_on_eot: None,

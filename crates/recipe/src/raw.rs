@@ -268,6 +268,9 @@ pub struct RawDataset {
     /// Message key holding character ranges of the content to train or not:
     /// `[{begin_offset, end_offset, train}]` (inclusive ends, Axolotl's).
     pub message_field_training_detail: Option<String>,
+    /// Cut `<think>…</think>` (or `<reasoning>`, `<|begin_of_thought|>`) out of assistant
+    /// contents into the reasoning field, as Axolotl does.
+    pub split_thinking: Option<bool>,
     /// Which `eot_tokens` are trained: `turn`, `all`, `last`, `none`. Default: as `train_on_eos`.
     pub train_on_eot: Option<TrainOnEosName>,
     /// Custom alpaca: column of the system prompt.

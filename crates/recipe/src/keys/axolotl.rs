@@ -411,7 +411,6 @@ pub const DATASET: &[(&str, Verdict)] = &[
     ("sequence_length", Refused("synthetic datasets are not supported; give data files")),
     ("shards", Refused("training on a shard of the data is not supported; split the data files instead")),
     ("shards_idx", Refused("training on a shard of the data is not supported; split the data files instead")),
-    ("split_thinking", Refused("not supported yet: give the reasoning in its own message field (`field_thinking`, default `reasoning_content`)")),
     ("step_separator", Refused("process-supervision (stepwise) datasets are not supported")),
     ("temperature", Refused("knowledge distillation is not supported")),
     ("train_on_last_step_only", Refused("process-supervision (stepwise) datasets are not supported")),

@@ -257,6 +257,8 @@ fn resolve_dataset(
             "message_field_training_detail",
             d.message_field_training_detail.is_some(),
         ),
+        ("train_on_eot", d.train_on_eot.is_some()),
+        ("split_thinking", d.split_thinking.is_some()),
     ];
 
     let misplaced = |r: &mut Resolver, fields: &[&str], kind: &str| {
@@ -443,6 +445,7 @@ fn resolve_dataset(
                 "message_field_training",
                 "message_field_training_detail",
                 "train_on_eot",
+                "split_thinking",
             ] {
                 r.from(&format!("{cp}.extras.{f}"), &key(f));
             }
@@ -644,6 +647,7 @@ fn chat_format(
                 .unwrap_or_else(|| "reasoning_content".into()),
             message_field_training: d.message_field_training.clone(),
             message_field_training_detail: d.message_field_training_detail.clone(),
+            split_thinking: d.split_thinking.unwrap_or(false),
             template_kwargs: Default::default(),
             eot_tokens: None,
             train_on_eot: d.train_on_eot.map(eos_mode),
