@@ -241,6 +241,14 @@ RICH_CASES.append(("message_training_detail", {"messages": [
     {"role": "assistant", "content": "6", "detail": []},
 ]}, {"message_field_training_detail": "detail"}))
 
+# Content parts with `train` / `weight` flags (Axolotl's _convert_content_parts).
+RICH_CASES.append(("content_part_flags", {"messages": [
+    {"role": "user", "content": [{"type": "text", "text": "2+2?"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "Let me think.", "train": False},
+                                      {"type": "text", "text": " It is 4.", "weight": 1},
+                                      {"type": "text", "text": " Sure.", "weight": 0}]},
+]}, {}))
+
 # Axolotl's `split_thinking`: reasoning cut out of an assistant content.
 RICH_CASES.append(("split_thinking", {"messages": [
     {"role": "user", "content": "2+2?"},
@@ -274,6 +282,20 @@ def axolotl_turns(row, st):
             if v is None or k in (st["message_field_training"], st["message_field_training_detail"]):
                 continue
             t[st["template_thinking_key"] if k == st["field_thinking"] else k] = v
+        part_detail = None
+        if isinstance(t.get("content"), list):
+            text, details_, off, marked = "", [], 0, False
+            for part in t["content"]:
+                piece = part.get("text") or part.get("content") or part.get("value") or ""
+                tr, w = part.get("train"), part.get("weight")
+                marked |= tr is not None or w is not None
+                train = tr if tr is not None else (w not in (0, 0.0)) if w is not None else True
+                if piece:
+                    details_.append({"begin_offset": off, "end_offset": off + len(piece) - 1, "train": train})
+                    off += len(piece)
+                text += piece
+            t["content"] = text
+            part_detail = details_ if marked else None
         if st["split_thinking"] and t.get("role") == "assistant":
             c = t["content"]
             for o, e in [("<think>", "</think>"), ("<reasoning>", "</reasoning>"), ("<|begin_of_thought|>", "<|end_of_thought|>")]:
@@ -289,7 +311,8 @@ def axolotl_turns(row, st):
                 f["arguments"] = json.loads(f["arguments"])
         turns.append(t)
         flags.append(m.get(st["message_field_training"]) if st["message_field_training"] else None)
-        details.append(m.get(st["message_field_training_detail"]) if st["message_field_training_detail"] else None)
+        details.append(part_detail if part_detail is not None else
+                       m.get(st["message_field_training_detail"]) if st["message_field_training_detail"] else None)
     return turns, tools or None, flags, details
 
 

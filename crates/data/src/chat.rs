@@ -14,7 +14,8 @@
 
 pub(crate) use crate::conversation::json_kind;
 use crate::conversation::{
-    Conversation, detail_mask, json_value, parse_detail, parse_tool_calls, split_thinking, tools,
+    Conversation, TrainDetail, detail_mask, json_value, parse_detail, parse_tool_calls,
+    split_thinking, tools,
 };
 use crate::error::{DataError, Location, Result};
 use crate::sample::{IGNORE, Sample};
@@ -243,6 +244,7 @@ impl<'a> ChatEncoder<'a> {
                     ),
                 });
             }
+            let mut part_details = None;
             let content = match m.get(&self.fmt.content_key) {
                 // A tool-call turn may have no content (OpenAI's `content: null`); Axolotl drops
                 // the null, so the template sees no `content` key.
@@ -268,27 +270,50 @@ impl<'a> ChatEncoder<'a> {
                 // Axolotl does.
                 Some(Json::Array(parts)) => {
                     let mut text = String::new();
+                    // Parts marked `train` / `weight` become a training detail (Axolotl's
+                    // `_convert_content_parts`); unmarked parts train with their turn.
+                    let (mut details, mut marked) = (Vec::new(), false);
                     for (k, part) in parts.iter().enumerate() {
-                        // Axolotl trains only the parts marked so; joining them would train all.
-                        if let Some(flag) = ["train", "weight"]
-                            .into_iter()
-                            .find(|f| part.get(f).is_some_and(|v| !v.is_null()))
-                        {
-                            return Err(DataError::BadRow {
-                                at: path(&format!("{}[{k}].{flag}", self.fmt.content_key)),
-                                message: "per-part training flags are not supported yet; split \
-                                          the turn, or use `message_field_training` for a whole \
-                                          turn"
-                                    .into(),
-                            });
-                        }
+                        let at_part = |f: &str| path(&format!("{}[{k}].{f}", self.fmt.content_key));
+                        let flag = match (part.get("train"), part.get("weight")) {
+                            (Some(Json::Bool(b)), _) => Some(*b),
+                            (Some(v), _) if !v.is_null() => {
+                                return Err(DataError::WrongType {
+                                    at: at_part("train"),
+                                    expected: "true or false",
+                                    found: json_kind(v).into(),
+                                });
+                            }
+                            (_, Some(Json::Number(w))) => Some(w.as_f64() != Some(0.0)),
+                            (_, Some(Json::Bool(b))) => Some(*b),
+                            (_, Some(v)) if !v.is_null() => {
+                                return Err(DataError::WrongType {
+                                    at: at_part("weight"),
+                                    expected: "a number (0 = not trained)",
+                                    found: json_kind(v).into(),
+                                });
+                            }
+                            _ => None,
+                        };
+                        marked |= flag.is_some();
                         let t = part.as_object().and_then(|p| {
                             ["text", "content", "value"]
                                 .iter()
                                 .find_map(|key| p.get(*key)?.as_str())
                         });
                         match t {
-                            Some(t) => text.push_str(t),
+                            Some(t) => {
+                                let begin = text.chars().count();
+                                let len = t.chars().count();
+                                if len > 0 {
+                                    details.push(TrainDetail {
+                                        begin,
+                                        end: begin + len - 1,
+                                        train: flag.unwrap_or(true),
+                                    });
+                                }
+                                text.push_str(t);
+                            }
                             None => {
                                 return Err(DataError::WrongType {
                                     at: path(&format!("{}[{k}]", self.fmt.content_key)),
@@ -297,6 +322,9 @@ impl<'a> ChatEncoder<'a> {
                                 });
                             }
                         }
+                    }
+                    if marked {
+                        part_details = Some(details);
                     }
                     text
                 }
@@ -386,6 +414,8 @@ impl<'a> ChatEncoder<'a> {
                     Some(v) => Some(parse_detail(v, &path(k))?),
                 },
             };
+            // Flags on content parts win over the message's detail, as in Axolotl.
+            let details = part_details.or(details);
             if details.as_ref().is_some_and(|d| !d.is_empty())
                 && (extra.whole_turn || tool_calls.is_some())
             {
@@ -723,7 +753,7 @@ mod tests {
             .unwrap();
         assert_eq!(ms[0].content, "ab");
         let flagged = row(
-            json!({"messages": [{"role": "assistant", "content": [{"type": "text", "text": "a", "train": false}]}]}),
+            json!({"messages": [{"role": "assistant", "content": [{"type": "text", "text": "a", "train": "no"}]}]}),
         );
         let e = encoder(&tok, &fmt(), None)
             .messages(&flagged, &Location::default())
