@@ -415,16 +415,19 @@ impl<'a> ChatEncoder<'a> {
                 },
             };
             // Flags on content parts win over the message's detail, as in Axolotl.
+            let detail_key = match &part_details {
+                Some(_) => self.fmt.content_key.as_str(),
+                None => x
+                    .message_field_training_detail
+                    .as_deref()
+                    .unwrap_or_default(),
+            };
             let details = part_details.or(details);
             if details.as_ref().is_some_and(|d| !d.is_empty())
                 && (extra.whole_turn || tool_calls.is_some())
             {
                 return Err(DataError::BadRow {
-                    at: path(
-                        x.message_field_training_detail
-                            .as_deref()
-                            .unwrap_or_default(),
-                    ),
+                    at: path(detail_key),
                     message: "a training detail on a turn with tool calls or reasoning is not \
                               supported yet; use `message_field_training` for the whole turn"
                         .into(),
@@ -444,6 +447,7 @@ impl<'a> ChatEncoder<'a> {
                 ];
                 if v.is_null()
                     || taken.contains(&k.as_str())
+                    || extra.fields.iter().any(|(f, _)| f == k)
                     || x.message_field_training.as_deref() == Some(k.as_str())
                     || x.message_field_training_detail.as_deref() == Some(k.as_str())
                 {
