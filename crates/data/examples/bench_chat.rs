@@ -73,6 +73,7 @@ fn main() {
                 roles_to_train: vec!["assistant".into()],
                 train_on_eos: TrainOnEos::Turn,
                 drop_system_message: false,
+                extras: Default::default(),
             }),
         }],
         test_datasets: vec![],

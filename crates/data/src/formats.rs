@@ -225,8 +225,8 @@ impl RowEncoder<'_> {
     ) -> Result<Sample> {
         match self {
             RowEncoder::Chat(c) => {
-                let messages = c.messages(row, at)?;
-                c.encode(&messages, at)
+                let conv = c.conversation(row, at)?;
+                c.encode_conversation(&conv, at)
             }
             RowEncoder::Instruction { layout } => {
                 let (prompt, response) = layout.build(row, at)?;

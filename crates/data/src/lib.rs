@@ -27,6 +27,7 @@
 
 pub mod cache;
 pub mod chat;
+pub mod conversation;
 mod encode;
 pub mod error;
 pub mod formats;

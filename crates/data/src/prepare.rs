@@ -311,13 +311,15 @@ fn encoder_for<'a>(
             if let Some(p) = &tok.pad {
                 t = t.with_variable("pad_token", &p.text);
             }
-            RowEncoder::Chat(Box::new(ChatEncoder::new(
+            let enc = ChatEncoder::new(
                 t,
                 tok,
                 fmt,
                 plan.train_on_inputs,
                 plan.default_system_message.clone(),
-            )))
+            );
+            enc.check_passes()?;
+            RowEncoder::Chat(Box::new(enc))
         }
         DatasetFormat::Completion { field } => RowEncoder::Completion {
             field: field.clone(),

@@ -40,6 +40,18 @@ pub struct Message {
     pub content: String,
 }
 
+/// What a message carries besides role and content (tool calls, reasoning, `name`, ...), as the
+/// template sees it, and whether its content is absent (a tool-call turn whose content is null:
+/// Axolotl drops null keys, so the template finds no `content`).
+#[derive(Debug, Clone, Default)]
+pub struct MessageExtra {
+    pub no_content: bool,
+    /// The turn carries tool calls or reasoning: its span is the whole turn's (see
+    /// [`ChatTemplate::render_tracked_rich`]), not its content's.
+    pub whole_turn: bool,
+    pub fields: Vec<(String, Value)>,
+}
+
 /// A rendered conversation: the text, and for each message the byte range its content occupies
 /// in it (None when the template did not write that message, e.g. a dropped system prompt).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +71,7 @@ pub struct ChatTemplate {
     eos_token: String,
     /// Further template variables (`pad_token`, `unk_token`, ...), as transformers passes the
     /// tokenizer's special tokens map.
-    extra: Vec<(String, String)>,
+    extra: Vec<(String, Value)>,
     /// The tracking mode that last worked (see `try_mode`).
     mode_hint: std::sync::atomic::AtomicUsize,
 }
@@ -114,7 +126,24 @@ impl ChatTemplate {
 
     /// Adds a template variable, e.g. `pad_token`.
     pub fn with_variable(mut self, name: &str, value: &str) -> Self {
-        self.extra.push((name.to_string(), value.to_string()));
+        self.extra.push((name.to_string(), Value::from(value)));
+        self
+    }
+
+    /// Adds a template variable of any value, e.g. a `chat_template_kwargs` entry.
+    pub fn with_value(mut self, name: &str, value: Value) -> Self {
+        self.extra.push((name.to_string(), value));
+        self
+    }
+
+    /// Adds the recipe's `chat_template_kwargs` (JSON values, maps in their order).
+    pub fn with_kwargs<'a>(
+        mut self,
+        kwargs: impl IntoIterator<Item = (&'a String, &'a serde_json::Value)>,
+    ) -> Self {
+        for (k, v) in kwargs {
+            self = self.with_value(k, Value::from(minijinja::value::Serde(v)));
+        }
         self
     }
 
@@ -122,6 +151,7 @@ impl ChatTemplate {
         &self,
         messages: Vec<Value>,
         add_generation_prompt: bool,
+        vars: &[(String, Value)],
     ) -> Result<String, JinjaError> {
         let fixed = [
             ("messages", Value::from(messages)),
@@ -132,7 +162,8 @@ impl ChatTemplate {
         let extra = self
             .extra
             .iter()
-            .map(|(k, v)| (k.as_str(), Value::from(v.as_str())));
+            .chain(vars)
+            .map(|(k, v)| (k.as_str(), v.clone()));
         let ctx = Value::from_pairs(extra.chain(fixed));
         let mut out = Bounded::default();
         match self
@@ -180,9 +211,43 @@ impl ChatTemplate {
     ) -> Result<String, JinjaError> {
         let values = messages
             .iter()
-            .map(|m| message_value(&m.role, Value::from(m.content.as_str())))
+            .map(|m| message_value(&m.role, Some(Value::from(m.content.as_str())), None))
             .collect();
-        self.render_values(values, add_generation_prompt)
+        self.render_values(values, add_generation_prompt, &[])
+    }
+
+    /// Like [`Self::render_tracked`], with each message's extra fields (`extras`: empty, or one
+    /// per message) and per-row variables (`tools`). A message with extra fields gets Axolotl's
+    /// `find_turn` span instead of its content's: the stretch of text that changes when that
+    /// message is replaced by `{role, content: <dummy>}`, which covers its tool calls and
+    /// reasoning wherever the template writes them (taken on the whole conversation, as text).
+    pub fn render_tracked_rich(
+        &self,
+        messages: &[Message],
+        extras: &[MessageExtra],
+        vars: &[(String, Value)],
+    ) -> Result<Rendered, JinjaError> {
+        let ctx = Ctx { extras, vars };
+        let mut r = self.render_tracked_ctx(messages, &ctx)?;
+        for (i, x) in extras.iter().enumerate() {
+            if !x.whole_turn {
+                continue;
+            }
+            let values = messages
+                .iter()
+                .enumerate()
+                .map(|(j, m)| {
+                    if j == i {
+                        message_value(&m.role, Some(Value::from(DUMMY.to_string())), None)
+                    } else {
+                        message_value(&m.role, ctx.content(j, &m.content), extras.get(j))
+                    }
+                })
+                .collect();
+            let dummy = self.render_values(values, false, vars)?;
+            r.spans[i] = diff_span(&r.text, &dummy);
+        }
+        Ok(r)
     }
 
     /// Renders and reports where each message's content landed in the text.
@@ -191,6 +256,16 @@ impl ChatTemplate {
     /// `.strip()`), the markers go around the content without its surrounding whitespace instead.
     /// Either way the text returned is exactly the plain render.
     pub fn render_tracked(&self, messages: &[Message]) -> Result<Rendered, JinjaError> {
+        self.render_tracked_ctx(
+            messages,
+            &Ctx {
+                extras: &[],
+                vars: &[],
+            },
+        )
+    }
+
+    fn render_tracked_ctx(&self, messages: &[Message], ctx: &Ctx) -> Result<Rendered, JinjaError> {
         if messages.len() > MAX_MARKED_MESSAGES {
             return Err(JinjaError::new(
                 ErrorKind::InvalidOperation,
@@ -208,13 +283,21 @@ impl ChatTemplate {
                 ));
             }
         }
-        let plain = self.render(messages, false)?;
+        let plain = self.render_values(
+            messages
+                .iter()
+                .enumerate()
+                .map(|(j, m)| message_value(&m.role, ctx.content(j, &m.content), ctx.extras.get(j)))
+                .collect(),
+            false,
+            ctx.vars,
+        )?;
         // Try the mode that worked last first: templates are consistent, so this is usually
         // the only extra render. Every mode is checked against the plain render, so the order
         // cannot change the result.
         let hint = self.mode_hint.load(std::sync::atomic::Ordering::Relaxed);
         for mode in std::iter::once(hint).chain((0..3).filter(|&m| m != hint)) {
-            if let Some(r) = self.try_mode(mode, messages, &plain)? {
+            if let Some(r) = self.try_mode(mode, messages, &plain, ctx)? {
                 self.mode_hint
                     .store(mode, std::sync::atomic::Ordering::Relaxed);
                 return Ok(r);
@@ -238,6 +321,7 @@ impl ChatTemplate {
         mode: usize,
         messages: &[Message],
         plain: &str,
+        ctx: &Ctx,
     ) -> Result<Option<Rendered>, JinjaError> {
         if mode < 2 {
             let core_only = mode == 1;
@@ -255,10 +339,17 @@ impl ChatTemplate {
                     } else {
                         format!("{start}{}{end}", m.content)
                     };
-                    message_value(&m.role, Value::from(marked))
+                    let content = ctx.content(i, &m.content).map(|c| {
+                        if ctx.whole_turn(i) {
+                            c
+                        } else {
+                            Value::from(marked)
+                        }
+                    });
+                    message_value(&m.role, content, ctx.extras.get(i))
                 })
                 .collect();
-            let marked = self.render_values(values, false)?;
+            let marked = self.render_values(values, false, ctx.vars)?;
             if let Some(mut r) = strip_markers(&marked, messages.len())
                 && r.text == *plain
             {
@@ -292,10 +383,17 @@ impl ChatTemplate {
             .enumerate()
             .map(|(i, m)| {
                 let (start, end) = markers(i);
-                message_value(&m.role, Value::from(format!("{start}{}{end}", m.content)))
+                let content = ctx.content(i, &m.content).map(|c| {
+                    if ctx.whole_turn(i) {
+                        c
+                    } else {
+                        Value::from(format!("{start}{}{end}", m.content))
+                    }
+                });
+                message_value(&m.role, content, ctx.extras.get(i))
             })
             .collect();
-        let marked = self.render_values(values, false)?;
+        let marked = self.render_values(values, false, ctx.vars)?;
         if let Some((text, ends)) = strip_markers_lenient(&marked, messages.len())
             && text == *plain
         {
@@ -310,8 +408,61 @@ impl ChatTemplate {
     }
 }
 
-fn message_value(role: &str, content: Value) -> Value {
-    Value::from_pairs([("role", Value::from(role)), ("content", content)])
+/// The extras and variables of one render.
+struct Ctx<'a> {
+    extras: &'a [MessageExtra],
+    vars: &'a [(String, Value)],
+}
+
+impl Ctx<'_> {
+    /// Message `i` is traced by [`diff_span`], not by markers: markers would change how a
+    /// template treats its content (`{% if content %}` of an empty tool-call turn).
+    fn whole_turn(&self, i: usize) -> bool {
+        self.extras.get(i).is_some_and(|x| x.whole_turn)
+    }
+
+    /// Message `i`'s content as the template gets it: none when the message has none.
+    fn content(&self, i: usize, content: &str) -> Option<Value> {
+        match self.extras.get(i) {
+            Some(x) if x.no_content => None,
+            _ => Some(Value::from(content)),
+        }
+    }
+}
+
+/// The stand-in content for Axolotl's `find_turn` diff: a reserved character no content holds.
+const DUMMY: char = '\u{10FFFD}';
+
+fn message_value(role: &str, content: Option<Value>, extra: Option<&MessageExtra>) -> Value {
+    let mut pairs = vec![("role", Value::from(role))];
+    if let Some(c) = content {
+        pairs.push(("content", c));
+    }
+    if let Some(x) = extra {
+        pairs.extend(x.fields.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    }
+    Value::from_pairs(pairs)
+}
+
+/// Where `text` differs from `other`: after their common prefix, before their common suffix
+/// (on characters). None when nothing differs.
+fn diff_span(text: &str, other: &str) -> Option<Range<usize>> {
+    let prefix: usize = text
+        .chars()
+        .zip(other.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a.len_utf8())
+        .sum();
+    let room = text.len().min(other.len()) - prefix;
+    let mut suffix = 0;
+    for (a, b) in text.chars().rev().zip(other.chars().rev()) {
+        if a != b || suffix + a.len_utf8() > room {
+            break;
+        }
+        suffix += a.len_utf8();
+    }
+    let end = text.len() - suffix;
+    (prefix < end).then_some(prefix..end)
 }
 
 fn is_marker(c: char) -> bool {
@@ -498,212 +649,5 @@ fn template_err(origin: &str, e: &JinjaError) -> DataError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msgs(v: &[(&str, &str)]) -> Vec<Message> {
-        v.iter()
-            .map(|(r, c)| Message {
-                role: r.to_string(),
-                content: c.to_string(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn chatml_renders_and_tracks() {
-        let t = ChatTemplate::new(
-            named_template_source(NamedTemplate::Chatml),
-            "chatml",
-            "",
-            "",
-        )
-        .unwrap();
-        let m = msgs(&[("user", "Hi"), ("assistant", "Hello!")]);
-        let r = t.render_tracked(&m).unwrap();
-        assert_eq!(
-            r.text,
-            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
-        );
-        assert_eq!(&r.text[r.spans[1].clone().unwrap()], "Hello!");
-        assert_eq!(&r.text[r.spans[0].clone().unwrap()], "Hi");
-    }
-
-    #[test]
-    fn trimming_template_tracks_core() {
-        let t = ChatTemplate::new(
-            named_template_source(NamedTemplate::Llama3),
-            "llama3",
-            "<s>",
-            "</s>",
-        )
-        .unwrap();
-        let m = msgs(&[("user", "  Hi \n"), ("assistant", "Yo ")]);
-        let r = t.render_tracked(&m).unwrap();
-        assert_eq!(&r.text[r.spans[0].clone().unwrap()], "Hi");
-        assert_eq!(&r.text[r.spans[1].clone().unwrap()], "Yo");
-        assert!(
-            r.text
-                .starts_with("<s><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>")
-        );
-    }
-
-    #[test]
-    fn qwen3_think_blocks_are_tracked() {
-        let t = ChatTemplate::new(
-            named_template_source(NamedTemplate::Qwen3),
-            "qwen3",
-            "",
-            "<|im_end|>",
-        )
-        .unwrap();
-        let m = msgs(&[
-            ("user", "Q1"),
-            ("assistant", "<think>\nR1\n</think>\n\nA1"),
-            ("user", "Q2"),
-            ("assistant", "<think>\nR2\n</think>\n\nA2"),
-        ]);
-        let r = t.render_tracked(&m).unwrap();
-        // Earlier turns lose their reasoning; the last keeps it (text checked against
-        // transformers' apply_chat_template with this template).
-        assert_eq!(
-            r.text,
-            "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n<think>\nR2\n</think>\n\nA2<|im_end|>\n"
-        );
-        assert_eq!(&r.text[r.spans[1].clone().unwrap()], "A1");
-        assert_eq!(
-            &r.text[r.spans[3].clone().unwrap()],
-            "<think>\nR2\n</think>\n\nA2"
-        );
-        assert_eq!(&r.text[r.spans[2].clone().unwrap()], "Q2");
-    }
-
-    #[test]
-    fn mode_hint_does_not_change_results() {
-        let src = named_template_source(NamedTemplate::Qwen3);
-        let convs = [
-            msgs(&[("user", " q "), ("assistant", "a")]),
-            msgs(&[("user", "q"), ("assistant", "<think>\nr\n</think>\n\na")]),
-            msgs(&[("user", "q"), ("assistant", "\na\n")]),
-            msgs(&[("user", "q"), ("assistant", "a")]),
-        ];
-        let shared = ChatTemplate::new(src, "qwen3", "", "<|im_end|>").unwrap();
-        for _ in 0..2 {
-            for c in &convs {
-                let fresh = ChatTemplate::new(src, "qwen3", "", "<|im_end|>").unwrap();
-                assert_eq!(
-                    shared.render_tracked(c).unwrap(),
-                    fresh.render_tracked(c).unwrap()
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn issue_17_group_5_templates_that_loop_or_grow_stop_fast_with_a_clear_error() {
-        let m = msgs(&[("user", "a"), ("assistant", "b")]);
-        for (what, source) in [
-            (
-                "nested loops",
-                "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
-            ),
-            (
-                "string doubling",
-                "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
-            ),
-            (
-                "output flood",
-                "{% set big = 'x' * 1000000 %}{% for i in range(100) %}{{ big }}{% endfor %}",
-            ),
-            ("repeat", "{{ 'x' * 1000000000 }}"),
-        ] {
-            let t = ChatTemplate::new(source, "test", "", "").unwrap();
-            let started = std::time::Instant::now();
-            let err = t.render_tracked(&m).unwrap_err();
-            let secs = started.elapsed().as_secs_f64();
-            let text = format!("{err:#}");
-            assert!(
-                text.contains(TEMPLATE_LIMIT) || text.contains("too large"),
-                "{what}: {text}"
-            );
-            assert!(secs < 5.0, "{what}: took {secs:.1} s");
-        }
-        // A real template on a long conversation stays far inside the budget.
-        let t = ChatTemplate::new(
-            named_template_source(NamedTemplate::Llama3),
-            "llama3",
-            "<|begin_of_text|>",
-            "<|eot_id|>",
-        )
-        .unwrap();
-        let long: Vec<(&str, &str)> = (0..2000)
-            .map(|i| {
-                if i % 2 == 0 {
-                    ("user", "a question of some length")
-                } else {
-                    ("assistant", "an answer")
-                }
-            })
-            .collect();
-        assert!(t.render_tracked(&msgs(&long)).is_ok());
-    }
-
-    #[test]
-    fn raise_exception_is_an_error() {
-        let t = ChatTemplate::new(
-            named_template_source(NamedTemplate::Gemma),
-            "gemma",
-            "<bos>",
-            "<eos>",
-        )
-        .unwrap();
-        let err = t
-            .render(&msgs(&[("system", "x"), ("user", "y")]), false)
-            .unwrap_err();
-        assert!(
-            format!("{err:#}").contains("System role not supported"),
-            "{err:#}"
-        );
-    }
-
-    #[test]
-    fn generation_blocks_render_their_body() {
-        let src = "{% for m in messages %}{% if m.role == 'assistant' %}{%- generation -%} {{ m.content }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}{% endfor %}";
-        let t = ChatTemplate::new(src, "inline", "", "").unwrap();
-        assert_eq!(
-            t.render(&msgs(&[("user", "a"), ("assistant", "b")]), false)
-                .unwrap(),
-            "ab"
-        );
-    }
-
-    #[test]
-    fn tojson_matches_python_json_dumps() {
-        let t = ChatTemplate::new(
-            "{{ {'b': 1, 'a': [1.5, 'x\"é', none, true]} | tojson }}|{{ {'k': {'z': 2}} | tojson(indent=2) }}",
-            "inline",
-            "",
-            "",
-        )
-        .unwrap();
-        assert_eq!(
-            t.render(&[], false).unwrap(),
-            "{\"b\": 1, \"a\": [1.5, \"x\\\"é\", null, true]}|{\n  \"k\": {\n    \"z\": 2\n  }\n}"
-        );
-    }
-
-    #[test]
-    fn python_string_methods_work() {
-        let t = ChatTemplate::new("{{ '  Ab  '.strip().lower() }}{{ 'a</think>b'.split('</think>')[-1] }}{{ 'xy'.startswith('x') }}", "inline", "", "").unwrap();
-        assert_eq!(t.render(&[], false).unwrap(), "abbTrue");
-    }
-
-    #[test]
-    fn strftime_formats_dates() {
-        // 2024-07-26 12:34:56 UTC, a Friday.
-        assert_eq!(
-            crate::jinja_fns::strftime(1_721_997_296, "%d %b %Y %A %H:%M:%S %j"),
-            "26 Jul 2024 Friday 12:34:56 208"
-        );
-    }
-}
+#[path = "template_tests.rs"]
+mod tests;

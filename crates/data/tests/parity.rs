@@ -93,6 +93,7 @@ fn check(name: &str) {
                 roles_to_train: vec!["assistant".into()],
                 train_on_eos: eos_mode,
                 drop_system_message: false,
+                extras: Default::default(),
             };
             let template = ChatTemplate::new(&source, name, &bos, &eos).unwrap();
             let enc = ChatEncoder::new(template, &tok, &fmt, train_on_inputs, None);
@@ -209,4 +210,120 @@ fn sentencepiece_gguf_mistral_matches_transformers() {
 #[test]
 fn instruction_formats_match_axolotl_sentencepiece() {
     check_formats("mistral-spm");
+}
+
+/// Issue 15: rows with tools, tool calls (arguments as JSON strings, null content), the `tool`
+/// role, reasoning content, `chat_template_kwargs` and per-message training flags, prepared as
+/// Axolotl prepares them and rendered by transformers (`chat_rich_*.json`).
+fn mode(m: &str) -> TrainOnEos {
+    match m {
+        "turn" => TrainOnEos::Turn,
+        "all" => TrainOnEos::All,
+        "last" => TrainOnEos::Last,
+        _ => TrainOnEos::None,
+    }
+}
+
+fn check_rich(name: &str) {
+    use runner_recipe::plan::ChatExtras;
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/chat_rich_{name}.json"));
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let spec = &fx["template"];
+    let tok = load_tokenizer(spec["tokenizer"].as_str().unwrap());
+    let source = match spec["kind"].as_str().unwrap() {
+        "tokenizer_default" => tok.chat_template(None).unwrap().to_string(),
+        _ => named_template_source(named(spec["name"].as_str().unwrap())).to_string(),
+    };
+    let bos = tok.bos.as_ref().map(|t| t.text.clone()).unwrap_or_default();
+    let eos = tok.eos.as_ref().map(|t| t.text.clone()).unwrap_or_default();
+    let cases = fx["cases"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let cname = case["name"].as_str().unwrap();
+        let st = &case["settings"];
+        let fmt = ChatFormat {
+            template: PlanTemplate::TokenizerDefault,
+            field_messages: "messages".into(),
+            role_key: "role".into(),
+            content_key: "content".into(),
+            roles: vec![],
+            roles_to_train: serde_json::from_value(st["roles_to_train"].clone()).unwrap(),
+            train_on_eos: mode(st["train_on_eos"].as_str().unwrap()),
+            drop_system_message: false,
+            extras: ChatExtras {
+                field_tools: st["field_tools"].as_str().unwrap().into(),
+                field_thinking: st["field_thinking"].as_str().unwrap().into(),
+                template_thinking_key: st["template_thinking_key"].as_str().unwrap().into(),
+                message_field_training: st["message_field_training"].as_str().map(Into::into),
+                message_field_training_detail: st["message_field_training_detail"]
+                    .as_str()
+                    .map(Into::into),
+                split_thinking: st["split_thinking"].as_bool().unwrap(),
+                template_kwargs: serde_json::from_value(st["chat_template_kwargs"].clone())
+                    .unwrap(),
+                eot_tokens: serde_json::from_value(st["eot_tokens"].clone()).unwrap(),
+                train_on_eot: st["train_on_eot"].as_str().map(mode),
+            },
+        };
+        let template = ChatTemplate::new(&source, name, &bos, &eos).unwrap();
+        let enc = ChatEncoder::new(
+            template,
+            &tok,
+            &fmt,
+            st["train_on_inputs"].as_bool().unwrap(),
+            None,
+        );
+        let row = case["row"].as_object().unwrap();
+        let conv = enc
+            .conversation(row, &Location::default())
+            .unwrap_or_else(|e| panic!("{name}/{cname}: {e}"));
+        let text = enc
+            .template
+            .render_tracked_rich(&conv.messages, &conv.extras, &conv.vars)
+            .unwrap()
+            .text;
+        assert_eq!(text, case["text"].as_str().unwrap(), "{name}/{cname}: text");
+        let s = enc
+            .encode_conversation(&conv, &Location::default())
+            .unwrap();
+        let want_ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+        assert_eq!(s.input_ids, want_ids, "{name}/{cname}: token ids");
+        let want: Vec<i32> = serde_json::from_value(case["labels"].clone()).unwrap();
+        let show = |l: &[i32]| -> String {
+            l.iter()
+                .zip(&s.input_ids)
+                .map(|(&l, &id)| {
+                    let t = tok.decode_one(id);
+                    if l == IGNORE {
+                        format!("·{t:?}")
+                    } else {
+                        format!("[{t:?}]")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("")
+        };
+        assert!(
+            s.labels == want,
+            "{name}/{cname}: labels differ\n got:  {}\n want: {}",
+            show(&s.labels),
+            show(&want)
+        );
+    }
+}
+
+#[test]
+fn issue_15_tools_reasoning_kwargs_and_flags_match_transformers_qwen3() {
+    check_rich("qwen3_default");
+}
+
+#[test]
+fn issue_15_tool_calls_with_null_content_match_transformers_qwen25() {
+    check_rich("qwen3_qwen25");
+}
+
+#[test]
+fn issue_15_eot_tokens_and_train_on_eot_match_axolotl_llama32() {
+    check_rich("llama32_llama3");
 }

@@ -68,6 +68,7 @@ fn sharegpt() -> DatasetFormat {
         roles_to_train: vec!["assistant".into()],
         train_on_eos: TrainOnEos::Turn,
         drop_system_message: false,
+        extras: Default::default(),
     })
 }
 

@@ -82,6 +82,7 @@ proptest! {
             roles_to_train: vec!["assistant".into()],
             train_on_eos: TrainOnEos::Turn,
             drop_system_message: false,
+            extras: Default::default(),
         };
         let enc = ChatEncoder::new(t, &tok, &fmt, false, None);
         let s = enc.encode(&conv, &Location::default()).unwrap();

@@ -21,6 +21,15 @@ pub fn training_template(
     if let Some(p) = &tok.pad {
         t = t.with_variable("pad_token", &p.text);
     }
+    // `chat_template_kwargs` (recipe-wide, e.g. Qwen3's `enable_thinking`) render generation
+    // prompts as they rendered the training data.
+    let kwargs = plan.data.datasets.iter().find_map(|d| match &d.format {
+        runner_recipe::plan::DatasetFormat::ChatTemplate(c) => Some(&c.extras.template_kwargs),
+        _ => None,
+    });
+    if let Some(kwargs) = kwargs {
+        t = t.with_kwargs(kwargs);
+    }
     Ok((source, t))
 }
 

@@ -309,12 +309,12 @@ mod tests {
     #[test]
     fn issue_15_dataset_and_nested_axolotl_keys_are_answered() {
         let errs = errors(
-            "test_datasets:\n  - path: org/eval\n    type: alpaca\n    field_tools: tools\n    shards: 4\nspecial_tokens:\n  additional_special_tokens: ['<x>']\n",
+            "test_datasets:\n  - path: org/eval\n    type: alpaca\n    input_transform: x\n    shards: 4\nspecial_tokens:\n  additional_special_tokens: ['<x>']\n",
         );
         assert_eq!(
             errs,
             [
-                "test_datasets[0].field_tools: `field_tools` is an Axolotl key runner does not support",
+                "test_datasets[0].input_transform: `input_transform` is an Axolotl key runner does not support",
                 "test_datasets[0].shards: `shards` is an Axolotl key runner does not support",
                 "special_tokens.additional_special_tokens: `additional_special_tokens` is an Axolotl key runner does not support",
             ]

@@ -267,6 +267,48 @@ pub struct ChatFormat {
     pub roles_to_train: Vec<String>,
     pub train_on_eos: TrainOnEos,
     pub drop_system_message: bool,
+    /// Tools, reasoning, template variables and per-message training flags.
+    pub extras: ChatExtras,
+}
+
+/// What a chat row carries besides roles and contents (issue 15), with Axolotl's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatExtras {
+    /// `field_tools`: the row column passed to the template as `tools`.
+    pub field_tools: String,
+    /// `field_thinking`: the message key holding a turn's reasoning.
+    pub field_thinking: String,
+    /// `template_thinking_key`: the key the template reads that reasoning from.
+    pub template_thinking_key: String,
+    /// `message_field_training`: the message key whose boolean trains the turn or not.
+    pub message_field_training: Option<String>,
+    /// `message_field_training_detail`: the message key of character ranges to train or not.
+    pub message_field_training_detail: Option<String>,
+    /// `split_thinking`: reasoning cut out of assistant contents.
+    pub split_thinking: bool,
+    /// `chat_template_kwargs` (recipe level): extra template variables.
+    pub template_kwargs: std::collections::BTreeMap<String, serde_json::Value>,
+    /// `eot_tokens` (recipe level): the end-of-turn tokens of `train_on_eot`.
+    pub eot_tokens: Option<Vec<String>>,
+    /// `train_on_eot`; None = as `train_on_eos`. With this or `eot_tokens` set, the EOS and
+    /// the end-of-turn tokens are two passes, as in Axolotl.
+    pub train_on_eot: Option<TrainOnEos>,
+}
+
+impl Default for ChatExtras {
+    fn default() -> Self {
+        ChatExtras {
+            field_tools: "tools".into(),
+            field_thinking: "reasoning_content".into(),
+            template_thinking_key: "reasoning_content".into(),
+            message_field_training: None,
+            message_field_training_detail: None,
+            split_thinking: false,
+            template_kwargs: Default::default(),
+            eot_tokens: None,
+            train_on_eot: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

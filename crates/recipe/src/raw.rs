@@ -99,6 +99,12 @@ pub struct RawRecipe {
     pub chat_template: Option<ChatTemplateName>,
     /// Inline Jinja chat template (with `chat_template: jinja`, or alone).
     pub chat_template_jinja: Option<String>,
+    /// Extra chat-template variables for every chat dataset, e.g. `{enable_thinking: false}`
+    /// (transformers' `apply_chat_template(**kwargs)`).
+    pub chat_template_kwargs: Option<BTreeMap<String, serde_json::Value>>,
+    /// Tokens that end a turn, for the datasets' `train_on_eot` (each a single token the chat
+    /// template writes). Default: the tokenizer's EOS.
+    pub eot_tokens: Option<Vec<String>>,
     /// System message added to conversations that have none.
     pub default_system_message: Option<String>,
     /// Shuffle rows after merging datasets. Default true.
@@ -250,6 +256,23 @@ pub struct RawDataset {
     pub chat_template_jinja: Option<String>,
     /// Drop system messages from conversations.
     pub drop_system_message: Option<bool>,
+    /// Row column holding the tool definitions handed to the chat template as `tools` (a list,
+    /// or a JSON string of one). Default `tools`.
+    pub field_tools: Option<String>,
+    /// Message key holding a turn's reasoning text. Default `reasoning_content`.
+    pub field_thinking: Option<String>,
+    /// The message key the chat template reads reasoning from. Default `reasoning_content`.
+    pub template_thinking_key: Option<String>,
+    /// Message key holding `true`/`false`: train that turn or not, whatever its role.
+    pub message_field_training: Option<String>,
+    /// Message key holding character ranges of the content to train or not:
+    /// `[{begin_offset, end_offset, train}]` (inclusive ends, Axolotl's).
+    pub message_field_training_detail: Option<String>,
+    /// Cut `<think>…</think>` (or `<reasoning>`, `<|begin_of_thought|>`) out of assistant
+    /// contents into the reasoning field, as Axolotl does.
+    pub split_thinking: Option<bool>,
+    /// Which `eot_tokens` are trained: `turn`, `all`, `last`, `none`. Default: as `train_on_eos`.
+    pub train_on_eot: Option<TrainOnEosName>,
     /// Custom alpaca: column of the system prompt.
     pub field_system: Option<String>,
     /// Custom alpaca: column of the instruction.

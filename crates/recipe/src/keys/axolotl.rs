@@ -35,7 +35,6 @@ const OTHER_MODEL: &str = "no effect: it applies only to another model family (r
 const QUANT_BASE: &str =
     "only bitsandbytes-style bases are supported: use load_in_4bit (QLoRA, NF4) or load_in_8bit";
 const RL_DATA: &str = "preference-dataset fields need `rl`, which runner does not support (supervised fine-tuning only)";
-const ITEM3: &str = "not supported yet (tool calls, reasoning fields and per-message training flags are planned); train on `messages` with `type: chat_template`";
 const FULL_FT: &str = "full fine-tuning is not supported; runner trains adapters (use lora_modules_to_save for embed_tokens / lm_head)";
 const OPTIMIZER_ONLY: &str =
     "no effect: it configures an optimizer runner does not run (runner's optimizer is AdamW)";
@@ -65,7 +64,6 @@ pub const CONFIG: &[(&str, Verdict)] = &[
     ("bfloat16", Refused("write `bf16: true` (Axolotl treats `bfloat16: true` as bf16 training)")),
     ("bnb_config_kwargs", Refused("runner's NF4 is bitsandbytes' QLoRA setting (nf4, double quantization, blocks of 64); other BitsAndBytesConfig options are not supported")),
     ("center_rewards_coefficient", Refused(REWARD)),
-    ("chat_template_kwargs", Refused("extra chat-template variables are not supported yet; put the template you want in chat_template_jinja")),
     ("chunked_cross_entropy", Substituted(OWN_CE)),
     ("chunked_cross_entropy_num_chunks", Substituted(OWN_CE)),
     ("cls_model_config", Substituted("runner reads the architecture from config.json's `model_type`")),
@@ -123,7 +121,6 @@ pub const CONFIG: &[(&str, Verdict)] = &[
     ("embedding_lr", Refused("separate embedding learning rates are not supported; see loraplus_lr_embedding")),
     ("embedding_lr_scale", Refused("separate embedding learning rates are not supported; see loraplus_lr_embedding")),
     ("embeddings_skip_upcast", Substituted("runner's precision policy: trainable copies and adapters stay f32, the frozen base follows bf16")),
-    ("eot_tokens", Refused("not supported yet; train_on_eos covers the end-of-turn tokens the chat template emits")),
     ("eval_causal_lm_metrics", Inert("no effect: runner's evaluation reports loss and perplexity only")),
     ("eval_max_new_tokens", Inert(NO_GENERATION)),
     ("eval_sequence_len", Refused("evaluation uses sequence_len")),
@@ -378,7 +375,7 @@ pub const LEGACY: &[(&str, Verdict)] = &[
     ("relora_steps", Refused("ReLoRA is not supported")),
     ("relora_warmup_steps", Refused("ReLoRA is not supported")),
     ("special_tokens_reference", Refused("not supported")),
-    ("train_on_eot", Refused("not supported yet; use train_on_eos")),
+    ("train_on_eot", Refused("set `train_on_eot` on each dataset entry, as Axolotl now reads it")),
     ("unsloth_cross_entropy_loss", Substituted(OWN_CE)),
     ("unsloth_lora_mlp", Substituted(OWN_KERNELS)),
     ("unsloth_lora_o", Substituted(OWN_KERNELS)),
@@ -402,27 +399,20 @@ pub const DATASET: &[(&str, Verdict)] = &[
     ("field_human", Refused("use type: chat_template with message_property_mappings and roles")),
     ("field_model", Refused("use type: chat_template with message_property_mappings and roles")),
     ("field_rejected", Refused(RL_DATA)),
-    ("field_thinking", Refused(ITEM3)),
-    ("field_tools", Refused(ITEM3)),
     ("input_format", Refused("use a custom `type:` mapping (format, no_input_format)")),
     ("input_transform", Refused("row transforms are Python; convert the data first")),
     ("length", Refused("synthetic datasets are not supported; give data files")),
     ("logprobs_field", Refused("knowledge distillation is not supported")),
     ("max_completion_length", Refused("process-supervision (stepwise) datasets are not supported")),
     ("max_input_id", Refused("synthetic datasets are not supported; give data files")),
-    ("message_field_training", Refused(ITEM3)),
-    ("message_field_training_detail", Refused(ITEM3)),
     ("min_input_id", Refused("synthetic datasets are not supported; give data files")),
     ("preprocess_shards", Inert("no effect: runner prepares the data in one pass into its cache")),
     ("seed", Refused("synthetic datasets are not supported; give data files")),
     ("sequence_length", Refused("synthetic datasets are not supported; give data files")),
     ("shards", Refused("training on a shard of the data is not supported; split the data files instead")),
     ("shards_idx", Refused("training on a shard of the data is not supported; split the data files instead")),
-    ("split_thinking", Refused(ITEM3)),
     ("step_separator", Refused("process-supervision (stepwise) datasets are not supported")),
     ("temperature", Refused("knowledge distillation is not supported")),
-    ("template_thinking_key", Refused(ITEM3)),
-    ("train_on_eot", Refused("not supported yet; use train_on_eos")),
     ("train_on_last_step_only", Refused("process-supervision (stepwise) datasets are not supported")),
     ("trust_remote_code", Refused("runner never runs code from a dataset repository")),
 ];

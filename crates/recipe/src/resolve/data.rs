@@ -68,6 +68,29 @@ pub(super) fn resolve_data(r: &mut Resolver, raw: &RawRecipe) -> Option<DataPlan
         .enumerate()
         .map(|(i, d)| resolve_dataset(r, "test_datasets", i, d, &recipe_template))
         .collect();
+    // `chat_template_kwargs` is recipe-wide in Axolotl: every chat dataset renders with it.
+    let kwargs = raw.chat_template_kwargs.clone().unwrap_or_default();
+    for name in kwargs.keys() {
+        if RESERVED_TEMPLATE_VARIABLES.contains(&name.as_str()) {
+            r.error(
+                &format!("chat_template_kwargs.{name}"),
+                format!("`{name}` is set by runner for every render (transformers sets it too)"),
+                "remove it",
+            );
+        }
+    }
+    let mut datasets = datasets;
+    let mut test_datasets = test_datasets;
+    for d in datasets
+        .iter_mut()
+        .chain(test_datasets.iter_mut())
+        .flatten()
+    {
+        if let DatasetFormat::ChatTemplate(c) = &mut d.format {
+            c.extras.template_kwargs = kwargs.clone();
+            c.extras.eot_tokens = raw.eot_tokens.clone();
+        }
+    }
     let sample_packing = raw.sample_packing.unwrap_or(false);
     for (plan, key) in [
         ("data.test_datasets", "test_datasets"),
@@ -226,6 +249,16 @@ fn resolve_dataset(
         ("chat_template", d.chat_template.is_some()),
         ("chat_template_jinja", d.chat_template_jinja.is_some()),
         ("drop_system_message", d.drop_system_message.is_some()),
+        ("field_tools", d.field_tools.is_some()),
+        ("field_thinking", d.field_thinking.is_some()),
+        ("template_thinking_key", d.template_thinking_key.is_some()),
+        ("message_field_training", d.message_field_training.is_some()),
+        (
+            "message_field_training_detail",
+            d.message_field_training_detail.is_some(),
+        ),
+        ("train_on_eot", d.train_on_eot.is_some()),
+        ("split_thinking", d.split_thinking.is_some()),
     ];
 
     let misplaced = |r: &mut Resolver, fields: &[&str], kind: &str| {
@@ -405,6 +438,22 @@ fn resolve_dataset(
             ] {
                 r.from(&format!("{cp}.{f}"), &key(f));
             }
+            for f in [
+                "field_tools",
+                "field_thinking",
+                "template_thinking_key",
+                "message_field_training",
+                "message_field_training_detail",
+                "train_on_eot",
+                "split_thinking",
+            ] {
+                r.from(&format!("{cp}.extras.{f}"), &key(f));
+            }
+            r.from(
+                &format!("{cp}.extras.template_kwargs"),
+                "chat_template_kwargs",
+            );
+            r.from(&format!("{cp}.extras.eot_tokens"), "eot_tokens");
         }
         Some(DatasetFormat::Completion { .. }) => {
             r.from(&format!("{pp}.format.completion.field"), &key("field"));
@@ -450,6 +499,26 @@ fn resolve_dataset(
         revision: d.revision.clone(),
         format: format?,
     })
+}
+
+/// Template variables that come from the data or the tokenizer, never from
+/// `chat_template_kwargs`.
+const RESERVED_TEMPLATE_VARIABLES: [&str; 6] = [
+    "messages",
+    "tools",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+    "chat_template",
+];
+
+fn eos_mode(n: TrainOnEosName) -> TrainOnEos {
+    match n {
+        TrainOnEosName::Turn => TrainOnEos::Turn,
+        TrainOnEosName::All => TrainOnEos::All,
+        TrainOnEosName::Last => TrainOnEos::Last,
+        TrainOnEosName::None => TrainOnEos::None,
+    }
 }
 
 fn custom_alpaca(c: RawCustomFormat) -> CustomAlpaca {
@@ -564,12 +633,24 @@ fn chat_format(
         content_key,
         roles,
         roles_to_train,
-        train_on_eos: match d.train_on_eos {
-            None | Some(TrainOnEosName::Turn) => TrainOnEos::Turn,
-            Some(TrainOnEosName::All) => TrainOnEos::All,
-            Some(TrainOnEosName::Last) => TrainOnEos::Last,
-            Some(TrainOnEosName::None) => TrainOnEos::None,
-        },
+        train_on_eos: d.train_on_eos.map_or(TrainOnEos::Turn, eos_mode),
         drop_system_message: d.drop_system_message.unwrap_or(false),
+        extras: ChatExtras {
+            field_tools: d.field_tools.clone().unwrap_or_else(|| "tools".into()),
+            field_thinking: d
+                .field_thinking
+                .clone()
+                .unwrap_or_else(|| "reasoning_content".into()),
+            template_thinking_key: d
+                .template_thinking_key
+                .clone()
+                .unwrap_or_else(|| "reasoning_content".into()),
+            message_field_training: d.message_field_training.clone(),
+            message_field_training_detail: d.message_field_training_detail.clone(),
+            split_thinking: d.split_thinking.unwrap_or(false),
+            template_kwargs: Default::default(),
+            eot_tokens: None,
+            train_on_eot: d.train_on_eot.map(eos_mode),
+        },
     })
 }
