@@ -60,6 +60,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return Ok(report(&e, color)),
             };
             if smoke {
+                // The recipe's own config.json and tokenizer when they can be had (issue 19):
+                // from the local cache, else downloaded (those files only: never weights or
+                // data); offline (`HF_HUB_OFFLINE=1`) or with the Hub out of reach, the smoke
+                // run's substitutes stand in and say so.
+                let loaded = match pinned(&loaded, HubNeed::Configuration) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let reason = e.to_string();
+                        let reason = reason.lines().next().unwrap_or_default();
+                        println!("note: the recipe's hub files were not fetched ({reason})");
+                        loaded
+                    }
+                };
                 let smoke = runner_pipeline::smoke::prepare(&loaded)?;
                 println!(
                     "smoke run of {}: the recipe as written, with these substitutions:",

@@ -376,3 +376,54 @@ fn issue_15_hf_token_hf_home_and_revision_of_model_are_honoured() {
             .is_file()
     );
 }
+
+/// Issue 19: a smoke run that can reach the Hub downloads the recipe's own config.json and
+/// tokenizer (never the weights or the data) and trains the tiny model with them; offline it
+/// says so and substitutes (crates/cli/tests/smoke.rs).
+#[test]
+fn issue_19_smoke_downloads_the_recipes_config_and_tokenizer() {
+    let tok = tempfile::tempdir().unwrap();
+    runner_data::testing::write_tiny_tokenizer(tok.path(), true).unwrap();
+    let mut repo = mistral();
+    let files = &mut repo.revisions[0].2;
+    files.retain(|f| !f.name.starts_with("tokenizer"));
+    for name in ["tokenizer.json", "tokenizer_config.json"] {
+        files.push(file(
+            name,
+            &std::fs::read(tok.path().join(name)).unwrap(),
+            false,
+        ));
+    }
+    let hub = Hub::start(State {
+        repos: vec![repo],
+        ..Default::default()
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let set_out = format!("output_dir={}", cache.path().join("out").display());
+    let args = [
+        "run",
+        "recipes/mistral-qlora.yaml",
+        "--smoke",
+        "--set",
+        &set_out,
+    ];
+    let out = runner(&args, cache.path(), &hub.url, false);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{err}");
+    let snap = cache
+        .path()
+        .join("models--mistralai--Mistral-7B-v0.1/snapshots")
+        .join(MISTRAL_COMMIT);
+    assert!(
+        stdout.contains(&format!("tokenizer: the recipe's ({}", snap.display())),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("not fetched"), "{stdout}");
+    let log = hub.log();
+    assert!(log.iter().any(|l| l.contains("config.json")), "{log:?}");
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("safetensors") || l.contains(".bin") || l.contains("datasets")),
+        "{log:?}"
+    );
+}
