@@ -31,7 +31,8 @@ pub mod conversation;
 mod encode;
 pub mod error;
 pub mod formats;
-pub mod gguf;
+/// GGUF metadata (the one reader, in `runner_io`).
+pub use runner_io::gguf;
 pub mod inspect;
 mod jinja_fns;
 pub mod pack;

@@ -148,7 +148,10 @@ impl TextTokenizer {
     }
 
     fn from_gguf(path: &Path) -> Result<Self> {
-        let md = gguf::read_metadata(path)?;
+        let md = gguf::read_metadata(path).map_err(|e| match e {
+            gguf::GgufError::Io(e) => DataError::io(e.path, e.source),
+            gguf::GgufError::Corrupt { path, message } => DataError::Tokenizer { path, message },
+        })?;
         let bad = |m: String| DataError::Tokenizer {
             path: path.to_path_buf(),
             message: m,

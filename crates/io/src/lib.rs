@@ -2,6 +2,7 @@
 //!
 //! - [`atomic`]: the one way runner writes files and folders — a temporary name beside the
 //!   final one, synced, then renamed — so a crash never leaves half a file under a final name.
+//! - [`gguf`]: the metadata key/values of a GGUF file (its tensors are not read).
 //! - [`hash`]: blake3 content hashes of files, remembered by (path, size, mtime) so that large
 //!   model files are hashed once, not on every start.
 //! - [`interrupt`]: the process's stop request (SIGINT/SIGTERM) and whether the running stage
@@ -12,6 +13,7 @@
 
 pub mod atomic;
 pub mod fault;
+pub mod gguf;
 pub mod hash;
 pub mod interrupt;
 pub mod names;

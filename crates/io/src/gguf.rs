@@ -1,13 +1,24 @@
-//! Reads the metadata key/values at the head of a GGUF file (the tensors are not touched).
+//! Reads the metadata key/values at the head of a GGUF file (the tensors are not touched): the
+//! tokenizer and chat template of a GGUF base, for the data stage.
 //!
 //! The format: magic `GGUF`, u32 version (2 or 3), u64 tensor count, u64 metadata count, then
 //! `metadata count` entries of (string key, u32 type, value). Strings are u64 length + UTF-8
 //! bytes; arrays are u32 element type + u64 count + elements. Little-endian throughout.
 
-use crate::error::{DataError, Result};
 use std::collections::HashMap;
 use std::io::{BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a GGUF header cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error(transparent)]
+    Io(#[from] crate::Error),
+    #[error("{}: {message}", path.display())]
+    Corrupt { path: PathBuf, message: String },
+}
+
+type Result<T> = std::result::Result<T, GgufError>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -49,7 +60,7 @@ impl Value {
 
 /// All metadata of a GGUF file, keyed by name.
 pub fn read_metadata(path: &Path) -> Result<HashMap<String, Value>> {
-    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let file = std::fs::File::open(path).map_err(crate::Error::at(path))?;
     let mut r = Reader {
         inner: BufReader::with_capacity(1 << 20, file),
         path,
@@ -81,8 +92,8 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn bad(&self, message: &str) -> DataError {
-        DataError::Tokenizer {
+    fn bad(&self, message: &str) -> GgufError {
+        GgufError::Corrupt {
             path: self.path.to_path_buf(),
             message: message.to_string(),
         }
