@@ -309,6 +309,15 @@ pub(crate) fn vals(t: &Tensor) -> candle_core::Result<Vals<'_>> {
         (candle_core::Storage::Cpu(CpuStorage::F32(_)), Some((a, b))) => {
             Ok(Vals::Borrowed(st, a..b))
         }
+        // Converted straight from the storage: one f32 copy, never a converted tensor and
+        // then its `Vec` (twice the bytes at once; for a bf16 LM head that was 2 × 113 MB on
+        // SmolLM2, issue 12).
+        (candle_core::Storage::Cpu(CpuStorage::BF16(x)), Some((a, b))) => Ok(Vals::Owned(
+            x[a..b].par_iter().map(|x| x.to_f32()).collect(),
+        )),
+        (candle_core::Storage::Cpu(CpuStorage::F16(x)), Some((a, b))) => Ok(Vals::Owned(
+            x[a..b].par_iter().map(|x| x.to_f32()).collect(),
+        )),
         (candle_core::Storage::Cpu(_), _) => {
             drop(st);
             Ok(Vals::Owned(
