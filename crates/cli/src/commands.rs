@@ -289,14 +289,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::args::MergedDtype::F16 => candle_core::DType::F16,
             };
             if base.to_ascii_lowercase().ends_with(".gguf") {
-                return runner_pipeline::export::merge_gguf_base(
+                return Ok(runner_pipeline::export::merge_gguf_base(
                     std::path::Path::new(&base),
                     &adapter,
                     &out,
                     dtype,
                     base_quant,
                     force,
-                );
+                )?);
             }
             let base_dir = match base.strip_prefix("builtin:") {
                 Some(name) => runner_model::tiny::builtin(name)?,

@@ -104,6 +104,7 @@ pub fn reproduce(output_dir: &Path, out: Option<PathBuf>) -> anyhow::Result<Exit
     let same_kind = rerun.runner.cpu == recorded.runner.cpu
         && rerun.threads == recorded.threads
         && rerun.device == recorded.device
+        && rerun.gpu == recorded.gpu
         && rerun.world_size == recorded.world_size;
     if cmp.identical {
         println!(

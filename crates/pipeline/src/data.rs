@@ -2,6 +2,7 @@
 //! cache). In a job, rank 0 prepares first and the others then read its cache entry, instead
 //! of every rank tokenizing the same data and racing to write the same entry.
 
+use crate::error::Result;
 use runner_recipe::plan::DataPlan;
 use runner_train::dist::Communicator;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ pub fn prepare_data(
     tok: &runner_data::tokenizer::TextTokenizer,
     comm: Option<&Arc<dyn Communicator>>,
     skip_bad_rows: bool,
-) -> anyhow::Result<runner_data::Prepared> {
+) -> Result<runner_data::Prepared> {
     let options = runner_data::PrepareOptions {
         skip_bad_rows,
         ..Default::default()
@@ -26,7 +27,7 @@ pub fn prepare_data_with(
     tok: &runner_data::tokenizer::TextTokenizer,
     comm: Option<&Arc<dyn Communicator>>,
     options: runner_data::PrepareOptions,
-) -> anyhow::Result<runner_data::Prepared> {
+) -> Result<runner_data::Prepared> {
     let rank = comm.map_or(0, |c| c.rank());
     let barrier =
         |c: &Arc<dyn Communicator>| c.all_reduce_f64("data preparation (rank 0 first)", &mut [0.0]);

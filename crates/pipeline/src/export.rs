@@ -2,7 +2,7 @@
 //! Hugging Face folder, GGUF files), each read back and compared with the trained model; the
 //! same functions serve `runner export-gguf` and `runner merge --base FILE.gguf`.
 
-use anyhow::Context;
+use crate::error::{Context, Result};
 use runner_data::template::ChatTemplate;
 use runner_export::gguf::{GgufTokenizer, GgufType, SpecialIds};
 use std::path::Path;
@@ -12,7 +12,7 @@ use std::path::Path;
 pub fn training_template(
     plan: &runner_recipe::plan::Plan,
     tok: &runner_data::tokenizer::TextTokenizer,
-) -> anyhow::Result<(String, ChatTemplate)> {
+) -> Result<(String, ChatTemplate)> {
     let template = crate::inputs::training_template_choice(plan);
     let (source, origin) = runner_data::prepare::template_source(&template, tok)?;
     let bos = tok.bos.as_ref().map(|t| t.text.as_str()).unwrap_or("");
@@ -39,7 +39,7 @@ pub fn training_template(
 pub fn gguf_tokenizer(
     plan: &runner_recipe::plan::Plan,
     tok: &runner_data::tokenizer::TextTokenizer,
-) -> anyhow::Result<GgufTokenizer> {
+) -> Result<GgufTokenizer> {
     let mut g = if tok.path.extension().is_some_and(|e| e == "gguf") {
         GgufTokenizer::from_gguf(&tok.path)?
     } else {
@@ -68,7 +68,7 @@ pub fn write_and_check(
     out: &Path,
     ty: GgufType,
     force: bool,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let g = gguf_tokenizer(plan, tok)?;
     let name = model_name(plan);
     let report = runner_export::write_gguf(model, &g, &name, out, ty, force)
@@ -121,7 +121,7 @@ pub fn after_training(
     tok: &runner_data::tokenizer::TextTokenizer,
     model: &runner_model::CausalLm,
     base_plan: &runner_recipe::plan::ModelPlan,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     use runner_recipe::plan::MergedDtype;
     let out = &plan.train.output_dir;
     let e = &plan.export;
@@ -181,7 +181,7 @@ fn export_ggufs(
     tok: &runner_data::tokenizer::TextTokenizer,
     model: &runner_model::CausalLm,
     e: &runner_recipe::plan::ExportPlan,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     use runner_recipe::plan::GgufQuant;
     let out = &plan.train.output_dir;
     for q in &e.gguf {
@@ -207,7 +207,7 @@ pub fn merge_gguf_base(
     dtype: candle_core::DType,
     base_quant: runner_recipe::plan::BaseQuant,
     force: bool,
-) -> anyhow::Result<std::process::ExitCode> {
+) -> Result<std::process::ExitCode> {
     let saved = runner_model::peft::read_config(adapter)?;
     let mut plan = saved.adapter_plan(Some(adapter.to_path_buf()));
     plan.base_quant = base_quant;
@@ -246,7 +246,7 @@ fn write_folder_and_check(
     out: &Path,
     dtype: candle_core::DType,
     force: bool,
-) -> anyhow::Result<(runner_export::merge::FolderReport, f32)> {
+) -> Result<(runner_export::merge::FolderReport, f32)> {
     let scratch = std::env::temp_dir().join(format!("runner-merge-tok-{}", std::process::id()));
     let files = tok.save_pretrained(&scratch)?;
     let mut extra = Vec::new();

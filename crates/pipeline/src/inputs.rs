@@ -5,7 +5,8 @@
 //! for `runner reproduce` to check against. Also the refusals that need no data or weights
 //! (settings this build cannot run).
 
-use anyhow::Context;
+use crate::error::bail;
+use crate::error::{Context, Result};
 use runner_recipe::plan::{DatasetFormat, ModelPlan, Plan};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -139,7 +140,7 @@ pub fn pin_hub(
     need: HubNeed,
     settings: &runner_hub::Settings,
     refresh: bool,
-) -> anyhow::Result<(Plan, Vec<Pinned>)> {
+) -> Result<(Plan, Vec<Pinned>)> {
     use runner_hub::{Kind, Need, Request};
     let mut out = plan.clone();
     let mut pins = Vec::new();
@@ -253,7 +254,7 @@ pub fn pin_hub(
 }
 
 /// The model plan with `builtin:NAME` replaced by the folder runner generates it into.
-pub fn materialized(model: &ModelPlan) -> anyhow::Result<ModelPlan> {
+pub fn materialized(model: &ModelPlan) -> Result<ModelPlan> {
     let Some(name) = model.base_model.strip_prefix("builtin:") else {
         return Ok(model.clone());
     };
@@ -268,7 +269,7 @@ pub fn materialized(model: &ModelPlan) -> anyhow::Result<ModelPlan> {
 }
 
 /// `runner run --dry-run`: the model stage's summary, from the configuration only.
-pub fn model_summary(plan: &Plan) -> anyhow::Result<String> {
+pub fn model_summary(plan: &Plan) -> Result<String> {
     let model = materialized(&plan.model)?;
     let summary = runner_model::summarize(&model, &plan.adapter)?;
     Ok(summary.to_string())
@@ -305,13 +306,10 @@ pub fn not_runnable_yet(plan: &Plan) -> Vec<String> {
 /// Stage 1: refuses what cannot run, generates a built-in model, loads the tokenizer and
 /// identifies every input by content. Model files are hashed through `cache` (by path, size
 /// and mtime), data files always (they are small, and one changed byte must be noticed).
-pub fn resolve_inputs(
-    plan: &Plan,
-    cache: &mut runner_io::hash::HashCache,
-) -> anyhow::Result<Resolved> {
+pub fn resolve_inputs(plan: &Plan, cache: &mut runner_io::hash::HashCache) -> Result<Resolved> {
     let missing = not_runnable_yet(plan);
     if !missing.is_empty() {
-        anyhow::bail!(
+        bail!(
             "{} recipe setting(s) cannot run in this build (nothing was started):\n  {}",
             missing.len(),
             missing.join("\n  ")
@@ -333,7 +331,7 @@ pub fn identify(
     model_plan: &ModelPlan,
     tok: &runner_data::tokenizer::TextTokenizer,
     cache: &mut runner_io::hash::HashCache,
-) -> anyhow::Result<InputIds> {
+) -> Result<InputIds> {
     let (model_source, model_root) = if let Some(name) =
         plan.model.base_model.strip_prefix("builtin:")
     {
@@ -385,7 +383,7 @@ pub fn identify(
         ]
         .iter()
         .map(|f| file_id(&dir.join(f), Some(cache)))
-        .collect::<anyhow::Result<_>>()?,
+        .collect::<Result<_>>()?,
         None => Vec::new(),
     };
     Ok(InputIds {
@@ -433,7 +431,7 @@ fn training_template_source(
 }
 
 /// A file's identity; hashed through `cache` when given.
-fn file_id(path: &Path, cache: Option<&mut runner_io::hash::HashCache>) -> anyhow::Result<FileId> {
+fn file_id(path: &Path, cache: Option<&mut runner_io::hash::HashCache>) -> Result<FileId> {
     let size = std::fs::metadata(path)
         .with_context(|| format!("reading {}", path.display()))?
         .len();
@@ -449,7 +447,7 @@ fn file_id(path: &Path, cache: Option<&mut runner_io::hash::HashCache>) -> anyho
 }
 
 /// A model file, or every regular file of a model folder (not hidden, not recursive), sorted.
-fn files_of(root: &Path, cache: &mut runner_io::hash::HashCache) -> anyhow::Result<Vec<FileId>> {
+fn files_of(root: &Path, cache: &mut runner_io::hash::HashCache) -> Result<Vec<FileId>> {
     if root.is_file() {
         return Ok(vec![file_id(root, Some(cache))?]);
     }

@@ -15,7 +15,10 @@
 //! [`reproduce`] reruns a run from its manifest and compares the adapters; it and `runner diff`
 //! read manifests only. The CLI parses arguments, calls [`run()`] and prints.
 
+use crate::error::bail;
+use crate::error::{Error, Result};
 pub mod data;
+pub mod error;
 pub mod export;
 pub mod inputs;
 pub mod manifest;
@@ -63,11 +66,7 @@ pub struct RunReport {
 }
 
 /// Times one stage inside a `tracing` span and records it.
-fn stage<T>(
-    stages: &mut Vec<StageTime>,
-    name: &str,
-    f: impl FnOnce() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
+fn stage<T>(stages: &mut Vec<StageTime>, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let span = tracing::info_span!("stage", name);
     let _entered = span.enter();
     runner_io::interrupt::set_stage(name);
@@ -95,7 +94,7 @@ fn hold_for_tests(name: &str) {
 
 /// Runs the whole pipeline for `loaded` (a validated recipe): resolve inputs, prepare data,
 /// build the model, train, and (when training finished) export; writes `run.json`.
-pub fn run(loaded: &Loaded, opts: RunOptions) -> anyhow::Result<RunReport> {
+pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<RunReport> {
     run_with(loaded, opts, runner_data::PrepareOptions::default())
 }
 
@@ -104,7 +103,7 @@ pub fn run_with(
     loaded: &Loaded,
     opts: RunOptions,
     data_options: runner_data::PrepareOptions,
-) -> anyhow::Result<RunReport> {
+) -> Result<RunReport> {
     let started = SystemTime::now();
     let rank = opts.comm.as_ref().map_or(0, |c| c.rank());
     let writer = rank == 0;
@@ -145,7 +144,7 @@ pub fn run_with(
 
     // The output folder: whose it is, where training continues from. Every rank decides from
     // the same files before rank 0 changes any.
-    let claimed = (|| -> anyhow::Result<(Option<std::fs::File>, outdir::Claim)> {
+    let claimed = (|| -> Result<(Option<std::fs::File>, outdir::Claim)> {
         let lock = match writer {
             true => Some(outdir::lock(&plan.train.output_dir)?),
             false => None,
@@ -156,9 +155,9 @@ pub fn run_with(
         // Every rank stops when one refuses, instead of waiting for it at the next collective.
         let mut refused = [claimed.is_err() as u8 as f64];
         c.all_reduce_f64("output folder check", &mut refused)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| Error::Refused(format!("{e}")))?;
         if refused[0] > 0.0 && claimed.is_ok() {
-            anyhow::bail!("another rank refused the output folder (rank 0 says why)");
+            bail!("another rank refused the output folder (rank 0 says why)");
         }
     }
     let (_lock, claim) = claimed?;
@@ -228,6 +227,7 @@ pub fn run_with(
         seed: plan.train.seed,
         world_size: opts.comm.as_ref().map_or(1, |c| c.world_size()),
         device: format!("{:?}", opts.device.location()),
+        gpu: manifest::gpu_model(&opts.device),
         dtype: format!("{:?}", built.model.dtype()),
         threads: manifest::threads(),
         stages: Vec::new(),

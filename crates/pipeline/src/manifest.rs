@@ -4,11 +4,23 @@
 //! also the marker of a finished run: written with `status: running` before training writes
 //! anything there, and rewritten last, `complete` or `partial`, when the run ends.
 
+use crate::error::bail;
+use crate::error::{Error, Result};
 use crate::inputs::InputIds;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "run.json";
+/// The GPU model behind `device`, or `None` on the CPU (or when the driver cannot say).
+pub fn gpu_model(device: &candle_core::Device) -> Option<String> {
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => runner_kernels::device::gpu_memory(gpu_id)
+            .ok()
+            .map(|g| format!("{}, {:.1} GB", g.name, g.total as f64 / 1e9)),
+        _ => None,
+    }
+}
+
 /// Bumped when a field changes meaning.
 pub const FORMAT: &str = "runner-run/1";
 
@@ -28,6 +40,10 @@ pub struct Manifest {
     pub world_size: usize,
     /// candle's device (`Cpu`, `Cuda { gpu_id: 0 }`) and the weights' dtype.
     pub device: String,
+    /// The GPU's model and memory as its driver reports them (`NVIDIA H200, 150.0 GB`), on a
+    /// GPU run; with the CPU model in [`Build`], the machine kind bit-identity is expected on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
     pub dtype: String,
     /// Worker threads the numeric code could use (`RAYON_NUM_THREADS`, else the CPUs).
     pub threads: usize,
@@ -155,22 +171,22 @@ pub fn threads() -> usize {
 
 impl Manifest {
     /// Reads `dir/run.json` (or the file itself).
-    pub fn read(path: &Path) -> anyhow::Result<Manifest> {
+    pub fn read(path: &Path) -> Result<Manifest> {
         let file = if path.is_dir() {
             path.join(FILE)
         } else {
             path.to_path_buf()
         };
         let bytes = std::fs::read(&file).map_err(|e| {
-            anyhow::anyhow!(
+            Error::Refused(format!(
                 "{}: {e} (is this the output folder of a `runner run`? it writes {FILE} there)",
                 file.display()
-            )
+            ))
         })?;
         let m: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: not a run manifest: {e}", file.display()))?;
+            .map_err(|e| Error::Refused(format!("{}: not a run manifest: {e}", file.display())))?;
         if m.format != FORMAT {
-            anyhow::bail!(
+            bail!(
                 "{}: manifest format `{}`, this runner reads `{FORMAT}`",
                 file.display(),
                 m.format
@@ -198,7 +214,7 @@ impl Manifest {
     }
 
     /// Writes `dir/run.json` atomically.
-    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+    pub fn write(&self, dir: &Path) -> Result<()> {
         runner_io::atomic::write(&dir.join(FILE), &self.to_bytes())?;
         Ok(())
     }
@@ -222,7 +238,7 @@ impl Manifest {
 /// The files under `dir` written (modified) at or after `since`, as relative paths with
 /// hashes, sorted; `run.json`, temporary files and `reproduce-*` folders left out. Files a
 /// previous run left in the same folder are not this run's and are not listed.
-pub fn written_files(dir: &Path, since: std::time::SystemTime) -> anyhow::Result<Vec<WrittenFile>> {
+pub fn written_files(dir: &Path, since: std::time::SystemTime) -> Result<Vec<WrittenFile>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -2,16 +2,17 @@
 //! would use), the compute dtype there, the estimated peak of one training step by part (printed
 //! by `--dry-run`), and the refusal of a micro-batch that cannot fit, before the model loads.
 
-use anyhow::bail;
+use crate::error::bail;
+use crate::error::{Error, Result};
 use runner_model::memory::{self, MemoryPlan, PlanDevice, PlanInput, gb};
 use runner_model::precision::{ComputePrecision, DeviceKind, compute_precision};
 use runner_recipe::plan::Plan;
 
 /// The device a plan is for: the one `--plan-device` names, else the run's own (the CPU, or GPU
 /// `gpu` as its driver reports it).
-pub fn target(plan_device: Option<&str>, gpu: Option<usize>) -> anyhow::Result<PlanDevice> {
+pub fn target(plan_device: Option<&str>, gpu: Option<usize>) -> Result<PlanDevice> {
     if let Some(text) = plan_device {
-        let mut d = PlanDevice::parse(text).map_err(anyhow::Error::msg)?;
+        let mut d = PlanDevice::parse(text).map_err(Error::Refused)?;
         if d.kind == DeviceKind::Cpu {
             d.available = available_memory();
             d.label = "the CPU (host memory available now)".into();
@@ -61,9 +62,9 @@ pub fn estimate(
     device: &PlanDevice,
     micro_batch_size: usize,
     row: usize,
-) -> anyhow::Result<Estimate> {
+) -> Result<Estimate> {
     let precision = compute_precision(plan.train.precision, plan.train.tf32, device.kind)
-        .map_err(anyhow::Error::msg)?;
+        .map_err(Error::Refused)?;
     let modules_to_save: Vec<String> = runner_model::lora::MODULES_TO_SAVE
         .iter()
         .filter(|m| {
@@ -142,7 +143,7 @@ pub fn dry_run(
     plan: &Plan,
     plan_device: Option<&str>,
     gpus: Option<usize>,
-) -> anyhow::Result<(String, Option<String>)> {
+) -> Result<(String, Option<String>)> {
     let model_plan = crate::inputs::materialized(&plan.model)?;
     let summary = runner_model::summarize(&model_plan, &plan.adapter)?;
     let mut out = format!("{summary}\n");
@@ -180,7 +181,7 @@ pub fn step_fits(
     model_plan: &runner_recipe::plan::ModelPlan,
     data: &runner_data::Prepared,
     device: &candle_core::Device,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let gpu = match device.location() {
         candle_core::DeviceLocation::Cuda { gpu_id } => Some(gpu_id),
         _ => None,
@@ -197,7 +198,7 @@ pub fn step_fits(
         row,
     )?;
     match estimate.refusal(&target) {
-        Some(message) => bail!(message),
+        Some(message) => Err(Error::Refused(message)),
         None => Ok(()),
     }
 }

@@ -2,6 +2,8 @@
 //! vocabulary for added tokens, inject the adapters; a micro-batch whose step cannot fit in
 //! memory is refused before the weights load ([`crate::memory`]).
 
+use crate::error::bail;
+use crate::error::{Error, Result};
 use candle_core::{DType, Device};
 use runner_recipe::plan::{ModelPlan, Plan};
 
@@ -21,7 +23,7 @@ pub fn build_model(
     data: &runner_data::Prepared,
     device: &Device,
     dtype: DType,
-) -> anyhow::Result<Built> {
+) -> Result<Built> {
     crate::memory::step_fits(plan, model_plan, data, device)?;
     // QLoRA bases are quantized tensor by tensor while loading.
     let loaded = runner_model::load::load_for_adapter(model_plan, &plan.adapter, dtype, device)?;
@@ -39,18 +41,18 @@ pub fn build_model(
 pub fn compute_dtype(
     plan: &Plan,
     device: &Device,
-) -> anyhow::Result<runner_model::precision::ComputePrecision> {
+) -> Result<runner_model::precision::ComputePrecision> {
     use runner_model::ops::{DeviceKind, Features, check_supported};
     use runner_model::precision::{apply_tf32, compute_precision};
     let kind = DeviceKind::of(device);
-    let p = compute_precision(plan.train.precision, plan.train.tf32, kind)
-        .map_err(anyhow::Error::msg)?;
+    let p =
+        compute_precision(plan.train.precision, plan.train.tf32, kind).map_err(Error::Refused)?;
     let features = Features {
         dropout: plan.adapter.dropout > 0.0,
         quantized_base: plan.adapter.base_quant != runner_recipe::plan::BaseQuant::None,
     };
     if let Err(missing) = check_supported(kind, p.dtype, features) {
-        anyhow::bail!(
+        bail!(
             "{} op(s) have no implementation for {:?} on this device (nothing was started):\n  {}",
             missing.len(),
             p.dtype,
@@ -71,7 +73,7 @@ pub fn grow_vocabulary(
     model: &mut runner_model::CausalLm,
     tok: &runner_data::tokenizer::TextTokenizer,
     adapter: Option<&runner_recipe::plan::AdapterPlan>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let rows = model.cfg.vocab_size;
     let tokenizer_ids = tok.vocab_size();
     if tokenizer_ids <= rows {
@@ -86,7 +88,7 @@ pub fn grow_vocabulary(
                 .any(|s| s == m || s.ends_with(&format!(".{m}")))
         };
         if !(has("embed_tokens") && has("lm_head")) {
-            anyhow::bail!(
+            bail!(
                 "the tokenizer has {tokenizer_ids} ids (tokens added by `tokens` or `special_tokens`) \
                  but the model's embeddings have {rows} rows: the new rows only train with \
                  `lora_modules_to_save: [embed_tokens, lm_head]` (Axolotl requires the same); add it \

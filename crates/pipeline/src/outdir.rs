@@ -5,9 +5,10 @@
 //! `--allow-changed`, listing each difference. Also the check that an adapter folder holds a
 //! finished run's adapter before `generate`, `export-gguf`, `merge` or `eval` use it.
 
+use crate::error::bail;
+use crate::error::{Context, Result};
 use crate::inputs::InputIds;
 use crate::manifest::{self, Manifest, RunStatus};
-use anyhow::{Context, bail};
 use runner_recipe::plan::{Plan, Resume};
 use runner_train::checkpoint;
 use std::path::{Path, PathBuf};
@@ -147,7 +148,7 @@ struct Held {
 }
 
 impl Held {
-    fn read(dir: &Path) -> anyhow::Result<Held> {
+    fn read(dir: &Path) -> Result<Held> {
         let (manifest, unreadable) = match dir.join(manifest::FILE).is_file() {
             true => match Manifest::read(dir) {
                 Ok(m) => (Some(m), None),
@@ -211,7 +212,7 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 
 /// The recorded plan and inputs of a checkpoint: its `plan.json`, and its `run.json` when the
 /// pipeline wrote one.
-fn checkpoint_record(dir: &Path) -> anyhow::Result<(serde_json::Value, Option<InputIds>)> {
+fn checkpoint_record(dir: &Path) -> Result<(serde_json::Value, Option<InputIds>)> {
     let file = dir.join("plan.json");
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("{}: cannot read the checkpoint's plan", file.display()))?;
@@ -225,7 +226,7 @@ fn checkpoint_record(dir: &Path) -> anyhow::Result<(serde_json::Value, Option<In
 }
 
 /// Decides what the run does with `plan.train.output_dir` (reads only; [`prepare`] acts).
-pub fn claim(plan: &Plan, ids: &InputIds, flags: FolderFlags) -> anyhow::Result<Claim> {
+pub fn claim(plan: &Plan, ids: &InputIds, flags: FolderFlags) -> Result<Claim> {
     let out_dir = &plan.train.output_dir;
     let plan_json = serde_json::to_value(plan)?;
     let id = run_id(&plan_json, ids);
@@ -339,7 +340,7 @@ pub fn claim(plan: &Plan, ids: &InputIds, flags: FolderFlags) -> anyhow::Result<
 pub const LOCK_FILE: &str = ".runner.lock";
 
 /// Takes the output folder's lock (creating the folder), for as long as the file lives.
-pub fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
+pub fn lock(dir: &Path) -> Result<std::fs::File> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
@@ -362,7 +363,7 @@ pub fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 /// Acts on a [`Claim`] (the writing rank only): clears the folder under `--overwrite`, then
 /// removes the temporaries interrupted runs left in it. Returns the temporaries removed.
-pub fn prepare(plan: &Plan, claim: &Claim) -> anyhow::Result<Vec<PathBuf>> {
+pub fn prepare(plan: &Plan, claim: &Claim) -> Result<Vec<PathBuf>> {
     let out_dir = &plan.train.output_dir;
     if claim.clear {
         clear(out_dir, Some(&plan.data.prepared_path))?;
@@ -374,7 +375,7 @@ pub fn prepare(plan: &Plan, claim: &Claim) -> anyhow::Result<Vec<PathBuf>> {
 /// (`.overwritten.trash-PID`), which is then deleted; a kill midway leaves only entries not yet
 /// moved and a temporary the next run removes. The entry holding `keep` (a prepared-data cache
 /// inside the output folder) stays.
-pub fn clear(dir: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
+pub fn clear(dir: &Path, keep: Option<&Path>) -> Result<()> {
     let trash = dir.join(format!(".overwritten.trash-{}", std::process::id()));
     std::fs::create_dir_all(&trash).with_context(|| format!("{}", trash.display()))?;
     let keep = keep.map(|k| std::path::absolute(k).unwrap_or_else(|_| k.to_path_buf()));
@@ -401,7 +402,7 @@ pub fn clear(dir: &Path, keep: Option<&Path>) -> anyhow::Result<()> {
 /// running, interrupted, stopped by a watchdog): its adapter is an intermediate state that
 /// looks final. A checkpoint folder, chosen by name, is accepted; so is a folder without a
 /// run.json (an adapter from elsewhere).
-pub fn check_adapter(dir: &Path) -> anyhow::Result<()> {
+pub fn check_adapter(dir: &Path) -> Result<()> {
     if !dir.join(manifest::FILE).is_file() {
         return Ok(());
     }

@@ -3,13 +3,14 @@
 //! ([`recorded_recipe`]), two adapters compared tensor by tensor ([`compare_adapters`]), loss
 //! curves side by side ([`loss_curves`]), and what differs between two manifests ([`diff`]).
 
+use crate::error::{Error, Result};
 use crate::inputs::{FileId, InputIds};
 use crate::manifest::Manifest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The recorded recipe (text and overrides) loaded again, with `output_dir` set to `out`.
-pub fn recorded_recipe(m: &Manifest, out: &Path) -> anyhow::Result<runner_recipe::Loaded> {
+pub fn recorded_recipe(m: &Manifest, out: &Path) -> Result<runner_recipe::Loaded> {
     let set_out = format!("output_dir={}", out.display());
     let mut overrides = m.recipe.overrides.clone();
     match overrides.iter_mut().find(|o| o.starts_with("output_dir=")) {
@@ -17,10 +18,10 @@ pub fn recorded_recipe(m: &Manifest, out: &Path) -> anyhow::Result<runner_recipe
         None => overrides.push(set_out),
     }
     runner_recipe::load_str(&m.recipe.name, &m.recipe.text, &overrides).map_err(|e| {
-        anyhow::anyhow!(
+        Error::Refused(format!(
             "the recorded recipe no longer validates in this runner build:\n{}",
             e.render(false)
-        )
+        ))
     })
 }
 
@@ -35,7 +36,7 @@ pub fn next_rerun_dir(output_dir: &Path) -> PathBuf {
 /// Why `plan` (the recorded recipe reloaded) would not rerun the recorded run: differences in
 /// the resolved plan (besides `output_dir`) and in every input's identity. Empty when the
 /// rerun reads what the run read.
-pub fn input_differences(m: &Manifest, plan: &runner_recipe::Plan) -> anyhow::Result<Vec<String>> {
+pub fn input_differences(m: &Manifest, plan: &runner_recipe::Plan) -> Result<Vec<String>> {
     let mut out = Vec::new();
     // A run records its plan with hub ids pinned to their commits: the reloaded recipe is
     // pinned the same way (a branch that moved since shows as a changed revision).
@@ -177,7 +178,7 @@ pub struct AdapterComparison {
 
 /// Compares two `adapter_model.safetensors` files: byte for byte, and otherwise tensor by
 /// tensor (largest absolute difference).
-pub fn compare_adapters(a: &Path, b: &Path) -> anyhow::Result<AdapterComparison> {
+pub fn compare_adapters(a: &Path, b: &Path) -> Result<AdapterComparison> {
     let (ba, bb) = (std::fs::read(a)?, std::fs::read(b)?);
     if ba == bb {
         return Ok(AdapterComparison {
@@ -219,8 +220,8 @@ pub fn compare_adapters(a: &Path, b: &Path) -> anyhow::Result<AdapterComparison>
 pub type LossRow = (u64, Option<f64>, Option<f64>);
 
 /// Training loss per step of two runs, side by side (steps in either).
-pub fn loss_curves(a: &Path, b: &Path) -> anyhow::Result<Vec<LossRow>> {
-    let read = |dir: &Path| -> anyhow::Result<BTreeMap<u64, f64>> {
+pub fn loss_curves(a: &Path, b: &Path) -> Result<Vec<LossRow>> {
+    let read = |dir: &Path| -> Result<BTreeMap<u64, f64>> {
         let records = runner_train::metrics::read(&dir.join("metrics.jsonl"))?;
         Ok(records
             .into_iter()
@@ -282,8 +283,8 @@ fn flatten(v: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
 /// world size, device, dtype, threads, prepared-data key), `outcome` (metrics) and `files`
 /// (hashes of what each wrote). Stage timings and the recipe text itself are left out (the
 /// plan and the recipe hash cover it).
-pub fn diff(a: &Manifest, b: &Manifest) -> anyhow::Result<Vec<(String, String, String, String)>> {
-    let sections = |m: &Manifest| -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
+pub fn diff(a: &Manifest, b: &Manifest) -> Result<Vec<(String, String, String, String)>> {
+    let sections = |m: &Manifest| -> Result<Vec<(&'static str, serde_json::Value)>> {
         let files: BTreeMap<String, &String> = m
             .files
             .iter()
@@ -300,7 +301,7 @@ pub fn diff(a: &Manifest, b: &Manifest) -> anyhow::Result<Vec<(String, String, S
             ("inputs", serde_json::to_value(&m.inputs)?),
             (
                 "run",
-                serde_json::json!({"status": m.status(), "seed": m.seed, "world_size": m.world_size, "device": m.device,
+                serde_json::json!({"status": m.status(), "seed": m.seed, "world_size": m.world_size, "device": m.device, "gpu": m.gpu,
                                    "dtype": m.dtype, "threads": m.threads,
                                    "prepared_data_key": m.prepared_data.as_ref().map(|p| &p.cache_key)}),
             ),

@@ -8,7 +8,8 @@
 //! loaded back into the tiny model and `adapter_config.json` is checked against the recipe's
 //! target modules.
 
-use anyhow::Context;
+use crate::error::bail;
+use crate::error::{Context, Error, Result};
 use runner_model::{Arch, ModelConfig};
 use runner_recipe::Loaded;
 use runner_recipe::plan::{
@@ -134,7 +135,7 @@ fn written_value(text: &str, overrides: &[String], key: &str) -> Option<String> 
 
 /// Prepares the smoke run of `loaded` (validated as written): writes the tiny model and any
 /// generated rows into a new work folder and reloads the recipe with the substitutions.
-pub fn prepare(loaded: &Loaded) -> anyhow::Result<Smoke> {
+pub fn prepare(loaded: &Loaded) -> Result<Smoke> {
     let plan = &loaded.plan;
     let user_output = loaded
         .sources
@@ -288,7 +289,7 @@ pub fn prepare(loaded: &Loaded) -> anyhow::Result<Smoke> {
         // then not loaded.
         let missing = runner_model::peft::incompatibilities(a, dir);
         if !missing.is_empty() {
-            anyhow::bail!(
+            bail!(
                 "{} recipe setting(s) cannot run in this build (nothing was started):\n  {}",
                 missing.len(),
                 missing.join("\n  ")
@@ -408,10 +409,10 @@ pub fn prepare(loaded: &Loaded) -> anyhow::Result<Smoke> {
     overrides.extend(sets);
     let smoke = runner_recipe::load_str(&loaded.sources.name, &loaded.sources.text, &overrides)
         .map_err(|e| {
-            anyhow::anyhow!(
+            Error::Refused(format!(
                 "the smoke run's substitutions do not validate:\n{}",
                 e.render(false)
-            )
+            ))
         })?;
     Ok(Smoke {
         loaded: smoke,
@@ -427,7 +428,7 @@ const WORK_MARK: &str = ".runner-smoke";
 /// A new work folder: `OUTPUT_DIR-smoke-model` beside outputs the user asked to keep (replacing
 /// an earlier smoke run's, never anything else), else a fresh folder under the system's
 /// temporary folder.
-fn work_folder(kept_output: Option<&Path>) -> anyhow::Result<PathBuf> {
+fn work_folder(kept_output: Option<&Path>) -> Result<PathBuf> {
     let beside = kept_output.and_then(|out| {
         let name = out.file_name()?.to_string_lossy().into_owned();
         Some(out.with_file_name(format!("{name}-smoke-model")))
@@ -438,7 +439,7 @@ fn work_folder(kept_output: Option<&Path>) -> anyhow::Result<PathBuf> {
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("replacing the smoke folder {}", dir.display()))?;
             } else if dir.exists() {
-                anyhow::bail!(
+                bail!(
                     "{} exists and is not a smoke run's folder: move it, or choose another \
                      output_dir",
                     dir.display()
@@ -461,7 +462,7 @@ fn work_folder(kept_output: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// Runs the prepared smoke run: the whole pipeline on the first [`ROWS`] rows of each dataset,
 /// then [`check_outputs`] when training finished.
-pub fn run(smoke: &Smoke, opts: crate::RunOptions) -> anyhow::Result<(crate::RunReport, Checked)> {
+pub fn run(smoke: &Smoke, opts: crate::RunOptions) -> Result<(crate::RunReport, Checked)> {
     let data_options = runner_data::PrepareOptions {
         max_rows: Some(ROWS),
         ..Default::default()
@@ -482,7 +483,7 @@ pub fn run(smoke: &Smoke, opts: crate::RunOptions) -> anyhow::Result<(crate::Run
 
 /// After the run: `adapter_config.json` names the recipe's target modules, and the adapter
 /// loads back into the (tiny) base it was trained on.
-pub fn check_outputs(plan: &Plan) -> anyhow::Result<Checked> {
+pub fn check_outputs(plan: &Plan) -> Result<Checked> {
     let out = &plan.train.output_dir;
     let mut lines = Vec::new();
     let config_file = out.join(runner_model::peft::CONFIG_FILE);
@@ -510,7 +511,7 @@ pub fn check_outputs(plan: &Plan) -> anyhow::Result<Checked> {
         }
     };
     if *written != expected {
-        anyhow::bail!(
+        bail!(
             "smoke check failed: {} has target_modules {written}, the recipe targets {expected}",
             config_file.display()
         );
@@ -537,7 +538,7 @@ pub fn check_outputs(plan: &Plan) -> anyhow::Result<Checked> {
         }
     }
     if zero_b == adapters.modules.len() && !adapters.modules.is_empty() {
-        anyhow::bail!(
+        bail!(
             "smoke check failed: every lora_B in {} is zero: training did not reach the adapters",
             out.display()
         );
@@ -576,7 +577,7 @@ fn is_hub_id(s: &str) -> bool {
 /// `base_model`: a folder's config.json, a GGUF's metadata, the hub cache), and where it came
 /// from (`none` when absent). A configuration that is here but unreadable fails as it would in
 /// the real run.
-fn real_config(model: &ModelPlan) -> anyhow::Result<(Option<ModelConfig>, String)> {
+fn real_config(model: &ModelPlan) -> Result<(Option<ModelConfig>, String)> {
     if let Some(name) = model.base_model.strip_prefix("builtin:") {
         return Ok((
             Some(runner_model::tiny::builtin_config(name)?),
